@@ -1,0 +1,102 @@
+"""``pictor``: the command line (serve, import)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.config import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "data_dir": getattr(args, "data_dir", None),
+        "dimse_port": getattr(args, "dimse_port", None),
+        "workers": getattr(args, "workers", None),
+    }
+    try:
+        return load_settings(overrides)
+    except ConfigError as exc:
+        sys.exit(f"pictor: {exc}")
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    host_for_url = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+
+    original_startup = server.startup
+
+    async def startup(sockets: object = None) -> None:
+        await original_startup(sockets=sockets)  # type: ignore[arg-type]
+        if server.started:
+            print(f"Pictor DICOMweb at http://{host_for_url}:{settings.port}/dicom-web", flush=True)
+            print(f"Data directory: {settings.data_dir}", flush=True)
+
+    server.startup = startup  # type: ignore[method-assign]
+    server.run()
+    return 0 if server.started else 1
+
+
+def import_(args: argparse.Namespace) -> int:
+    from app.importer import run_import
+
+    settings = _settings(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_import(settings, [Path(p) for p in args.paths], jobs=args.jobs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pictor", description="Pictor imaging archive")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="data directory (env PICTOR_DATA_DIR; default ./pictor-data)")
+        p.add_argument("--workers", type=int, help="worker processes for parsing (env PICTOR_WORKERS)")
+
+    s = sub.add_parser("serve", help="run the archive (DICOMweb over HTTP)")
+    s.add_argument("--host", help="bind address (env PICTOR_HOST; default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="HTTP port (env PICTOR_PORT; default 8042)")
+    s.add_argument("--dimse-port", type=int, help="DIMSE port (env PICTOR_DIMSE_PORT; default 11112)")
+    common(s)
+    s.set_defaults(func=serve)
+
+    i = sub.add_parser("import", help="import DICOM files and folders into the archive")
+    i.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
+    i.add_argument("--jobs", type=int, default=0, help="files analysed at once (default: 2 per core)")
+    common(i)
+    i.set_defaults(func=import_)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

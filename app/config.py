@@ -1,0 +1,102 @@
+"""Typed settings, read once.
+
+This is the only module that reads the environment. Every other module receives a
+:class:`Settings` value; settings are frozen so nothing changes them after start-up.
+
+Precedence: command-line flag > environment variable > default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+DuplicatePolicy = Literal["reject", "replace"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8042
+    data_dir: Path = Path("pictor-data")
+    dimse_port: int = 11112
+    dimse_ae_title: str = "PICTOR"
+    #: ``postgresql://...``; empty means "run a private PostgreSQL under data_dir".
+    database_url: str = ""
+    #: Base URL written into RetrieveURL / BulkDataURI, e.g. ``https://pacs.example.org/dicom-web``.
+    public_base_url: str = ""
+    #: What STOW / import do with a *different* object under an existing SOP Instance UID.
+    on_duplicate: DuplicatePolicy = "reject"
+    #: Worker processes for parsing / codec work (0: one per core).
+    workers: int = 0
+    log_level: str = "info"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.data_dir / "pg"
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+#: environment variable -> settings field
+ENVIRONMENT: dict[str, str] = {
+    "PICTOR_HOST": "host",
+    "PICTOR_PORT": "port",
+    "PICTOR_DATA_DIR": "data_dir",
+    "PICTOR_DIMSE_PORT": "dimse_port",
+    "PICTOR_AE_TITLE": "dimse_ae_title",
+    "DATABASE_URL": "database_url",
+    "PICTOR_PUBLIC_BASE_URL": "public_base_url",
+    "PICTOR_ON_DUPLICATE": "on_duplicate",
+    "PICTOR_WORKERS": "workers",
+    "PICTOR_LOG_LEVEL": "log_level",
+}
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build settings from ``environ`` (default: the process environment) and ``overrides``.
+
+    ``overrides`` holds command-line values; ``None`` values mean "not given".
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for var, field in ENVIRONMENT.items():
+        if env.get(var, "") != "":
+            raw[field] = env[var]
+    for field, value in (overrides or {}).items():
+        if value is not None:
+            raw[field] = value
+    if "data_dir" in raw:
+        raw["data_dir"] = Path(raw["data_dir"])
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from exc
+    if not 0 < settings.port < 65536 or not 0 <= settings.dimse_port < 65536:
+        raise ConfigError("ports must be between 1 and 65535 (DIMSE port 0 turns DIMSE off)")
+    if not 0 < len(settings.dimse_ae_title.strip()) <= 16:
+        raise ConfigError("the AE title must have 1 to 16 characters (PS3.5 6.2, VR AE)")
+    return msgspec.structs.replace(
+        settings,
+        data_dir=settings.data_dir.expanduser().resolve(),
+        public_base_url=settings.public_base_url.rstrip("/"),
+    )

@@ -1,0 +1,1 @@
+"""Pure DICOM helpers: no I/O beyond reading a given file, no framework imports."""

@@ -1,0 +1,1 @@
+"""DICOMweb resources (PS3.18): one module per service. Only this package and main import litestar."""

@@ -1,0 +1,36 @@
+"""The one place where Pictor's error tree becomes HTTP responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.exceptions import HTTPException
+from litestar.response import Response
+
+from app.errors import PictorError
+
+
+def _response(status: int, message: str) -> Response[bytes]:
+    body = msgspec.json.encode({"status": status, "message": message})
+    clean = message.replace('"', "'").replace("\r", " ").replace("\n", " ")[:300]
+    return Response(
+        body,
+        status_code=status,
+        media_type="application/json",
+        headers={"Warning": f'299 pictor "{clean}"'},  # PS3.18 8.4.4
+    )
+
+
+def pictor_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, PictorError)
+    return _response(exc.status_code, exc.message)
+
+
+def http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, HTTPException)
+    return _response(exc.status_code, str(exc.detail))
+
+
+EXCEPTION_HANDLERS = {PictorError: pictor_error, HTTPException: http_error}

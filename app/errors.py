@@ -1,0 +1,113 @@
+"""One error tree for the whole archive.
+
+::
+
+    PictorError                    any failure Pictor itself reports
+    ├── RequestError               the client sent something unusable (HTTP 4xx)
+    │   ├── BadRequest             400: malformed syntax (PS3.18 8.5)
+    │   ├── NotFound               404
+    │   ├── NotAcceptable          406: nothing offered matches Accept
+    │   ├── Conflict               409
+    │   └── UnsupportedMediaType   415: Content-Type not accepted (PS3.18 10.5.3.1)
+    ├── InstanceRejected           one SOP Instance cannot be stored; carries the
+    │                              PS3.18 Annex I.2.2 Failure Reason (0008,1197)
+    └── ServiceUnavailable         503: the index or the blob store cannot be reached
+
+Library errors (asyncpg, pydicom, OSError) are translated where they are raised. The
+HTTP layer maps this tree to responses in one place (``app/dicomweb/errors.py``).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class FailureReason(IntEnum):
+    """Failure Reason (0008,1197) values, PS3.18 Annex I.2.2 Table I.2-2."""
+
+    PROCESSING_FAILURE = 0x0110
+    #: PS3.7 Annex C (status 0111H): "Duplicate SOP Instance": a *different* object is
+    #: already stored under this SOP Instance UID.
+    DUPLICATE_SOP_INSTANCE = 0x0111
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    #: A9xx "Data Set does not match SOP Class": required attributes missing or invalid.
+    DATASET_DOES_NOT_MATCH = 0xA900
+    #: A9xx as well: Study Instance UID differs from the one in the request target
+    #: (PS3.18 10.5.1; the code used for this by other DICOMweb servers, 43265).
+    STUDY_UID_MISMATCH = 0xA901
+    #: Cxxx "Cannot understand": not DICOM, truncated, unparseable.
+    CANNOT_UNDERSTAND = 0xC000
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+
+
+class PictorError(Exception):
+    """Base of every error Pictor reports."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RequestError(PictorError):
+    status_code = 400
+
+
+class BadRequest(RequestError):
+    status_code = 400
+
+
+class NotFound(RequestError):
+    status_code = 404
+
+
+class NotAcceptable(RequestError):
+    status_code = 406
+
+
+class Conflict(RequestError):
+    status_code = 409
+
+
+class UnsupportedMediaType(RequestError):
+    status_code = 415
+
+
+class ServiceUnavailable(PictorError):
+    status_code = 503
+
+
+class InstanceRejected(PictorError):
+    """One instance cannot be stored; the others in the same request are unaffected."""
+
+    status_code = 409
+
+    def __init__(
+        self,
+        reason: FailureReason,
+        message: str,
+        *,
+        sop_class_uid: str = "",
+        sop_instance_uid: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # crosses process boundaries (ingest analyses files in worker processes)
+        return (
+            _rebuild_rejected,
+            (self.reason, self.message, self.sop_class_uid, self.sop_instance_uid),
+        )
+
+
+def _rebuild_rejected(
+    reason: FailureReason, message: str, sop_class_uid: str, sop_instance_uid: str
+) -> InstanceRejected:
+    return InstanceRejected(
+        reason, message, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid
+    )

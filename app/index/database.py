@@ -1,0 +1,147 @@
+"""Connecting to PostgreSQL: the embedded private server or ``DATABASE_URL``, plus migrations.
+
+With no ``DATABASE_URL`` Pictor runs its own PostgreSQL under ``<data-dir>/pg`` through
+the ``pgserver`` package (a real PostgreSQL shipped in a wheel), listening only on a
+Unix socket. If a postmaster from an earlier run is still alive on that directory (the
+previous process was killed), it is reattached. :meth:`EmbeddedPostgres.stop` shuts it
+down with ``pg_ctl stop``: pgserver's own clean-up does not stop a reattached server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from app.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+_MIGRATION = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
+_MIGRATION_LOCK = 0x5049_4354  # advisory lock key: several nodes may start at once
+
+
+def schema_dir() -> Path:
+    """``schemas/`` of the source tree, or the copy installed with the package."""
+    candidates = [
+        Path(__file__).resolve().parents[2] / "schemas",
+        Path(sys.prefix) / "share" / "pictor" / "schemas",
+    ]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("cannot find the schemas/ directory with Pictor's SQL migrations")
+
+
+def migrations(directory: Path | None = None) -> list[tuple[int, Path]]:
+    found = []
+    for path in (directory or schema_dir()).iterdir():
+        m = _MIGRATION.match(path.name)
+        if m:
+            found.append((int(m.group(1)), path))
+    found.sort()
+    versions = [v for v, _ in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two migrations share a version number: {versions}")
+    return found
+
+
+async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = None) -> list[int]:
+    """Apply pending migrations in order, each in its own transaction. Returns those applied."""
+    applied: list[int] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migration ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migration")}
+        for version, path in migrations(directory):
+            if version in done:
+                continue
+            log.info("applying migration %s", path.name)
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migration (version, name) VALUES ($1, $2)",
+                    version,
+                    path.name,
+                )
+            applied.append(version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # json columns travel as bytes: they are stored and sent as they are, never re-parsed
+    await conn.set_type_codec(
+        "json", encoder=lambda b: b, decoder=lambda b: b, schema="pg_catalog", format="binary"
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise ServiceUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+class EmbeddedPostgres:
+    """A private PostgreSQL server under ``directory`` (through ``pgserver``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or reattach to) the server; returns its connection URI."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # pgserver keeps its lock file in the user runtime directory, read at import
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.directory.parent / "run"))
+        Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+        import pgserver  # imported here: only the embedded mode needs it
+
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        self._server = pgserver.get_server(self.directory, cleanup_mode=None)
+        uri: str = self._server.get_uri()
+        return uri
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open sessions are ended, data is flushed)."""
+        if self._server is None:
+            return
+        from pgserver._commands import pg_ctl  # the bundled pg_ctl
+
+        try:
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.directory, user=self._server.system_user)
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+        self._server = None
+
+
+async def wait_for(dsn: str, attempts: int = 50) -> None:
+    """Wait until the server accepts connections."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            conn = await asyncpg.connect(dsn)
+            await conn.close()
+            return
+        except (OSError, asyncpg.PostgresError) as exc:
+            last = exc
+            await asyncio.sleep(0.1)
+    raise ServiceUnavailable(f"PostgreSQL did not accept connections: {last}")
+

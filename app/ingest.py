@@ -1,0 +1,267 @@
+"""Two-phase store shared by STOW-RS, ``pictor import`` and (later) C-STORE.
+
+A caller streams each instance into a temp blob (:meth:`Ingest.new_part`), hands it to
+:meth:`Ingest.analyse` (header parsing runs in a worker process while the next part
+streams in), and commits a batch with :meth:`Ingest.commit`, which decides each
+instance's outcome:
+
+* not DICOM / truncated / missing or malformed UIDs: failed, PS3.18 Annex I.2.2 reason;
+* Study Instance UID differs from the request's (PS3.18 10.5.1): failed, 0xA901;
+* identical to what is stored (same SHA-256): success, nothing duplicated;
+* a different object under a stored SOP Instance UID: failed 0x0111, unless the
+  ``on_duplicate = "replace"`` setting lets it replace the stored one;
+* otherwise: published by the blob store (fsync, intent, link), then the index row is
+  committed. Only then is the outcome "stored".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+from app.config import Settings
+from app.dicom.analysis import Analysis, analyse_file
+from app.errors import FailureReason, InstanceRejected, ServiceUnavailable
+from app.index import instances as index
+from app.storage import FileBlobStore, TempBlob, instance_key
+from app.storage.fs import Publication
+
+log = logging.getLogger(__name__)
+
+STORED = "stored"
+ALREADY_STORED = "already-stored"
+FAILED = "failed"
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    status: str
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    reason: int | None = None
+    message: str = ""
+    size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status != FAILED
+
+
+def _failed(exc: InstanceRejected) -> Outcome:
+    return Outcome(
+        status=FAILED,
+        sop_class_uid=exc.sop_class_uid,
+        sop_instance_uid=exc.sop_instance_uid,
+        reason=int(exc.reason),
+        message=exc.message,
+    )
+
+
+def _outcome(a: Analysis, status: str, reason: int | None = None, message: str = "") -> Outcome:
+    return Outcome(
+        status=status,
+        sop_class_uid=a.sop_class_uid,
+        sop_instance_uid=a.sop_instance_uid,
+        study_uid=a.study_uid,
+        series_uid=a.series_uid,
+        reason=reason,
+        message=message,
+        size=a.size,
+    )
+
+
+class Part:
+    """One instance on its way in: its temp blob and its pending analysis."""
+
+    __slots__ = ("temp", "analysis")
+
+    def __init__(self, temp: TempBlob, analysis: asyncio.Future[Analysis]) -> None:
+        self.temp = temp
+        self.analysis = analysis
+
+
+class Ingest:
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, store: FileBlobStore, executor: Executor
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.store = store
+        self.executor = executor
+
+    async def new_part(self) -> TempBlob:
+        return await self.store.create_temp()
+
+    def analyse(self, temp: TempBlob) -> Part:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, analyse_file, temp.path)
+        return Part(temp, future)
+
+    async def adopt(self, path: Path) -> Part:
+        """Start ingesting an existing file (import): copy it to a temp blob, analyse."""
+        temp = await self.store.adopt_file(path)
+        return self.analyse(temp)
+
+    async def discard(self, parts: Sequence[Part]) -> None:
+        """Abandon parts (client hung up, body malformed): nothing of them is kept."""
+        for part in parts:
+            part.analysis.cancel()
+            try:
+                await part.analysis
+            except BaseException:  # noqa: BLE001 - only waiting for the worker to finish
+                pass
+            await part.temp.discard()
+
+    async def commit(self, parts: Sequence[Part], expected_study: str | None = None) -> list[Outcome]:
+        """Decide and store a batch; returns one outcome per part, in order."""
+        outcomes: list[Outcome | None] = [None] * len(parts)
+        candidates: dict[int, Analysis] = {}
+        seen: dict[str, int] = {}
+        for i, part in enumerate(parts):
+            try:
+                a = await part.analysis
+            except InstanceRejected as exc:
+                outcomes[i] = _failed(exc)
+                continue
+            except Exception as exc:  # a bug or a worker crash must not lose the batch
+                log.exception("analysis of an instance failed")
+                outcomes[i] = Outcome(
+                    status=FAILED,
+                    reason=int(FailureReason.PROCESSING_FAILURE),
+                    message=f"processing failure: {exc}",
+                )
+                continue
+            if expected_study is not None and a.study_uid != expected_study:
+                outcomes[i] = _outcome(
+                    a,
+                    FAILED,
+                    FailureReason.STUDY_UID_MISMATCH,
+                    f"Study Instance UID {a.study_uid} does not match the study in the "
+                    f"request URL, {expected_study} (PS3.18 10.5.1)",
+                )
+                continue
+            first = seen.get(a.sop_instance_uid)
+            if first is not None:
+                same = candidates[first].sha256 == a.sha256
+                outcomes[i] = (
+                    _outcome(a, ALREADY_STORED)
+                    if same
+                    else _outcome(
+                        a,
+                        FAILED,
+                        FailureReason.DUPLICATE_SOP_INSTANCE,
+                        f"SOP Instance UID {a.sop_instance_uid} appears twice in the request "
+                        "with different content",
+                    )
+                )
+                continue
+            seen[a.sop_instance_uid] = i
+            candidates[i] = a
+
+        existing = await index.find_existing(
+            self.pool, [a.sop_instance_uid for a in candidates.values()]
+        )
+        new: dict[int, index.NewInstance] = {}
+        retired: list[str] = []
+        for i, a in candidates.items():
+            old = existing.get(a.sop_instance_uid)
+            if old is None:
+                key = instance_key(a.study_uid, a.series_uid, a.sop_instance_uid)
+                new[i] = index.NewInstance(a, key)
+            elif old.file_sha256 == a.sha256:
+                outcomes[i] = _outcome(a, ALREADY_STORED)
+            elif self.settings.on_duplicate == "replace":
+                key = instance_key(a.study_uid, a.series_uid, a.sop_instance_uid, _version())
+                new[i] = index.NewInstance(a, key, replaces=old.pk)
+                retired.append(old.file_key)
+            else:
+                outcomes[i] = _outcome(
+                    a,
+                    FAILED,
+                    FailureReason.DUPLICATE_SOP_INSTANCE,
+                    f"a different object is already stored under SOP Instance UID "
+                    f"{a.sop_instance_uid}; it was not replaced (PICTOR_ON_DUPLICATE=reject)",
+                )
+
+        if new:
+            await self._store(parts, new, retired, outcomes)
+        for i, part in enumerate(parts):
+            if i not in new:
+                await part.temp.discard()
+        return [o if o is not None else Outcome(status=FAILED, reason=0x0110) for o in outcomes]
+
+    async def _store(
+        self,
+        parts: Sequence[Part],
+        new: dict[int, index.NewInstance],
+        retired: list[str],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        order = list(new)
+        pubs = await self.store.publish([(parts[i].temp, new[i].file_key) for i in order])
+        # a key already on disk without a row (an orphan or a concurrent writer): use a
+        # versioned name; the unique SOP Instance UID in the index decides who wins
+        clashes = [k for k, pub in enumerate(pubs) if not pub.linked]
+        if clashes:
+            for k in clashes:
+                i = order[k]
+                a = new[i].analysis
+                key = instance_key(a.study_uid, a.series_uid, a.sop_instance_uid, _version())
+                new[i] = msgspec.structs.replace(new[i], file_key=key)
+            again = await self.store.publish([(parts[order[k]].temp, new[order[k]].file_key) for k in clashes])
+            for k, pub in zip(clashes, again):
+                pubs[k] = pub
+        intents = await self.store.retire(retired) if retired else []
+        try:
+            results, replaced = await index.commit_batch(self.pool, [new[i] for i in order])
+        except ServiceUnavailable as exc:
+            await self.store.rollback(pubs)
+            await self.store.delete_retired([], intents)
+            for i in order:
+                outcomes[i] = _outcome(
+                    new[i].analysis, FAILED, FailureReason.OUT_OF_RESOURCES, exc.message
+                )
+            return
+        losers: list[Publication] = []
+        for k, i in enumerate(order):
+            a = new[i].analysis
+            if results[k] == index.INSERTED:
+                outcomes[i] = _outcome(a, STORED)
+                continue
+            losers.append(pubs[k])
+            if results[k] == index.SERIES_ELSEWHERE:
+                outcomes[i] = _outcome(
+                    a,
+                    FAILED,
+                    FailureReason.DATASET_DOES_NOT_MATCH,
+                    f"Series Instance UID {a.series_uid} is already stored in another study",
+                )
+            else:
+                now = await index.find_existing(self.pool, [a.sop_instance_uid])
+                same = a.sop_instance_uid in now and now[a.sop_instance_uid].file_sha256 == a.sha256
+                outcomes[i] = (
+                    _outcome(a, ALREADY_STORED)
+                    if same
+                    else _outcome(
+                        a,
+                        FAILED,
+                        FailureReason.DUPLICATE_SOP_INSTANCE,
+                        f"a different object was stored under SOP Instance UID "
+                        f"{a.sop_instance_uid} at the same time",
+                    )
+                )
+        await self.store.rollback(losers)
+        await self.store.release([p for p in pubs if p not in losers])
+        await self.store.delete_retired(replaced, intents)
+
+
+def _version() -> str:
+    return secrets.token_hex(4)

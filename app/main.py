@@ -1,0 +1,88 @@
+"""The application factory: resources are opened in the lifespan and kept on ``app.state``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Router, get
+from litestar.response import Response
+
+from app.config import Settings
+from app.dicomweb.errors import EXCEPTION_HANDLERS
+from app.dicomweb.stow import store_instances
+from app.dicomweb.urls import DICOMWEB_PREFIX
+from app.errors import ServiceUnavailable
+from app.index.database import EmbeddedPostgres, apply_migrations, create_pool
+from app.index.instances import referenced_keys
+from app.ingest import Ingest
+from app.storage import FileBlobStore
+
+log = logging.getLogger("pictor")
+
+
+def _warm_worker() -> None:
+    import app.dicom.analysis  # noqa: F401 - import once per worker, not per request
+
+
+@get("/health", name="health")
+async def health(request: Any) -> Response[bytes]:
+    """Liveness and readiness: the index answers and the storage directory is writable."""
+    state = request.app.state
+    try:
+        await state.pool.fetchval("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        raise ServiceUnavailable(f"index unreachable: {exc}") from exc
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+def create_app(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        embedded: EmbeddedPostgres | None = None
+        dsn = settings.database_url
+        if not dsn:
+            embedded = EmbeddedPostgres(settings.pg_dir)
+            dsn = await asyncio.to_thread(embedded.start)
+        executor = ProcessPoolExecutor(
+            max_workers=settings.worker_count,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_warm_worker,
+        )
+        pool = None
+        try:
+            pool = await create_pool(dsn)
+            async with pool.acquire() as conn:
+                applied = await apply_migrations(conn)
+            if applied:
+                log.info("applied schema migrations %s", applied)
+            store = FileBlobStore(settings.storage_dir, settings.tmp_dir)
+            swept = await store.sweep(lambda keys: referenced_keys(pool, keys))
+            if any(swept.values()):
+                log.warning("start-up sweep removed %s", swept)
+            app.state.settings = settings
+            app.state.pool = pool
+            app.state.store = store
+            app.state.ingest = Ingest(settings, pool, store, executor)
+            yield
+        finally:
+            if pool is not None:
+                await pool.close()
+            executor.shutdown(wait=True, cancel_futures=True)
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    dicomweb = Router(path=DICOMWEB_PREFIX, route_handlers=[store_instances])
+    return Litestar(
+        route_handlers=[dicomweb, health],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=None,
+        openapi_config=None,
+        debug=False,
+    )
