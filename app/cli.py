@@ -26,40 +26,49 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Run the archive until Ctrl-C / SIGTERM; the embedded PostgreSQL stops with it."""
+    import asyncio
+    import os
+
+    import msgspec
     import uvicorn
 
-    from app.main import create_app
+    from app.config import to_environment
+    from app.index.database import EmbeddedPostgres
+    from app.main import prepare
 
     settings = _settings(args)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
-    host_for_url = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
-
-    original_startup = server.startup
-
-    async def startup(sockets: object = None) -> None:
-        await original_startup(sockets=sockets)  # type: ignore[arg-type]
-        if server.started:
-            print(f"Pictor DICOMweb at http://{host_for_url}:{settings.port}/dicom-web", flush=True)
-            print(f"Data directory: {settings.data_dir}", flush=True)
-
-    server.startup = startup  # type: ignore[method-assign]
-    server.run()
-    return 0 if server.started else 1
+    embedded: EmbeddedPostgres | None = None
+    try:
+        if not settings.database_url:
+            embedded = EmbeddedPostgres(settings.pg_dir)
+            settings = msgspec.structs.replace(settings, database_url=embedded.start())
+        asyncio.run(prepare(settings, settings.database_url))
+        # server processes read their settings from the environment
+        os.environ.update(to_environment(settings))
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        print(f"Pictor DICOMweb at http://{host}:{settings.port}/dicom-web", flush=True)
+        print(f"Data directory: {settings.data_dir}", flush=True)
+        uvicorn.run(
+            "app.main:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.worker_count,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
 
 
 def import_(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     public_base_url: str = ""
     #: What STOW / import do with a *different* object under an existing SOP Instance UID.
     on_duplicate: DuplicatePolicy = "reject"
-    #: Worker processes for parsing / codec work (0: one per core).
+    #: HTTP server processes (0: one per core). All share the index and the storage.
     workers: int = 0
     log_level: str = "info"
 
@@ -100,3 +100,9 @@ def load_settings(
         data_dir=settings.data_dir.expanduser().resolve(),
         public_base_url=settings.public_base_url.rstrip("/"),
     )
+
+
+def to_environment(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in a child process."""
+    values = msgspec.to_builtins(settings, enc_hook=str)
+    return {var: str(values[field]) for var, field in ENVIRONMENT.items() if values[field] != ""}

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 from collections.abc import AsyncIterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,10 +24,6 @@ from app.storage import FileBlobStore
 log = logging.getLogger("pictor")
 
 
-def _warm_worker() -> None:
-    import app.dicom.analysis  # noqa: F401 - import once per worker, not per request
-
-
 @get("/health", name="health")
 async def health(request: Any) -> Response[bytes]:
     """Liveness and readiness: the index answers and the storage directory is writable."""
@@ -41,7 +35,34 @@ async def health(request: Any) -> Response[bytes]:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
+def app_from_environment() -> Litestar:
+    """Factory for server worker processes: settings come from the environment."""
+    from app.config import load_settings
+
+    return create_app(load_settings())
+
+
+async def prepare(settings: Settings, dsn: str) -> None:
+    """Once per start, before serving: apply migrations and recover from a crash."""
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            applied = await apply_migrations(conn)
+        if applied:
+            log.info("applied schema migrations %s", applied)
+        store = FileBlobStore(settings.storage_dir, settings.tmp_dir)
+        swept = await store.sweep(lambda keys: referenced_keys(pool, keys))
+        if any(swept.values()):
+            log.warning("start-up sweep: removed %s", swept)
+    finally:
+        await pool.close()
+
+
 def create_app(settings: Settings) -> Litestar:
+    """The ASGI application. With no database URL in ``settings``, it runs its own
+    embedded PostgreSQL for its lifetime (single-process use: tests, ``pictor serve
+    --workers 1``)."""
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         embedded: EmbeddedPostgres | None = None
@@ -49,31 +70,20 @@ def create_app(settings: Settings) -> Litestar:
         if not dsn:
             embedded = EmbeddedPostgres(settings.pg_dir)
             dsn = await asyncio.to_thread(embedded.start)
-        executor = ProcessPoolExecutor(
-            max_workers=settings.worker_count,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_warm_worker,
-        )
         pool = None
         try:
+            if embedded is not None:
+                await prepare(settings, dsn)
             pool = await create_pool(dsn)
-            async with pool.acquire() as conn:
-                applied = await apply_migrations(conn)
-            if applied:
-                log.info("applied schema migrations %s", applied)
             store = FileBlobStore(settings.storage_dir, settings.tmp_dir)
-            swept = await store.sweep(lambda keys: referenced_keys(pool, keys))
-            if any(swept.values()):
-                log.warning("start-up sweep removed %s", swept)
             app.state.settings = settings
             app.state.pool = pool
             app.state.store = store
-            app.state.ingest = Ingest(settings, pool, store, executor)
+            app.state.ingest = Ingest(settings, pool, store)
             yield
         finally:
             if pool is not None:
                 await pool.close()
-            executor.shutdown(wait=True, cancel_futures=True)
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ from app.dicom.json_model import (
     bulk_prefix,
     to_json,
 )
-from app.dicom.reader import DataSet, DicomFormatError, Element, ParsedFile, parse_file
+from app.dicom.reader import (
+    DataSet,
+    DicomFormatError,
+    Element,
+    ParsedFile,
+    parse_buffer,
+    parse_file,
+)
 from app.dicom.uids import uid_problem
 from app.errors import FailureReason, InstanceRejected
 
@@ -178,7 +186,9 @@ def _encapsulated_frames(
     return Frames(offsets, lengths, starts)
 
 
-def analyse_parsed(parsed: ParsedFile, path: Path, sha256: str, size: int) -> Analysis:
+def analyse_parsed(
+    parsed: ParsedFile, read_head: Callable[[int, int], bytes], sha256: str, size: int
+) -> Analysis:
     ds = parsed.dataset
     cs_el = ds.get(0x00080005)
     charset = Charset(cs_el.value if cs_el is not None else None)
@@ -213,12 +223,6 @@ def analyse_parsed(parsed: ParsedFile, path: Path, sha256: str, size: int) -> An
     if pixel is not None and parsed.offsets_are_file_positions:
         if pixel.fragments is not None:
             eot = ds.get(0x7FE00001)
-
-            def read_head(offset: int, length: int) -> bytes:
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    return f.read(length)
-
             frames = _encapsulated_frames(
                 pixel, number_of_frames, eot.value if eot is not None else None, read_head
             )
@@ -279,13 +283,31 @@ def analyse_parsed(parsed: ParsedFile, path: Path, sha256: str, size: int) -> An
     )
 
 
-def analyse_file(path: Path) -> Analysis:
-    """Hash and analyse the file at ``path``; raise :class:`InstanceRejected` if unusable."""
-    sha256, size = _hash(path)
+def analyse_file(
+    path: Path,
+    sha256: str | None = None,
+    size: int | None = None,
+    content: memoryview | None = None,
+) -> Analysis:
+    """Analyse the instance stored at ``path``; raise :class:`InstanceRejected` if unusable.
+
+    ``sha256`` and ``size`` are those computed while the file was written (else the file
+    is read once more for them); ``content`` is the file's bytes when still in memory.
+    """
+    if sha256 is None or size is None:
+        sha256, size = _hash(path)
     try:
-        parsed = parse_file(path)
+        parsed = parse_buffer(content) if content is not None else parse_file(path)
     except DicomFormatError as exc:
         raise InstanceRejected(
             FailureReason.CANNOT_UNDERSTAND, f"not a readable DICOM instance: {exc}"
         ) from None
-    return analyse_parsed(parsed, path, sha256, size)
+
+    def read_head(offset: int, length: int) -> bytes:
+        if content is not None:
+            return bytes(content[offset : offset + length])
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    return analyse_parsed(parsed, read_head, sha256, size)

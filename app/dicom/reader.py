@@ -258,6 +258,13 @@ def _meta_transfer_syntax(meta: DataSet) -> str:
 
 def parse_buffer(buf: Buffer, *, inline_limit: int = 1024) -> ParsedFile:
     """Parse a whole Part 10 file held in ``buf`` (bytes or a memory map)."""
+    try:
+        return _parse(buf, inline_limit)
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise DicomFormatError(f"malformed data set ({exc})") from None
+
+
+def _parse(buf: Buffer, inline_limit: int) -> ParsedFile:
     view = memoryview(buf)
     if len(view) >= 132 and bytes(view[128:132]) == b"DICM":
         pos = 132

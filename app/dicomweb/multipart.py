@@ -31,7 +31,8 @@ class PartStart:
 
 @dataclass(slots=True)
 class PartData:
-    data: bytes
+    #: a view into the fed chunk: consume it before feeding the next one
+    data: bytes | memoryview
 
 
 @dataclass(slots=True)
@@ -99,12 +100,41 @@ class MultipartParser:
         return self._parts
 
     def feed(self, data: bytes) -> list[Event]:
-        self._buf += data
         events: list[Event] = []
+        if self._state == _BODY and len(data) > 2 * len(self._delimiter):
+            data = self._body_fast_path(data, events)
+            if not data:
+                return events
+        self._buf += data
         while True:
             progressed = self._step(events)
             if not progressed:
                 return events
+
+    def _body_fast_path(self, data: bytes, events: list[Event]) -> bytes:
+        """Inside a part's body: hand out views of ``data`` without copying it.
+
+        Returns what is left for the general state machine (from the delimiter on),
+        or ``b""`` when the whole chunk was body data.
+        """
+        delim = self._delimiter
+        keep = len(delim) - 1
+        if self._buf:
+            # the tail kept from the previous chunk may start a delimiter
+            tail = bytes(self._buf)
+            if (tail + data[:keep]).find(delim) >= 0:
+                return data  # rare: let the general path handle the crossing
+            events.append(PartData(tail))
+            self._buf.clear()
+        idx = data.find(delim)
+        view = memoryview(data)
+        if idx < 0:
+            events.append(PartData(view[: len(data) - keep]))
+            self._buf += view[len(data) - keep :]
+            return b""
+        if idx:
+            events.append(PartData(view[:idx]))
+        return data[idx:]
 
     def close(self) -> None:
         """The body ended: it must have ended with a close delimiter."""

@@ -156,7 +156,7 @@ class _Upload:
             )
             return
         self.skipping = False
-        self.current = await self.ingest.new_part()
+        self.current = self.ingest.new_part()
 
     async def data(self, chunk: bytes) -> None:
         if self.current is not None:
@@ -176,13 +176,13 @@ class _Upload:
         if batch:
             self.outcomes.extend(await self.ingest.commit(batch, self.study))
 
-    async def abandon(self) -> None:
+    def abandon(self) -> None:
         """Throw away everything not yet committed (committed instances stay)."""
         if self.current is not None:
-            await self.current.discard()
+            self.current.discard()
             self.current = None
         pending, self.pending = self.pending, []
-        await self.ingest.discard(pending)
+        self.ingest.discard(pending)
 
 
 @post(
@@ -219,17 +219,17 @@ async def store_instances(request: Request[Any, Any, Any], study: str | None = N
             parser.close()
         await upload.flush()
     except MultipartError as exc:
-        await upload.abandon()
+        upload.abandon()
         if not upload.outcomes:
             raise
         failure = f"malformed multipart body after {len(upload.outcomes)} parts: {exc.message}"
     except InternalServerException:
         # the client hung up mid-upload: nothing half-received is kept
         log.info("STOW client disconnected; discarding the uncommitted parts")
-        await upload.abandon()
+        upload.abandon()
         raise
     except BaseException:
-        await upload.abandon()
+        upload.abandon()
         raise
     base = base_url(
         request.app.state.settings.public_base_url,

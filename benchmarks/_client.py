@@ -1,0 +1,90 @@
+"""A lean HTTP/1.1 client for benchmarks: keep-alive, prebuilt bodies, no parsing overhead.
+
+Sending through a full-featured client (httpx) cost as much CPU as the server itself on
+this 2-core machine; the benchmark would then measure the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+BOUNDARY = "pictor-bench-boundary"
+MULTIPART = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def multipart_body(files: Iterable[bytes]) -> bytes:
+    parts = [
+        b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n"
+        for f in files
+    ]
+    return b"".join(parts) + b"--" + BOUNDARY.encode() + b"--\r\n"
+
+
+class Connection:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+
+    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        if self.writer is None:
+            await self._connect()
+        assert self.writer is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Accept: application/dicom+json\r\n\r\n"
+        ).encode()
+        self.writer.write(head)
+        self.writer.write(body)
+        await self.writer.drain()
+        return await self._response()
+
+    async def post_stream(
+        self, path: str, chunks: AsyncIterator[bytes], length: int, content_type: str
+    ) -> tuple[int, bytes]:
+        if self.writer is None:
+            await self._connect()
+        assert self.writer is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+        ).encode()
+        self.writer.write(head)
+        async for chunk in chunks:
+            self.writer.write(chunk)
+            await self.writer.drain()
+        return await self._response()
+
+    async def _response(self) -> tuple[int, bytes]:
+        assert self.reader is not None
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+            self.writer = None

@@ -1,0 +1,143 @@
+"""Run a real ``pictor serve`` process on loopback, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PictorProcess:
+    """``pictor serve`` in a subprocess with its own data directory (and embedded PostgreSQL)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        workers: int = 2,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.workers = workers
+        self.extra_env = env or {}
+        self.log_path = log_path or data_dir.parent / f"{data_dir.name}-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.base}/dicom-web"
+
+    def start(self, timeout: float = 60) -> PictorProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOR_")}
+        env.pop("DATABASE_URL", None)
+        env.update(
+            {
+                "PICTOR_DATA_DIR": str(self.data_dir),
+                "PICTOR_PORT": str(self.port),
+                "PICTOR_WORKERS": str(self.workers),
+                "PICTOR_DIMSE_PORT": "0",
+                "PICTOR_LOG_LEVEL": "warning",
+            }
+        )
+        env.update(self.extra_env)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pictor serve exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"pictor serve did not become ready: {self.log_path.read_text()[-3000:]}")
+
+    def pids(self) -> list[int]:
+        """The server's own processes (not PostgreSQL)."""
+        if self.proc is None:
+            return []
+        try:
+            parent = psutil.Process(self.proc.pid)
+            return [parent.pid] + [c.pid for c in parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def rss(self) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self, timeout: float = 30) -> int:
+        """Ctrl-C, as a person would; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        code = self.proc.returncode
+        self.proc = None
+        return int(code)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its worker processes at once (a crash)."""
+        if self.proc is None:
+            return
+        for pid in reversed(self.pids()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+        self.proc = None
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    pid_file = data_dir / "pg" / "postmaster.pid"
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text().split()[0])
+    return pid if psutil.pid_exists(pid) else None
+
+
+def stop_postgres(data_dir: Path) -> None:
+    """Stop an embedded PostgreSQL left running by a killed server."""
+    pid = postmaster_pid(data_dir)
+    if pid is not None:
+        os.kill(pid, signal.SIGINT)  # PostgreSQL: SIGINT is "fast shutdown"
+        psutil.Process(pid).wait(30)
