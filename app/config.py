@@ -30,7 +30,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     public_base_url: str = ""
     #: What STOW / import do with a *different* object under an existing SOP Instance UID.
     on_duplicate: DuplicatePolicy = "reject"
-    #: HTTP server processes (0: one per core). All share the index and the storage.
+    #: HTTP server processes (0: two per core, at most 8). All share the index and the
+    #: storage. Two per core keep both cores busy when a few long-lived connections (a
+    #: modality's STOW client) land unevenly on the processes.
     workers: int = 0
     log_level: str = "info"
 
@@ -48,7 +50,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def worker_count(self) -> int:
-        return self.workers or (os.cpu_count() or 1)
+        return self.workers or min(8, 2 * (os.cpu_count() or 1))
 
 
 #: environment variable -> settings field

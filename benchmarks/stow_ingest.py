@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--large-count", type=int, default=8)
     parser.add_argument("--large-mb", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=0, help="server processes (0: one per core)")
+    parser.add_argument("--workers", type=int, default=0, help="server processes (0: the server default)")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "stow_ingest.json")
     args = parser.parse_args()
 
@@ -114,7 +114,7 @@ def main() -> None:
             path.unlink()
         large_bytes = sum(map(len, large))
 
-        server = PictorProcess(root / "data", workers=args.workers or (os.cpu_count() or 1)).start()
+        server = PictorProcess(root / "data", workers=args.workers).start()
         try:
             pids = server.pids()
             cpu0 = cpu_seconds(pids)

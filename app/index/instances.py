@@ -53,38 +53,69 @@ async def referenced_keys(pool: asyncpg.Pool, keys: list[str]) -> set[str]:
     return {r["file_key"] for r in rows}
 
 
-_UPSERT_STUDY = """
+# Multi-row statements: a batch costs the same handful of round trips whatever its size.
+# Existing study / series rows are not locked here (DO NOTHING); only the aggregate
+# updates at the end of the transaction lock them, briefly, so concurrent batches into
+# one study do not queue behind each other's whole transaction.
+
+_INSERT_STUDIES = """
 INSERT INTO study (study_uid, patient_name, patient_id, issuer_of_patient_id,
     patient_birth_date, patient_sex, study_date, study_time, accession_number, study_id,
     referring_physician_name, study_description, attrs)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-ON CONFLICT (study_uid) DO UPDATE SET updated_at = now()
-RETURNING pk
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::json[])
+ON CONFLICT (study_uid) DO NOTHING
 """
 
-_UPSERT_SERIES = """
+_INSERT_SERIES = """
 WITH ins AS (
     INSERT INTO series (study_pk, series_uid, modality, series_number, series_description,
         series_date, series_time, body_part_examined, pps_start_date, pps_start_time, attrs)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
+        $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::json[])
     ON CONFLICT (series_uid) DO NOTHING
-    RETURNING pk, study_pk
+    RETURNING series_uid
 )
-SELECT pk, study_pk, true AS created FROM ins
-UNION ALL
-SELECT pk, study_pk, false FROM series WHERE series_uid = $2 AND NOT EXISTS (SELECT 1 FROM ins)
+SELECT series_uid FROM ins
 """
 
-_INSERT_INSTANCE = """
+_INSERT_INSTANCES = """
 INSERT INTO instance (series_pk, study_pk, sop_instance_uid, sop_class_uid, instance_number,
     transfer_syntax_uid, rows, columns, bits_allocated, bits_stored, samples_per_pixel,
     photometric_interpretation, number_of_frames, file_key, file_size, file_sha256,
     frame_offsets, frame_lengths, frame_first, bulk, metadata)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-    $17, $18, $19, $20, $21)
+SELECT t.series_pk, t.study_pk, t.sop, t.cls, t.num, t.ts, t.r, t.c, t.ba, t.bs, t.spp, t.pi,
+    t.nf, t.key, t.size, t.sha, t.offs::bigint[], t.lens::bigint[], t.firsts::int[], t.bulk,
+    t.meta
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[],
+    $7::int[], $8::int[], $9::int[], $10::int[], $11::int[], $12::text[], $13::int[],
+    $14::text[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[],
+    $20::json[], $21::json[])
+    AS t(series_pk, study_pk, sop, cls, num, ts, r, c, ba, bs, spp, pi, nf, key, size, sha,
+         offs, lens, firsts, bulk, meta)
 ON CONFLICT (sop_instance_uid) DO NOTHING
-RETURNING pk
+RETURNING sop_instance_uid
 """
+
+_ADD_TO_SERIES = """
+UPDATE series SET num_instances = series.num_instances + d.n
+FROM unnest($1::bigint[], $2::int[]) AS d(pk, n) WHERE series.pk = d.pk
+"""
+
+_ADD_TO_STUDY = """
+UPDATE study SET num_instances = num_instances + $2,
+    num_series = num_series + $3,
+    size_bytes = size_bytes + $4,
+    modalities = ARRAY(SELECT DISTINCT m FROM unnest(modalities || $5::text[]) m ORDER BY 1),
+    sop_classes = ARRAY(SELECT DISTINCT c FROM unnest(sop_classes || $6::text[]) c ORDER BY 1),
+    updated_at = now()
+WHERE pk = $1
+"""
+
+
+def _int_array(values: list[int] | None) -> str | None:
+    """A PostgreSQL array literal: cheaper to send than a nested array parameter."""
+    return None if values is None else "{" + ",".join(map(str, values)) + "}"
 
 
 async def _remove_instance(conn: asyncpg.Connection, pk: int) -> str | None:
@@ -126,6 +157,14 @@ TAKEN = "taken"
 SERIES_ELSEWHERE = "series-elsewhere"
 
 
+async def _pks(conn: asyncpg.Connection, table: str, column: str, uids: list[str]) -> dict[str, tuple[int, int]]:
+    extra = ", study_pk" if table == "series" else ", pk"
+    rows = await conn.fetch(
+        f"SELECT {column}, pk{extra} FROM {table} WHERE {column} = ANY($1::text[])", uids
+    )
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
 async def commit_batch(
     pool: asyncpg.Pool, items: Sequence[NewInstance]
 ) -> tuple[list[str], list[str]]:
@@ -134,138 +173,153 @@ async def commit_batch(
     Returns, per item, :data:`INSERTED`, :data:`TAKEN` or :data:`SERIES_ELSEWHERE`, and
     the file keys of the rows that were replaced (their files are deleted by the caller).
     """
-    order = sorted(
-        range(len(items)),
-        key=lambda i: (
-            items[i].analysis.study_uid,
-            items[i].analysis.series_uid,
-            items[i].analysis.sop_instance_uid,
-        ),
-    )
     results = [TAKEN] * len(items)
     replaced: list[str] = []
+    studies: dict[str, Analysis] = {}
+    series: dict[str, Analysis] = {}
+    for item in items:
+        studies.setdefault(item.analysis.study_uid, item.analysis)
+        series.setdefault(item.analysis.series_uid, item.analysis)
     try:
         async with pool.acquire() as conn, conn.transaction():
-            for i in order:
-                if items[i].replaces is not None:
-                    key = await _remove_instance(conn, items[i].replaces)
+            for item in sorted(items, key=lambda it: it.analysis.sop_instance_uid):
+                if item.replaces is not None:
+                    key = await _remove_instance(conn, item.replaces)
                     if key is not None:
                         replaced.append(key)
-            study_pks: dict[str, int] = {}
-            series_pks: dict[str, int] = {}
-            new_series: dict[int, int] = {}
+            uids = sorted(studies)
+            s = [studies[u].study for u in uids]
+            await conn.execute(
+                _INSERT_STUDIES,
+                uids,
+                *([row[col] for row in s] for col in _STUDY_COLUMNS),
+                [studies[u].study_json for u in uids],
+            )
+            study_pks = {u: v[0] for u, v in (await _pks(conn, "study", "study_uid", uids)).items()}
+            suids = sorted(series)
+            r = [series[u].series for u in suids]
+            created = await conn.fetch(
+                _INSERT_SERIES,
+                [study_pks[series[u].study_uid] for u in suids],
+                suids,
+                *([row[col] for row in r] for col in _SERIES_COLUMNS),
+                [series[u].series_json for u in suids],
+            )
+            new_series = {row[0] for row in created}
+            series_pks = await _pks(conn, "series", "series_uid", suids)
+
+            rows: list[tuple[int, NewInstance]] = []
+            for i, item in enumerate(items):
+                a = item.analysis
+                series_pk, owner = series_pks[a.series_uid]
+                if owner != study_pks[a.study_uid]:
+                    results[i] = SERIES_ELSEWHERE
+                    continue
+                rows.append((i, item))
+            inserted: set[str] = set()
+            if rows:
+                cols = _instance_columns([it for _, it in rows], series_pks, study_pks)
+                inserted = {r[0] for r in await conn.fetch(_INSERT_INSTANCES, *cols)}
             per_series: dict[int, int] = {}
             per_study: dict[int, list[Any]] = {}
-            for i in order:
-                a = items[i].analysis
-                study_pk = study_pks.get(a.study_uid)
-                if study_pk is None:
-                    s = a.study
-                    study_pk = await conn.fetchval(
-                        _UPSERT_STUDY,
-                        a.study_uid,
-                        s["patient_name"],
-                        s["patient_id"],
-                        s["issuer_of_patient_id"],
-                        s["patient_birth_date"],
-                        s["patient_sex"],
-                        s["study_date"],
-                        s["study_time"],
-                        s["accession_number"],
-                        s["study_id"],
-                        s["referring_physician_name"],
-                        s["study_description"],
-                        a.study_json,
-                    )
-                    study_pks[a.study_uid] = study_pk
-                series_pk = series_pks.get(a.series_uid)
-                if series_pk is None:
-                    r = a.series
-                    row = await conn.fetchrow(
-                        _UPSERT_SERIES,
-                        study_pk,
-                        a.series_uid,
-                        r["modality"],
-                        r["series_number"],
-                        r["series_description"],
-                        r["series_date"],
-                        r["series_time"],
-                        r["body_part_examined"],
-                        r["pps_start_date"],
-                        r["pps_start_time"],
-                        a.series_json,
-                    )
-                    series_pk = row["pk"]
-                    if row["study_pk"] != study_pk:
-                        results[i] = SERIES_ELSEWHERE
-                        continue
-                    series_pks[a.series_uid] = series_pk
-                    if row["created"]:
-                        new_series[study_pk] = new_series.get(study_pk, 0) + 1
-                inst = a.instance
-                fr = a.frames
-                pk = await conn.fetchval(
-                    _INSERT_INSTANCE,
-                    series_pk,
-                    study_pk,
-                    a.sop_instance_uid,
-                    a.sop_class_uid,
-                    inst["instance_number"],
-                    a.transfer_syntax,
-                    inst["rows"],
-                    inst["columns"],
-                    inst["bits_allocated"],
-                    inst["bits_stored"],
-                    inst["samples_per_pixel"],
-                    inst["photometric_interpretation"],
-                    inst["number_of_frames"],
-                    items[i].file_key,
-                    a.size,
-                    a.sha256,
-                    fr.offsets if fr else None,
-                    fr.lengths if fr else None,
-                    fr.first if fr else None,
-                    msgspec.json.encode(a.bulk),
-                    a.metadata,
-                )
-                if pk is None:
+            for i, item in rows:
+                a = item.analysis
+                if a.sop_instance_uid not in inserted:
                     continue
                 results[i] = INSERTED
+                series_pk = series_pks[a.series_uid][0]
                 per_series[series_pk] = per_series.get(series_pk, 0) + 1
-                agg = per_study.setdefault(study_pk, [0, 0, set(), set()])
+                agg = per_study.setdefault(study_pks[a.study_uid], [0, 0, set(), set(), 0])
                 agg[0] += 1
                 agg[1] += a.size
                 if a.series["modality"]:
                     agg[2].add(a.series["modality"])
                 agg[3].add(a.sop_class_uid)
-            for series_pk in sorted(per_series):
-                await conn.execute(
-                    "UPDATE series SET num_instances = num_instances + $2 WHERE pk = $1",
-                    series_pk,
-                    per_series[series_pk],
-                )
+            for suid in new_series:
+                pk = study_pks[series[suid].study_uid]
+                if pk in per_study:
+                    per_study[pk][4] += 1
+            if per_series:
+                keys = sorted(per_series)
+                await conn.execute(_ADD_TO_SERIES, keys, [per_series[k] for k in keys])
             for study_pk in sorted(per_study):
-                count, size, modalities, classes = per_study[study_pk]
+                count, size, modalities, classes, added_series = per_study[study_pk]
                 await conn.execute(
-                    """UPDATE study SET num_instances = num_instances + $2,
-                           num_series = num_series + $3,
-                           size_bytes = size_bytes + $4,
-                           modalities = ARRAY(SELECT DISTINCT m FROM unnest(modalities || $5::text[]) m ORDER BY 1),
-                           sop_classes = ARRAY(SELECT DISTINCT c FROM unnest(sop_classes || $6::text[]) c ORDER BY 1),
-                           updated_at = now()
-                       WHERE pk = $1""",
-                    study_pk,
-                    count,
-                    new_series.get(study_pk, 0),
-                    size,
-                    sorted(modalities),
-                    sorted(classes),
+                    _ADD_TO_STUDY, study_pk, count, added_series, size, sorted(modalities), sorted(classes)
                 )
-            # a study row created only for instances that were then refused
-            await conn.execute(
-                "DELETE FROM study WHERE pk = ANY($1::bigint[]) AND num_instances = 0",
-                list(study_pks.values()),
-            )
+            if len(per_study) < len(study_pks) or len(per_series) < len(series_pks):
+                # rows created only for instances that were then refused
+                await conn.execute(
+                    "DELETE FROM series WHERE pk = ANY($1::bigint[]) AND num_instances = 0",
+                    [v[0] for v in series_pks.values()],
+                )
+                await conn.execute(
+                    "DELETE FROM study WHERE pk = ANY($1::bigint[]) AND num_instances = 0",
+                    list(study_pks.values()),
+                )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise ServiceUnavailable(f"index commit failed: {exc}") from exc
     return results, replaced
+
+
+_STUDY_COLUMNS = (
+    "patient_name",
+    "patient_id",
+    "issuer_of_patient_id",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "study_id",
+    "referring_physician_name",
+    "study_description",
+)
+_SERIES_COLUMNS = (
+    "modality",
+    "series_number",
+    "series_description",
+    "series_date",
+    "series_time",
+    "body_part_examined",
+    "pps_start_date",
+    "pps_start_time",
+)
+
+
+def _instance_columns(
+    items: list[NewInstance],
+    series_pks: dict[str, tuple[int, int]],
+    study_pks: dict[str, int],
+) -> list[list[Any]]:
+    cols: list[list[Any]] = [[] for _ in range(21)]
+    for item in items:
+        a = item.analysis
+        inst = a.instance
+        fr = a.frames
+        row = (
+            series_pks[a.series_uid][0],
+            study_pks[a.study_uid],
+            a.sop_instance_uid,
+            a.sop_class_uid,
+            inst["instance_number"],
+            a.transfer_syntax,
+            inst["rows"],
+            inst["columns"],
+            inst["bits_allocated"],
+            inst["bits_stored"],
+            inst["samples_per_pixel"],
+            inst["photometric_interpretation"],
+            inst["number_of_frames"],
+            item.file_key,
+            a.size,
+            a.sha256,
+            _int_array(fr.offsets) if fr else None,
+            _int_array(fr.lengths) if fr else None,
+            _int_array(fr.first) if fr else None,
+            msgspec.json.encode(a.bulk),
+            a.metadata,
+        )
+        for col, value in zip(cols, row):
+            col.append(value)
+    return cols
