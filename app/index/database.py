@@ -105,6 +105,9 @@ class EmbeddedPostgres:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._server: Any = None
+        #: True when a postmaster was already running on the directory (a server that is
+        #: running, or one that was killed): it is reused rather than started
+        self.reattached = False
 
     def start(self) -> str:
         """Start (or reattach to) the server; returns its connection URI."""
@@ -114,6 +117,7 @@ class EmbeddedPostgres:
         Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
         import pgserver  # imported here: only the embedded mode needs it
 
+        self.reattached = _postmaster_alive(self.directory)
         logging.getLogger("pgserver").setLevel(logging.WARNING)
         self._server = pgserver.get_server(self.directory, cleanup_mode=None)
         uri: str = self._server.get_uri()
@@ -132,16 +136,10 @@ class EmbeddedPostgres:
         self._server = None
 
 
-async def wait_for(dsn: str, attempts: int = 50) -> None:
-    """Wait until the server accepts connections."""
-    last: Exception | None = None
-    for _ in range(attempts):
-        try:
-            conn = await asyncpg.connect(dsn)
-            await conn.close()
-            return
-        except (OSError, asyncpg.PostgresError) as exc:
-            last = exc
-            await asyncio.sleep(0.1)
-    raise ServiceUnavailable(f"PostgreSQL did not accept connections: {last}")
-
+def _postmaster_alive(directory: Path) -> bool:
+    try:
+        pid = int((directory / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
