@@ -51,7 +51,6 @@ Excluded files (beyond UID-family duplicates), and why:
 from __future__ import annotations
 
 import functools
-import re
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
+from app.dicom.uids import is_valid_uid
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -84,7 +84,6 @@ __all__ = [
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 MAX_FILE_SIZE = 5 * 1024 * 1024
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 @dataclass(frozen=True)
@@ -171,12 +170,6 @@ _CANDIDATES: tuple[tuple[str, str], ...] = (
     ("SC_rgb_rle_16bit_2frame.dcm", "SC 2 frames 100x100, 16-bit RGB"),
     ("rtdose_rle.dcm", "RT Dose, 15 frames 10x10, 32-bit"),
 )
-
-
-def is_valid_uid(value: object) -> bool:
-    """True if ``value`` is a syntactically valid DICOM UID (PS3.5 §9.1)."""
-    text = str(value) if value is not None else ""
-    return 0 < len(text) <= 64 and _UID_RE.fullmatch(text) is not None
 
 
 def _num_frames(ds: Dataset) -> int:

@@ -1,0 +1,86 @@
+"""Shared fixtures: a real ``pictor serve`` on loopback with its embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from server import PictorProcess  # noqa: E402
+
+BOUNDARY = "pictor-test-boundary"
+
+
+def multipart(parts: list[bytes], boundary: str = BOUNDARY, part_type: str | None = "application/dicom") -> bytes:
+    out = []
+    for part in parts:
+        header = f"Content-Type: {part_type}\r\n" if part_type else ""
+        out.append(f"--{boundary}\r\n{header}\r\n".encode() + part + b"\r\n")
+    return b"".join(out) + f"--{boundary}--\r\n".encode()
+
+
+def content_type(boundary: str = BOUNDARY) -> str:
+    return f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def embedded_dsn(data_dir: Path) -> str:
+    """Connection URI of a server's embedded PostgreSQL (from its postmaster.pid, PS: lines
+    4 and 5 are the port and the socket directory)."""
+    lines = (data_dir / "pg" / "postmaster.pid").read_text().splitlines()
+    return f"postgresql://postgres@/postgres?host={lines[4]}&port={lines[3]}"
+
+
+class Archive:
+    """A running server plus direct access to its index and storage, for assertions."""
+
+    def __init__(self, process: PictorProcess) -> None:
+        self.process = process
+        self.http = httpx.Client(base_url=process.dicomweb, timeout=120)
+
+    @property
+    def url(self) -> str:
+        return self.process.dicomweb
+
+    @property
+    def data_dir(self) -> Path:
+        return self.process.data_dir
+
+    def stow(self, body: bytes, ctype: str | None = None, study: str | None = None) -> httpx.Response:
+        path = "/studies" + (f"/{study}" if study else "")
+        return self.http.post(path, content=body, headers={"Content-Type": ctype or content_type()})
+
+    def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async def run() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(embedded_dsn(self.data_dir))
+            try:
+                return await conn.fetch(sql, *args)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    def storage_files(self) -> set[str]:
+        root = self.data_dir / "storage"
+        return {str(p.relative_to(root)) for p in root.rglob("*.dcm")}
+
+    def tmp_files(self) -> list[str]:
+        return sorted(p.name for p in (self.data_dir / "tmp").iterdir())
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    process = PictorProcess(tmp_path_factory.mktemp("archive") / "data").start()
+    archive = Archive(process)
+    try:
+        yield archive
+    finally:
+        archive.http.close()
+        process.stop()

@@ -1,0 +1,51 @@
+"""Settings (flag > environment > default) and public URLs (DESIGN.md decision 9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError, load_settings, to_environment
+from app.dicomweb.urls import base_url, instance_url, study_url
+
+
+def test_defaults_bind_loopback_only() -> None:
+    s = load_settings({}, {})
+    assert (s.host, s.port, s.dimse_port, s.on_duplicate) == ("127.0.0.1", 8042, 11112, "reject")
+    assert s.database_url == ""
+
+
+def test_flags_override_environment() -> None:
+    env = {"PICTOR_PORT": "9000", "PICTOR_HOST": "0.0.0.0", "PICTOR_DATA_DIR": "/srv/x"}
+    s = load_settings({"port": 9100, "host": None}, env)
+    assert s.port == 9100 and s.host == "0.0.0.0" and s.data_dir == Path("/srv/x")
+
+
+def test_environment_round_trip() -> None:
+    s = load_settings({"port": 9001, "data_dir": "/tmp/a"}, {"DATABASE_URL": "postgresql://x/y"})
+    assert load_settings({}, to_environment(s)) == s
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"PICTOR_PORT": "0"}, {"PICTOR_PORT": "http"}, {"PICTOR_ON_DUPLICATE": "overwrite"},
+     {"PICTOR_AE_TITLE": "A" * 17}],
+)
+def test_bad_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        load_settings({}, env)
+
+
+def test_base_url_precedence() -> None:
+    assert base_url("https://pacs.example/dw", {"host": "x"}, "http", "x") == "https://pacs.example/dw"
+    assert base_url("", {}, "http", "127.0.0.1:8042") == "http://127.0.0.1:8042/dicom-web"
+    fwd = {"x-forwarded-proto": "https", "x-forwarded-host": "pacs.example", "x-forwarded-prefix": "/img/"}
+    assert base_url("", fwd, "http", "10.0.0.1") == "https://pacs.example/img/dicom-web"
+    rfc = {"forwarded": 'for=1.2.3.4;proto=https;host="a.example:8443", for=5.6.7.8'}
+    assert base_url("", rfc, "http", "x") == "https://a.example:8443/dicom-web"
+
+
+def test_resource_urls_ps3_18_10_4() -> None:
+    assert study_url("b", "1.2") == "b/studies/1.2"
+    assert instance_url("b", "1", "2", "3") == "b/studies/1/series/2/instances/3"
