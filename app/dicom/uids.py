@@ -9,8 +9,8 @@ import re
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
-def is_valid_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
+def is_valid_uid(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def uid_problem(value: object) -> str | None:
