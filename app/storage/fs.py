@@ -375,7 +375,15 @@ def _owner_is_gone(entry: os.DirEntry[str], now: float) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(pid)  # a killed process nobody has reaped yet is gone too
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def _unlink_quietly(path: Path) -> bool:
