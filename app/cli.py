@@ -84,19 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", help="data directory (env PICTOR_DATA_DIR; default ./pictor-data)")
-        p.add_argument("--workers", type=int, help="worker processes for parsing (env PICTOR_WORKERS)")
+        p.add_argument(
+            "--data-dir", help="data directory (env PICTOR_DATA_DIR; default ./pictor-data)"
+        )
+        p.add_argument(
+            "--workers", type=int, help="worker processes for parsing (env PICTOR_WORKERS)"
+        )
 
     s = sub.add_parser("serve", help="run the archive (DICOMweb over HTTP)")
     s.add_argument("--host", help="bind address (env PICTOR_HOST; default 127.0.0.1)")
     s.add_argument("--port", type=int, help="HTTP port (env PICTOR_PORT; default 8042)")
-    s.add_argument("--dimse-port", type=int, help="DIMSE port (env PICTOR_DIMSE_PORT; default 11112)")
+    s.add_argument(
+        "--dimse-port", type=int, help="DIMSE port (env PICTOR_DIMSE_PORT; default 11112)"
+    )
     common(s)
     s.set_defaults(func=serve)
 
     i = sub.add_parser("import", help="import DICOM files and folders into the archive")
     i.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
-    i.add_argument("--jobs", type=int, default=0, help="files analysed at once (default: 2 per core)")
+    i.add_argument(
+        "--jobs", type=int, default=0, help="files analysed at once (default: 2 per core)"
+    )
     common(i)
     i.set_defaults(func=import_)
     return parser

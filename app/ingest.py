@@ -119,7 +119,9 @@ class Ingest:
         for part in parts:
             part.temp.discard()
 
-    async def commit(self, parts: Sequence[Part], expected_study: str | None = None) -> list[Outcome]:
+    async def commit(
+        self, parts: Sequence[Part], expected_study: str | None = None
+    ) -> list[Outcome]:
         """Decide and store a batch; returns one outcome per part, in order."""
         outcomes: list[Outcome | None] = [None] * len(parts)
         candidates: dict[int, Analysis] = {}
@@ -206,7 +208,9 @@ class Ingest:
                 a = new[i].analysis
                 key = instance_key(a.study_uid, a.series_uid, a.sop_instance_uid, _version())
                 new[i] = msgspec.structs.replace(new[i], file_key=key)
-            again = await self.store.publish([(parts[order[k]].temp, new[order[k]].file_key) for k in clashes])
+            again = await self.store.publish(
+                [(parts[order[k]].temp, new[order[k]].file_key) for k in clashes]
+            )
             for k, pub in zip(clashes, again):
                 pubs[k] = pub
         intent = await self.store.retire(retired) if retired else None

@@ -33,18 +33,15 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def _connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+        self.reader, self.writer = await asyncio.open_connection(
+            self.host, self.port, limit=1 << 20
+        )
 
     async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
         if self.writer is None:
             await self._connect()
         assert self.writer is not None
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            "Accept: application/dicom+json\r\n\r\n"
-        ).encode()
-        self.writer.write(head)
+        self.writer.write(self._head(path, content_type, len(body)))
         self.writer.write(body)
         await self.writer.drain()
         return await self._response()
@@ -55,15 +52,18 @@ class Connection:
         if self.writer is None:
             await self._connect()
         assert self.writer is not None
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
-        ).encode()
-        self.writer.write(head)
+        self.writer.write(self._head(path, content_type, length))
         async for chunk in chunks:
             self.writer.write(chunk)
             await self.writer.drain()
         return await self._response()
+
+    def _head(self, path: str, content_type: str, length: int) -> bytes:
+        return (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
+            "Accept: application/dicom+json\r\n\r\n"
+        ).encode()
 
     async def _response(self) -> tuple[int, bytes]:
         assert self.reader is not None

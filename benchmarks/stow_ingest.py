@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import psutil
-from _client import MULTIPART, Connection, multipart_body
 
+from _client import MULTIPART, Connection, multipart_body
 from server import PictorProcess
 from synth import big_multiframe, ct_slice, new_uids
 
@@ -58,7 +58,9 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-async def run_requests(port: int, bodies: list[bytes], clients: int, content_type: str) -> tuple[float, int]:
+async def run_requests(
+    port: int, bodies: list[bytes], clients: int, content_type: str
+) -> tuple[float, int]:
     """Send all bodies with ``clients`` keep-alive connections; returns (seconds, stored)."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
@@ -84,17 +86,25 @@ async def run_requests(port: int, bodies: list[bytes], clients: int, content_typ
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--large-count", type=int, default=8)
     parser.add_argument("--large-mb", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=0, help="server processes (0: the server default)")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "stow_ingest.json")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="server processes (0: the server default)"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "stow_ingest.json"
+    )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="pictor-bench-", dir=os.environ.get("PICTOR_BENCH_DIR")) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="pictor-bench-", dir=os.environ.get("PICTOR_BENCH_DIR")
+    ) as tmp:
         root = Path(tmp)
         disk = disk_write_speed(root)
         print(f"sequential disk write (1 GiB, fsync): {disk:8.0f} MB/s")
@@ -102,7 +112,9 @@ def main() -> None:
         study, series = new_uids()
         slices = [ct_slice(study, series, i) for i in range(args.instances)]
         ct_bytes = sum(map(len, slices))
-        bodies = [multipart_body(slices[i : i + args.batch]) for i in range(0, len(slices), args.batch)]
+        bodies = [
+            multipart_body(slices[i : i + args.batch]) for i in range(0, len(slices), args.batch)
+        ]
         del slices
 
         large_dir = root / "large"
@@ -118,7 +130,9 @@ def main() -> None:
         try:
             pids = server.pids()
             cpu0 = cpu_seconds(pids)
-            ct_time, ct_stored = asyncio.run(run_requests(server.port, bodies, args.clients, MULTIPART))
+            ct_time, ct_stored = asyncio.run(
+                run_requests(server.port, bodies, args.clients, MULTIPART)
+            )
             cpu_ct = cpu_seconds(pids) - cpu0
             if ct_stored != args.instances:
                 raise RuntimeError(f"stored {ct_stored} of {args.instances} CT instances")

@@ -23,19 +23,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from _client import BOUNDARY, MULTIPART, Connection
-
 from server import PictorProcess
 from synth import big_multiframe
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gb", type=float, default=2.0)
     parser.add_argument("--multipart", action="store_true")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "stow_memory.json")
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "stow_memory.json"
+    )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="pictor-mem-", dir=os.environ.get("PICTOR_BENCH_DIR")) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="pictor-mem-", dir=os.environ.get("PICTOR_BENCH_DIR")
+    ) as tmp:
         root = Path(tmp)
         source = big_multiframe(root / "big.dcm", int(args.gb * 1e9))
         size = source.stat().st_size

@@ -19,7 +19,9 @@ from server import PictorProcess  # noqa: E402
 BOUNDARY = "pictor-test-boundary"
 
 
-def multipart(parts: list[bytes], boundary: str = BOUNDARY, part_type: str | None = "application/dicom") -> bytes:
+def multipart(
+    parts: list[bytes], boundary: str = BOUNDARY, part_type: str | None = "application/dicom"
+) -> bytes:
     out = []
     for part in parts:
         header = f"Content-Type: {part_type}\r\n" if part_type else ""
@@ -53,7 +55,9 @@ class Archive:
     def data_dir(self) -> Path:
         return self.process.data_dir
 
-    def stow(self, body: bytes, ctype: str | None = None, study: str | None = None) -> httpx.Response:
+    def stow(
+        self, body: bytes, ctype: str | None = None, study: str | None = None
+    ) -> httpx.Response:
         path = "/studies" + (f"/{study}" if study else "")
         return self.http.post(path, content=body, headers={"Content-Type": ctype or content_type()})
 

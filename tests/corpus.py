@@ -61,13 +61,14 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
-from app.dicom.uids import is_valid_uid
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
-    UID,
     generate_uid,
 )
+
+from app.dicom.uids import is_valid_uid
 
 __all__ = [
     "RefFile",
@@ -316,9 +317,7 @@ def expected_frames(path: Path, *, as_little_endian: bool = False) -> list[bytes
         extended = None
         if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
             extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-        frames = list(
-            generate_frames(data, number_of_frames=n_frames, extended_offsets=extended)
-        )
+        frames = list(generate_frames(data, number_of_frames=n_frames, extended_offsets=extended))
         if len(frames) != n_frames:
             raise ValueError(f"found {len(frames)} encapsulated frames, expected {n_frames}")
         return frames
@@ -466,8 +465,10 @@ def _self_check() -> int:
     for ref in refs:
         ts_name = UID(ref.transfer_syntax).name
         size = ref.path.stat().st_size
-        print(f"{ref.name:36} {ts_name[:58]:58} {ref.number_of_frames:6} "
-              f"{str(ref.encapsulated):6} {size:9}")
+        print(
+            f"{ref.name:36} {ts_name[:58]:58} {ref.number_of_frames:6} "
+            f"{str(ref.encapsulated):6} {size:9}"
+        )
         try:
             ds = pydicom.dcmread(ref.path)
             frames = expected_frames(ref.path)

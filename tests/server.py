@@ -79,7 +79,9 @@ class PictorProcess:
                         return self
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"pictor serve did not become ready: {self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"pictor serve did not become ready: {self.log_path.read_text()[-3000:]}"
+        )
 
     def pids(self) -> list[int]:
         """The server's own processes (not PostgreSQL)."""

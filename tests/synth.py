@@ -263,9 +263,7 @@ def _ct_template(
     for tag, _, _ in _CT_DYNAMIC:
         bounds += [tag, tag + 1]
     bounds.append(_PIXEL_DATA_TAG)
-    segments = tuple(
-        _encode(ds[bounds[i] : bounds[i + 1]]) for i in range(0, len(bounds), 2)
-    )
+    segments = tuple(_encode(ds[bounds[i] : bounds[i + 1]]) for i in range(0, len(bounds), 2))
     return _CTTemplate(
         meta_before=_encode(meta[0x00020001:0x00020003]),
         meta_after=_encode(meta[0x00020004:0x00030000]),
@@ -416,8 +414,16 @@ def _self_test() -> None:
     assert data == ct_slice(study, series, 3), "not deterministic"
     ds = pydicom.dcmread(io.BytesIO(data))
     arr = ds.pixel_array
-    print(ds.SOPInstanceUID, ds.InstanceNumber, ds.ImagePositionPatient, arr.dtype,
-          arr.shape, int(arr.min()), int(arr.max()), len(data))
+    print(
+        ds.SOPInstanceUID,
+        ds.InstanceNumber,
+        ds.ImagePositionPatient,
+        arr.dtype,
+        arr.shape,
+        int(arr.min()),
+        int(arr.max()),
+        len(data),
+    )
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert arr.dtype == np.int16 and arr.min() >= -2048 and arr.max() <= 2047
 
@@ -456,8 +462,10 @@ def _self_test() -> None:
         elapsed = time.perf_counter() - t0
         ds = pydicom.dcmread(path)
         arr = ds.pixel_array
-        print(f"big_multiframe: {path.stat().st_size} bytes in {elapsed:.2f}s,",
-              f"NumberOfFrames={ds.NumberOfFrames}, shape={arr.shape}")
+        print(
+            f"big_multiframe: {path.stat().st_size} bytes in {elapsed:.2f}s,",
+            f"NumberOfFrames={ds.NumberOfFrames}, shape={arr.shape}",
+        )
         assert arr.shape == (int(ds.NumberOfFrames), 512, 512)
         assert len(ds.PixelData) == int(ds.NumberOfFrames) * 512 * 512 * 2
         for i in (0, 1, int(ds.NumberOfFrames) - 1):

@@ -18,9 +18,9 @@ import msgspec
 
 from app.dicom.json_model import (
     Charset,
+    bulk_prefix,
     first_int,
     first_text,
-    bulk_prefix,
     to_json,
 )
 from app.dicom.reader import (
@@ -206,7 +206,11 @@ def analyse_parsed(
         prefix=bulk_prefix(study_uid, series_uid, sop_uid),
         offsets_valid=parsed.offsets_are_file_positions,
     )
-    study_json = {k: v for k, v in metadata.items() if int(k, 16) in STUDY_TAGS or int(k[:4], 16) in STUDY_GROUPS}
+    study_json = {
+        k: v
+        for k, v in metadata.items()
+        if int(k, 16) in STUDY_TAGS or int(k[:4], 16) in STUDY_GROUPS
+    }
     series_json = {k: v for k, v in metadata.items() if int(k, 16) in SERIES_TAGS}
 
     def text(tag: int) -> str | None:

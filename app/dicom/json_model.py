@@ -106,7 +106,9 @@ def element_values(el: Element, charset: Charset, little_endian: bool) -> list[A
     if code is not None:
         size = struct.calcsize("<" + code)
         count = len(raw) // size
-        return list(struct.unpack(("<" if little_endian else ">") + code * count, raw[: count * size]))
+        return list(
+            struct.unpack(("<" if little_endian else ">") + code * count, raw[: count * size])
+        )
     if vr == "AT":
         count = len(raw) // 4
         words = struct.unpack(("<" if little_endian else ">") + "H" * (count * 2), raw[: count * 4])
@@ -193,4 +195,3 @@ def to_json(
 ) -> tuple[dict[str, Any], list[BulkRange]]:
     builder = JsonBuilder(little_endian, prefix, offsets_valid)
     return builder.dataset(ds, Charset(None)), builder.bulk
-

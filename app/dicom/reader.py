@@ -18,14 +18,13 @@ from __future__ import annotations
 import mmap
 import struct
 import zlib
-from typing import Union
-
-Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from pydicom.datadict import dictionary_VR
+
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 UNDEFINED = 0xFFFFFFFF
 ITEM = 0xFFFEE000
@@ -91,7 +90,7 @@ class ParsedFile:
 
 
 def _ambiguous_us_ss() -> frozenset[int]:
-    from pydicom.datadict import DicomDictionary
+    from pydicom._dicom_dict import DicomDictionary
 
     return frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "US or SS")
 
@@ -120,9 +119,7 @@ def implicit_vr(tag: int) -> str:
 
 
 class _Walker:
-    def __init__(
-        self, buf: Buffer, little_endian: bool, implicit: bool, inline_limit: int
-    ) -> None:
+    def __init__(self, buf: Buffer, little_endian: bool, implicit: bool, inline_limit: int) -> None:
         self.buf = memoryview(buf)
         self.size = len(self.buf)
         self.little = little_endian
@@ -170,7 +167,7 @@ class _Walker:
         header = pos
         if tag == ITEM_DELIMITATION:
             return None, pos + 8
-        if tag == ITEM or tag == SEQUENCE_DELIMITATION:
+        if tag in (ITEM, SEQUENCE_DELIMITATION):
             raise DicomFormatError(f"unexpected item tag {tag:08X} at byte {pos}")
         if implicit:
             vr = implicit_vr(tag)

@@ -1,1 +1,4 @@
-"""DICOMweb resources (PS3.18): one module per service. Only this package and main import litestar."""
+"""DICOMweb resources (PS3.18), one module per service.
+
+Only this package and ``app.main`` import litestar.
+"""

@@ -141,7 +141,9 @@ class MultipartParser:
         if self._state == _EPILOGUE:
             return
         if self._state == _PREAMBLE:
-            raise MultipartError("the body has no part: no delimiter line with the boundary was found")
+            raise MultipartError(
+                "the body has no part: no delimiter line with the boundary was found"
+            )
         raise MultipartError("the body ended in the middle of a part (no closing boundary)")
 
     # -- states --------------------------------------------------------------------------
@@ -153,7 +155,11 @@ class MultipartParser:
                 del buf[: len(self._dash_boundary)]
                 self._state = _DELIMITER_LINE
                 return True
-            if self._at_start and len(buf) < len(self._dash_boundary) and self._dash_boundary.startswith(bytes(buf)):
+            if (
+                self._at_start
+                and len(buf) < len(self._dash_boundary)
+                and self._dash_boundary.startswith(bytes(buf))
+            ):
                 return False  # may still become the boundary
             self._at_start = False
             idx = buf.find(self._delimiter)

@@ -20,7 +20,14 @@ from litestar.exceptions import InternalServerException
 from litestar.response import Response
 
 from app.dicom.uids import uid_problem
-from app.dicomweb.multipart import MultipartError, MultipartParser, PartData, PartEnd, PartStart, parse_media_type
+from app.dicomweb.multipart import (
+    MultipartError,
+    MultipartParser,
+    PartData,
+    PartEnd,
+    PartStart,
+    parse_media_type,
+)
 from app.dicomweb.urls import base_url, instance_url, study_url
 from app.errors import BadRequest, FailureReason, UnsupportedMediaType
 from app.ingest import FAILED, Ingest, Outcome, Part
@@ -42,7 +49,7 @@ def check_content_type(value: str | None) -> tuple[str, str | None]:
     """
     if not value:
         raise UnsupportedMediaType(
-            "Content-Type is missing; send multipart/related; type=\"application/dicom\" "
+            'Content-Type is missing; send multipart/related; type="application/dicom" '
             "(PS3.18 10.5.1) or application/dicom"
         )
     media, params = parse_media_type(value)
@@ -53,7 +60,7 @@ def check_content_type(value: str | None) -> tuple[str, str | None]:
         if part_type != DICOM:
             raise UnsupportedMediaType(
                 f"multipart/related with type={part_type!r} is not supported; only "
-                f"type=\"application/dicom\" (PS3.18 10.5.1, Table 8.6.1-2)"
+                f'type="application/dicom" (PS3.18 10.5.1, Table 8.6.1-2)'
             )
         boundary = params.get("boundary")
         if not boundary:
@@ -61,14 +68,16 @@ def check_content_type(value: str | None) -> tuple[str, str | None]:
         return media, boundary
     raise UnsupportedMediaType(
         f"Content-Type {media!r} is not accepted by STOW-RS here; send multipart/related; "
-        f"type=\"application/dicom\" (PS3.18 10.5.1) or application/dicom"
+        f'type="application/dicom" (PS3.18 10.5.1) or application/dicom'
     )
 
 
 def _sop_item(o: Outcome) -> dict[str, Any]:
     item: dict[str, Any] = {
         "00081150": {"vr": "UI", "Value": [o.sop_class_uid]} if o.sop_class_uid else {"vr": "UI"},
-        "00081155": {"vr": "UI", "Value": [o.sop_instance_uid]} if o.sop_instance_uid else {"vr": "UI"},
+        "00081155": {"vr": "UI", "Value": [o.sop_instance_uid]}
+        if o.sop_instance_uid
+        else {"vr": "UI"},
     }
     return item
 
@@ -93,7 +102,9 @@ def store_response(
             item = _sop_item(o)
             item["00081197"] = {"vr": "US", "Value": [o.reason or FailureReason.PROCESSING_FAILURE]}
             # Error Comment carries the human-readable reason
-            item["00000902"] = {"vr": "LO", "Value": [o.message[:64]]} if o.message else {"vr": "LO"}
+            item["00000902"] = (
+                {"vr": "LO", "Value": [o.message[:64]]} if o.message else {"vr": "LO"}
+            )
             items.append(item)
         body["00081198"] = {"vr": "SQ", "Value": items}
     if stored:
@@ -158,7 +169,7 @@ class _Upload:
         self.skipping = False
         self.current = self.ingest.new_part()
 
-    async def data(self, chunk: bytes) -> None:
+    async def data(self, chunk: bytes | memoryview) -> None:
         if self.current is not None:
             await self.current.write(chunk)
 
@@ -191,7 +202,9 @@ class _Upload:
     status_code=200,
     name="stow",
 )
-async def store_instances(request: Request[Any, Any, Any], study: str | None = None) -> Response[bytes]:
+async def store_instances(
+    request: Request[Any, Any, Any], study: str | None = None
+) -> Response[bytes]:
     """Store Instances (PS3.18 10.5): the Studies Store transaction."""
     media, boundary = check_content_type(request.headers.get("content-type"))
     if study is not None and (problem := uid_problem(study)) is not None:

@@ -9,7 +9,6 @@ down with ``pg_ctl stop``: pgserver's own clean-up does not stop a reattached se
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -119,7 +118,9 @@ class EmbeddedPostgres:
 
         self.reattached = _postmaster_alive(self.directory)
         logging.getLogger("pgserver").setLevel(logging.WARNING)
-        self._server = pgserver.get_server(self.directory, cleanup_mode=None)
+        self._server = pgserver.get_server(  # type: ignore[attr-defined]
+            self.directory, cleanup_mode=None
+        )
         uri: str = self._server.get_uri()
         return uri
 
@@ -127,10 +128,12 @@ class EmbeddedPostgres:
         """Stop the server (fast shutdown: open sessions are ended, data is flushed)."""
         if self._server is None:
             return
-        from pgserver._commands import pg_ctl  # the bundled pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # bundled pg_ctl
 
         try:
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.directory, user=self._server.system_user)
+            pg_ctl(
+                ["-w", "-m", "fast", "stop"], pgdata=self.directory, user=self._server.system_user
+            )
         except subprocess.CalledProcessError:
             pass  # already stopped
         self._server = None

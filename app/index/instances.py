@@ -47,9 +47,7 @@ async def find_existing(pool: asyncpg.Pool, sop_uids: Sequence[str]) -> dict[str
 
 
 async def referenced_keys(pool: asyncpg.Pool, keys: list[str]) -> set[str]:
-    rows = await pool.fetch(
-        "SELECT file_key FROM instance WHERE file_key = ANY($1::text[])", keys
-    )
+    rows = await pool.fetch("SELECT file_key FROM instance WHERE file_key = ANY($1::text[])", keys)
     return {r["file_key"] for r in rows}
 
 
@@ -157,7 +155,9 @@ TAKEN = "taken"
 SERIES_ELSEWHERE = "series-elsewhere"
 
 
-async def _pks(conn: asyncpg.Connection, table: str, column: str, uids: list[str]) -> dict[str, tuple[int, int]]:
+async def _pks(
+    conn: asyncpg.Connection, table: str, column: str, uids: list[str]
+) -> dict[str, tuple[int, int]]:
     extra = ", study_pk" if table == "series" else ", pk"
     rows = await conn.fetch(
         f"SELECT {column}, pk{extra} FROM {table} WHERE {column} = ANY($1::text[])", uids
@@ -245,7 +245,13 @@ async def commit_batch(
             for study_pk in sorted(per_study):
                 count, size, modalities, classes, added_series = per_study[study_pk]
                 await conn.execute(
-                    _ADD_TO_STUDY, study_pk, count, added_series, size, sorted(modalities), sorted(classes)
+                    _ADD_TO_STUDY,
+                    study_pk,
+                    count,
+                    added_series,
+                    size,
+                    sorted(modalities),
+                    sorted(classes),
                 )
             if len(per_study) < len(study_pks) or len(per_series) < len(series_pks):
                 # rows created only for instances that were then refused

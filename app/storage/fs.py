@@ -15,9 +15,9 @@ A file is published in this order (DESIGN.md, decision 2):
    the intent.
 
 After a crash, :meth:`FileBlobStore.sweep` finds each intent left by a process that is
-gone and deletes its target unless an index row references it, so a file is visible only with its row, and no
-half-written file ever has a final name. Replacing a file uses the same mechanism: the
-old file gets an intent before the row moves away from it.
+gone and deletes its target unless an index row references it, so a file is visible
+only with its row, and no half-written file ever has a final name. Replacing a file
+uses the same mechanism: the old file gets an intent before the row moves away from it.
 
 The fsyncs of a batch are issued together so the filesystem can commit them as one
 journal transaction; acknowledged instances are durable.
@@ -347,11 +347,13 @@ class FileBlobStore:
         removed_files = 0
         if candidates:
             keep = await referenced(sorted({key for _, _, key in candidates}))
-            for _, part, key in candidates:
+            for _, part_path, key in candidates:
                 final = self.path(key)
                 if key in keep or not final.exists():
                     continue
-                if part is not None and not (part.exists() and os.path.samefile(part, final)):
+                if part_path is not None and not (
+                    part_path.exists() and os.path.samefile(part_path, final)
+                ):
                     continue  # linked by someone else, or already settled
                 if _unlink_quietly(final):
                     removed_files += 1

@@ -90,7 +90,10 @@ def test_sweep_ignores_live_processes_and_finishes_retirement(tmp_path: Path) ->
         await store.retire([old])  # the row is about to move from old to new
         live = sorted(p.name for p in store.tmp.iterdir())
         assert await store.sweep(lambda keys: _referenced(keys, set())) == {
-            "parts": 0, "intents": 0, "unreferenced_files": 0}
+            "parts": 0,
+            "intents": 0,
+            "unreferenced_files": 0,
+        }
         assert sorted(p.name for p in store.tmp.iterdir()) == live  # ours: untouched
         orphan(store)
         await store.sweep(lambda keys: _referenced(keys, {new}))

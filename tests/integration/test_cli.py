@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -11,10 +12,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import asyncpg
 import psutil
-import pytest
 
-from conftest import Archive
+from app.index.database import EmbeddedPostgres
+
+from conftest import Archive, multipart
 from server import PictorProcess, free_port, postmaster_pid
 from synth import ct_slice, new_uids
 
@@ -23,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOR_") and k != "DATABASE_URL"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("PICTOR_") and k != "DATABASE_URL"
+    }
     env.update(extra)
     return env
 
@@ -46,7 +51,10 @@ def test_serve_prints_url_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc = subprocess.Popen(
         PICTOR + ["serve", "--port", str(port), "--data-dir", str(data)],
-        env=_env(PICTOR_DIMSE_PORT="0"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+        env=_env(PICTOR_DIMSE_PORT="0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
     try:
         assert proc.stdout is not None
@@ -64,7 +72,11 @@ def test_serve_prints_url_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         pg = postmaster_pid(data)
         assert pg is not None and psutil.pid_exists(pg)
         # listens on loopback only by default
-        addrs = {c.laddr.ip for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"}
+        addrs = {
+            c.laddr.ip
+            for c in psutil.net_connections("tcp")
+            if c.laddr.port == port and c.status == "LISTEN"
+        }
         assert addrs == {"127.0.0.1"}
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(30) == 0
@@ -87,7 +99,9 @@ def test_environment_configures_the_server(tmp_path: Path) -> None:
 
 
 def test_bad_flag_value_is_a_clear_error() -> None:
-    out = subprocess.run(PICTOR + ["serve", "--port", "70000"], env=_env(), capture_output=True, cwd=ROOT)
+    out = subprocess.run(
+        PICTOR + ["serve", "--port", "70000"], env=_env(), capture_output=True, cwd=ROOT
+    )
     assert out.returncode != 0
     assert b"ports must be between" in out.stderr
 
@@ -107,12 +121,19 @@ def test_import_folder_with_junk_is_safe_to_rerun(tmp_path: Path, archive: Archi
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             PICTOR + ["import", "--data-dir", str(data), str(folder)],
-            env=_env(), capture_output=True, text=True, cwd=ROOT, timeout=300,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
         )
 
     first = run()
     assert first.returncode == 1  # one file failed
-    assert "stored 5, already present 0, failed 1, skipped 1 non-DICOM files and 1 DICOMDIR" in first.stdout
+    assert (
+        "stored 5, already present 0, failed 1, skipped 1 non-DICOM files and 1 DICOMDIR"
+        in first.stdout
+    )
     assert "broken.dcm" in first.stdout and "truncated" in first.stdout
     second = run()
     assert "stored 0, already present 5, failed 1" in second.stdout
@@ -129,9 +150,40 @@ def test_import_into_a_running_server(archive: Archive, tmp_path: Path) -> None:
         (tmp_path / f"{i}.dcm").write_bytes(ct_slice(study, series, i))
     out = subprocess.run(
         PICTOR + ["import", "--data-dir", str(archive.data_dir), str(tmp_path)],
-        env=_env(), capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "stored 3" in out.stdout
     assert archive.query("SELECT num_instances FROM study WHERE study_uid = $1", study)[0][0] == 3
     assert postmaster_pid(archive.data_dir) is not None  # the server's database keeps running
+
+
+def test_database_url_uses_that_server(tmp_path: Path) -> None:
+    """With DATABASE_URL the server uses that PostgreSQL and runs none of its own."""
+    external = EmbeddedPostgres(tmp_path / "external-pg")
+    dsn = external.start()
+    data = tmp_path / "data"
+    process = PictorProcess(data, workers=1, env={"DATABASE_URL": dsn})
+    process.start()
+    archive = Archive(process)
+    try:
+        study, series = new_uids()
+        assert archive.stow(multipart([ct_slice(study, series, 0)])).status_code == 200
+        assert not (data / "pg").exists()
+
+        async def count() -> int:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return int(await conn.fetchval("SELECT count(*) FROM instance"))
+            finally:
+                await conn.close()
+
+        assert asyncio.run(count()) == 1
+    finally:
+        archive.http.close()
+        process.stop()
+        external.stop()

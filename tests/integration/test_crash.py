@@ -21,7 +21,9 @@ from server import PictorProcess, stop_postgres
 from synth import big_multiframe, ct_slice, new_uids
 
 
-def _uploader(url: str, stop: threading.Event, acknowledged: list[str], seed: int, big: bytes) -> None:
+def _uploader(
+    url: str, stop: threading.Event, acknowledged: list[str], seed: int, big: bytes
+) -> None:
     """Send STOW requests until the server dies; record what it acknowledged."""
     study, series = new_uids()
     index = 0
@@ -32,8 +34,11 @@ def _uploader(url: str, stop: threading.Event, acknowledged: list[str], seed: in
                 parts.insert(4, big)  # a large part in the middle of the request
             index += 8
             try:
-                r = client.post(f"{url}/studies", content=multipart(parts),
-                                headers={"Content-Type": content_type()})
+                r = client.post(
+                    f"{url}/studies",
+                    content=multipart(parts),
+                    headers={"Content-Type": content_type()},
+                )
             except httpx.HTTPError:
                 return
             if r.status_code in (200, 202):
@@ -71,7 +76,9 @@ def check_consistency(archive: Archive) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.8, 2.0, 3.5])
-def test_sigkill_during_large_stow_leaves_a_consistent_archive(tmp_path: Path, delay: float) -> None:
+def test_sigkill_during_large_stow_leaves_a_consistent_archive(
+    tmp_path: Path, delay: float
+) -> None:
     data_dir = tmp_path / "data"
     big_path = big_multiframe(tmp_path / "big.dcm", 60_000_000)
     big = big_path.read_bytes()
@@ -80,10 +87,15 @@ def test_sigkill_during_large_stow_leaves_a_consistent_archive(tmp_path: Path, d
     acknowledged: list[str] = []
     try:
         study, series = new_uids()
-        assert archive.stow(multipart([ct_slice(study, series, i) for i in range(5)])).status_code == 200
+        assert (
+            archive.stow(multipart([ct_slice(study, series, i) for i in range(5)])).status_code
+            == 200
+        )
         stop = threading.Event()
         threads = [
-            threading.Thread(target=_uploader, args=(server.dicomweb, stop, acknowledged, seed, big))
+            threading.Thread(
+                target=_uploader, args=(server.dicomweb, stop, acknowledged, seed, big)
+            )
             for seed in range(3)
         ]
         for t in threads:
@@ -98,10 +110,14 @@ def test_sigkill_during_large_stow_leaves_a_consistent_archive(tmp_path: Path, d
         server = PictorProcess(data_dir, port=server.port, workers=2).start()  # sweep runs
         archive = Archive(server)
         check_consistency(archive)
-        present = {r["sop_instance_uid"] for r in archive.query("SELECT sop_instance_uid FROM instance")}
+        present = {
+            r["sop_instance_uid"] for r in archive.query("SELECT sop_instance_uid FROM instance")
+        }
         missing = set(acknowledged) - present
         assert not missing, f"acknowledged but lost: {sorted(missing)[:5]}"
-        assert archive.query("SELECT num_instances FROM study WHERE study_uid = $1", study)[0][0] == 5
+        assert (
+            archive.query("SELECT num_instances FROM study WHERE study_uid = $1", study)[0][0] == 5
+        )
         # and the archive works after the crash
         s2, r2 = new_uids()
         assert archive.stow(multipart([ct_slice(s2, r2, 0)])).status_code == 200

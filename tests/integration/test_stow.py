@@ -25,7 +25,9 @@ def failed(response_json: dict) -> list[tuple[str, int, str]]:
     out = []
     for item in response_json.get("00081198", {}).get("Value", []):
         sop = item["00081155"].get("Value", [""])[0]
-        out.append((sop, item["00081197"]["Value"][0], item.get("00000902", {}).get("Value", [""])[0]))
+        out.append(
+            (sop, item["00081197"]["Value"][0], item.get("00000902", {}).get("Value", [""])[0])
+        )
     return out
 
 
@@ -40,12 +42,16 @@ def instance_row(archive: Archive, sop: str) -> dict | None:
 def test_dicomweb_client_store_instances(archive: Archive) -> None:
     """The real client nobody here wrote (dicomweb-client) stores a series."""
     study, series = new_uids()
-    datasets = [pydicom.dcmread(pydicom.filebase.DicomBytesIO(ct_slice(study, series, i))) for i in range(3)]
+    datasets = [
+        pydicom.dcmread(pydicom.filebase.DicomBytesIO(ct_slice(study, series, i))) for i in range(3)
+    ]
     client = DICOMwebClient(url=archive.url)
     result = client.store_instances(datasets=datasets)
     assert len(result.ReferencedSOPSequence) == 3
     assert result.RetrieveURL == f"{archive.url}/studies/{study}"
-    rows = archive.query("SELECT num_instances, num_series, modalities FROM study WHERE study_uid = $1", study)
+    rows = archive.query(
+        "SELECT num_instances, num_series, modalities FROM study WHERE study_uid = $1", study
+    )
     assert rows[0]["num_instances"] == 3 and rows[0]["num_series"] == 1
     assert rows[0]["modalities"] == ["CT"]
 
@@ -118,7 +124,9 @@ def test_stow_rs_with_json_metadata_is_415(archive: Archive) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\nDICM-ish but never closed",
+        b"--"
+        + BOUNDARY.encode()
+        + b"\r\nContent-Type: application/dicom\r\n\r\nDICM-ish but never closed",
         b"this body has no boundary at all",
         b"",
     ],
@@ -174,8 +182,14 @@ def test_each_bad_part_fails_alone_with_its_reason(archive: Archive) -> None:
     assert "SOP Instance UID" in reasons[2][1] and "not a UID" in reasons[3][1]
     assert "Warning" in r.headers and r.headers["Warning"].startswith("299 pictor")
     # the good parts are really there; nothing of the bad ones is
-    assert archive.query("SELECT count(*) AS n FROM instance i JOIN study s ON s.pk = i.study_pk"
-                         " WHERE s.study_uid = $1", study)[0]["n"] == 2
+    assert (
+        archive.query(
+            "SELECT count(*) AS n FROM instance i JOIN study s ON s.pk = i.study_pk"
+            " WHERE s.study_uid = $1",
+            study,
+        )[0]["n"]
+        == 2
+    )
     assert not [n for n in archive.tmp_files() if n.endswith(".part")]
 
 
@@ -215,8 +229,12 @@ def test_restore_identical_is_idempotent(archive: Archive) -> None:
     files_before = archive.storage_files()
     again = archive.stow(multipart(files + files[:1]))  # also twice in one request
     assert again.status_code == 200, again.text
-    assert sorted(referenced(again.json())) == sorted(referenced(first.json()) + referenced(first.json())[:1])
-    row = archive.query("SELECT num_instances, num_series FROM study WHERE study_uid = $1", study)[0]
+    assert sorted(referenced(again.json())) == sorted(
+        referenced(first.json()) + referenced(first.json())[:1]
+    )
+    row = archive.query("SELECT num_instances, num_series FROM study WHERE study_uid = $1", study)[
+        0
+    ]
     assert (row["num_instances"], row["num_series"]) == (4, 1)
     assert archive.storage_files() == files_before
 
@@ -238,11 +256,16 @@ def test_different_object_under_existing_uid_is_refused(archive: Archive) -> Non
 def test_replace_setting_replaces(tmp_path: Path) -> None:
     from server import PictorProcess
 
-    process = PictorProcess(tmp_path / "data", workers=1, env={"PICTOR_ON_DUPLICATE": "replace"}).start()
+    process = PictorProcess(
+        tmp_path / "data", workers=1, env={"PICTOR_ON_DUPLICATE": "replace"}
+    ).start()
     archive = Archive(process)
     try:
         study, series = new_uids()
-        assert archive.stow(multipart([ct_slice(study, series, i) for i in range(2)])).status_code == 200
+        assert (
+            archive.stow(multipart([ct_slice(study, series, i) for i in range(2)])).status_code
+            == 200
+        )
         changed = _modified(study, series, 0, PatientName="OTHER^PATIENT")
         r = archive.stow(multipart([changed]))
         assert r.status_code == 200, r.text
@@ -281,13 +304,18 @@ def test_reference_corpus_all_stored_with_frame_ranges(archive: Archive, tmp_pat
         meta = msgspec.json.decode(row["metadata"])
         assert meta["00080018"]["Value"] == [ds.SOPInstanceUID]
         if "PixelData" not in pydicom.dcmread(path) or row["frame_offsets"] is None:
-            assert row["transfer_syntax_uid"] == "1.2.840.10008.1.2.1.99" or "PixelData" not in pydicom.dcmread(path)
+            assert row[
+                "transfer_syntax_uid"
+            ] == "1.2.840.10008.1.2.1.99" or "PixelData" not in pydicom.dcmread(path)
             continue
         firsts = list(row["frame_first"]) + [len(row["frame_offsets"])]
         frames = [
             b"".join(
                 stored[o : o + n]
-                for o, n in zip(row["frame_offsets"][firsts[i] : firsts[i + 1]], row["frame_lengths"][firsts[i] : firsts[i + 1]])
+                for o, n in zip(
+                    row["frame_offsets"][firsts[i] : firsts[i + 1]],
+                    row["frame_lengths"][firsts[i] : firsts[i + 1]],
+                )
             )
             for i in range(len(firsts) - 1)
         ]

@@ -29,8 +29,12 @@ def test_environment_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "env",
-    [{"PICTOR_PORT": "0"}, {"PICTOR_PORT": "http"}, {"PICTOR_ON_DUPLICATE": "overwrite"},
-     {"PICTOR_AE_TITLE": "A" * 17}],
+    [
+        {"PICTOR_PORT": "0"},
+        {"PICTOR_PORT": "http"},
+        {"PICTOR_ON_DUPLICATE": "overwrite"},
+        {"PICTOR_AE_TITLE": "A" * 17},
+    ],
 )
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
@@ -38,9 +42,15 @@ def test_bad_settings_are_refused(env: dict[str, str]) -> None:
 
 
 def test_base_url_precedence() -> None:
-    assert base_url("https://pacs.example/dw", {"host": "x"}, "http", "x") == "https://pacs.example/dw"
+    assert (
+        base_url("https://pacs.example/dw", {"host": "x"}, "http", "x") == "https://pacs.example/dw"
+    )
     assert base_url("", {}, "http", "127.0.0.1:8042") == "http://127.0.0.1:8042/dicom-web"
-    fwd = {"x-forwarded-proto": "https", "x-forwarded-host": "pacs.example", "x-forwarded-prefix": "/img/"}
+    fwd = {
+        "x-forwarded-proto": "https",
+        "x-forwarded-host": "pacs.example",
+        "x-forwarded-prefix": "/img/",
+    }
     assert base_url("", fwd, "http", "10.0.0.1") == "https://pacs.example/img/dicom-web"
     rfc = {"forwarded": 'for=1.2.3.4;proto=https;host="a.example:8443", for=5.6.7.8'}
     assert base_url("", rfc, "http", "x") == "https://a.example:8443/dicom-web"

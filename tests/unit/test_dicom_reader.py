@@ -17,6 +17,7 @@ from app.dicom.json_model import BASE_MARKER, bulk_prefix, to_json
 from app.dicom.reader import DicomFormatError, parse_buffer, parse_file
 from app.dicom.uids import is_valid_uid, uid_problem
 from app.errors import FailureReason, InstanceRejected
+
 from corpus import RefFile, expected_frames, make_encapsulated_pdf, reference_files
 from synth import ct_slice, new_uids
 
@@ -86,7 +87,9 @@ def test_frame_ranges_match_pydicom(ref: RefFile) -> None:
     frames = []
     for i, first in enumerate(fr.first):
         end = fr.first[i + 1] if i + 1 < len(fr.first) else len(fr.offsets)
-        frames.append(b"".join(data[o : o + n] for o, n in zip(fr.offsets[first:end], fr.lengths[first:end])))
+        frames.append(
+            b"".join(data[o : o + n] for o, n in zip(fr.offsets[first:end], fr.lengths[first:end]))
+        )
     expected = expected_frames(ref.path)
     assert len(frames) == len(expected) == ref.number_of_frames
     for got, want in zip(frames, expected):
@@ -173,7 +176,9 @@ def test_missing_or_malformed_uids(keyword: str, value: str | None, message: str
         setattr(ds, keyword, value)
     path = _write(b"")
     ds.save_as(path, enforce_file_format=False)
-    with pytest.raises(InstanceRejected, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+    with pytest.raises(
+        InstanceRejected, match=message.replace("(", r"\(").replace(")", r"\)")
+    ) as info:
         analyse_file(path)
     assert info.value.reason == FailureReason.DATASET_DOES_NOT_MATCH
 

@@ -76,7 +76,11 @@ def test_random_bodies_any_chunking() -> None:
 
 
 def test_folded_header() -> None:
-    parts = parse(b"--b\r\nContent-Type: application/dicom;\r\n  transfer-syntax=1.2\r\n\r\nx\r\n--b--", "b", 5)
+    parts = parse(
+        b"--b\r\nContent-Type: application/dicom;\r\n  transfer-syntax=1.2\r\n\r\nx\r\n--b--",
+        "b",
+        5,
+    )
     assert parts[0][0]["content-type"] == "application/dicom; transfer-syntax=1.2"
 
 
@@ -110,12 +114,21 @@ def test_boundary_length_rfc2046() -> None:
 @pytest.mark.parametrize(
     "value, media, params",
     [
-        ('multipart/related; type="application/dicom"; boundary=abc', "multipart/related",
-         {"type": "application/dicom", "boundary": "abc"}),
-        ("Multipart/Related;Type=application/dicom;Boundary=a:b", "multipart/related",
-         {"type": "application/dicom", "boundary": "a:b"}),
-        ('multipart/related; boundary="a;b=c \\"q\\""; type=application/dicom', "multipart/related",
-         {"boundary": 'a;b=c "q"', "type": "application/dicom"}),
+        (
+            'multipart/related; type="application/dicom"; boundary=abc',
+            "multipart/related",
+            {"type": "application/dicom", "boundary": "abc"},
+        ),
+        (
+            "Multipart/Related;Type=application/dicom;Boundary=a:b",
+            "multipart/related",
+            {"type": "application/dicom", "boundary": "a:b"},
+        ),
+        (
+            'multipart/related; boundary="a;b=c \\"q\\""; type=application/dicom',
+            "multipart/related",
+            {"boundary": 'a;b=c "q"', "type": "application/dicom"},
+        ),
         ("application/dicom", "application/dicom", {}),
         ("  application/dicom ; transfer-syntax=*", "application/dicom", {"transfer-syntax": "*"}),
     ],

@@ -12,8 +12,13 @@ BASE = "http://h/dicom-web"
 
 
 def ok(sop: str, study: str = "1.1", status: str = STORED) -> Outcome:
-    return Outcome(status=status, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                   sop_instance_uid=sop, study_uid=study, series_uid="1.1.1")
+    return Outcome(
+        status=status,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid=sop,
+        study_uid=study,
+        series_uid="1.1.1",
+    )
 
 
 def bad(sop: str = "", reason: int = 0xC000) -> Outcome:
@@ -21,7 +26,9 @@ def bad(sop: str = "", reason: int = 0xC000) -> Outcome:
 
 
 def test_all_stored_is_200_with_retrieve_urls() -> None:
-    status, body, warnings = store_response([ok("9.1"), ok("9.2", status=ALREADY_STORED)], BASE, None)
+    status, body, warnings = store_response(
+        [ok("9.1"), ok("9.2", status=ALREADY_STORED)], BASE, None
+    )
     assert status == 200 and warnings == []
     assert body["00081190"]["Value"] == [f"{BASE}/studies/1.1"]
     refs = body["00081199"]["Value"]
@@ -56,7 +63,7 @@ def test_malformed_body_after_stored_parts() -> None:
     "value, expected",
     [
         ('multipart/related; type="application/dicom"; boundary=x', ("multipart/related", "x")),
-        ("multipart/related; type=application/dicom; boundary=\"x y\"", ("multipart/related", "x y")),
+        ('multipart/related; type=application/dicom; boundary="x y"', ("multipart/related", "x y")),
         ("multipart/related; boundary=x", ("multipart/related", "x")),
         ("application/dicom", ("application/dicom", None)),
     ],
@@ -66,8 +73,15 @@ def test_accepted_content_types(value: str, expected: tuple[str, str | None]) ->
 
 
 @pytest.mark.parametrize(
-    "value", [None, "", "application/json", "multipart/related; type=\"application/dicom+json\"; boundary=x",
-              "multipart/form-data; boundary=x", "text/plain"]
+    "value",
+    [
+        None,
+        "",
+        "application/json",
+        'multipart/related; type="application/dicom+json"; boundary=x',
+        "multipart/form-data; boundary=x",
+        "text/plain",
+    ],
 )
 def test_unsupported_content_types_are_415(value: str | None) -> None:
     with pytest.raises(UnsupportedMediaType):
