@@ -70,11 +70,10 @@ async def _ingest_files(
                 with open(name, "rb", buffering=0) as f:
                     while chunk := f.read(_READ):
                         await temp.write(chunk)
-                await temp.finish()
             except BaseException:
                 temp.discard()
                 raise
-            parts.append(ingest.analyse(temp))
+            parts.append(await ingest.complete(temp))
         outcomes = await ingest.commit(parts)
     finally:
         await pool.close()

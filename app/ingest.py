@@ -1,9 +1,9 @@
 """Two-phase store shared by STOW-RS, ``pictor import`` and (later) C-STORE.
 
 A caller streams each instance into a temp blob (:meth:`Ingest.new_part`), hands it to
-:meth:`Ingest.analyse` (header parsing runs in a worker process while the next part
-streams in), and commits a batch with :meth:`Ingest.commit`, which decides each
-instance's outcome:
+:meth:`Ingest.complete` (the blob's last write, hashing and closing run in an I/O thread
+while the header is parsed from memory and the next part streams in), and commits a
+batch with :meth:`Ingest.commit`, which decides each instance's outcome:
 
 * not DICOM / truncated / missing or malformed UIDs: failed, PS3.18 Annex I.2.2 reason;
 * Study Instance UID differs from the request's (PS3.18 10.5.1): failed, 0xA901;
@@ -16,6 +16,7 @@ instance's outcome:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
@@ -78,17 +79,25 @@ def _outcome(a: Analysis, status: str, reason: int | None = None, message: str =
 class Part:
     """One instance on its way in: its complete temp blob and what analysis found."""
 
-    __slots__ = ("temp", "analysis")
+    __slots__ = ("temp", "analysis", "written")
 
-    def __init__(self, temp: TempBlob, analysis: Analysis | InstanceRejected) -> None:
+    def __init__(
+        self,
+        temp: TempBlob,
+        analysis: Analysis | InstanceRejected,
+        written: asyncio.Future[None],
+    ) -> None:
         self.temp = temp
         self.analysis = analysis
+        #: the temp file is complete and closed (its SHA-256 known)
+        self.written = written
 
 
 class Ingest:
     """Analysis runs in the calling process: parsing costs about 0.5 ms per instance
     whatever its size (values are not read, only walked), less than handing the file to
-    a worker process would cost. Several server processes use several cores."""
+    a worker process would cost (measured). Several server processes use several cores;
+    file I/O and hashing run in threads, in parallel with the event loop."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, store: FileBlobStore) -> None:
         self.settings = settings
@@ -98,11 +107,22 @@ class Ingest:
     def new_part(self) -> TempBlob:
         return self.store.create_temp()
 
-    def analyse(self, temp: TempBlob) -> Part:
-        """Analyse a finished temp blob (PS3.10 file) into a :class:`Part`."""
+    async def complete(self, temp: TempBlob) -> Part:
+        """All of an instance was received: finish its file and analyse it.
+
+        An instance that fits in the receive buffer is analysed from memory while its
+        file is finished in an I/O thread; a larger one is analysed from its file.
+        """
+        written = asyncio.ensure_future(temp.finish())
+        if temp.in_memory is None:
+            await asyncio.wait([written])
+        written.add_done_callback(lambda _: temp.release())  # bounded memory
+        if written.done() and written.exception() is not None:
+            return Part(temp, self._write_failed(written.exception()), written)
         try:
+            # the SHA-256 is filled in at commit, once the I/O thread has computed it
             result: Analysis | InstanceRejected = analyse_file(
-                temp.path, temp.sha256, temp.size, temp.in_memory
+                temp.path, "", temp.size, temp.in_memory
             )
         except InstanceRejected as exc:
             result = exc
@@ -111,11 +131,19 @@ class Ingest:
             result = InstanceRejected(
                 FailureReason.PROCESSING_FAILURE, f"processing failure: {exc}"
             )
-        temp.release()  # memory stays bounded: only parts being received hold a buffer
-        return Part(temp, result)
+        return Part(temp, result, written)
 
-    def discard(self, parts: Sequence[Part]) -> None:
+    @staticmethod
+    def _write_failed(exc: BaseException | None) -> InstanceRejected:
+        log.error("writing an instance failed: %s", exc)
+        return InstanceRejected(
+            FailureReason.OUT_OF_RESOURCES, f"the instance could not be written: {exc}"
+        )
+
+    async def discard(self, parts: Sequence[Part]) -> None:
         """Abandon parts (client hung up, body malformed): nothing of them is kept."""
+        if parts:
+            await asyncio.wait([p.written for p in parts])
         for part in parts:
             part.temp.discard()
 
@@ -126,11 +154,16 @@ class Ingest:
         outcomes: list[Outcome | None] = [None] * len(parts)
         candidates: dict[int, Analysis] = {}
         seen: dict[str, int] = {}
+        if parts:
+            await asyncio.wait([p.written for p in parts])
         for i, part in enumerate(parts):
             a = part.analysis
+            if not isinstance(a, InstanceRejected) and part.written.exception() is not None:
+                a = self._write_failed(part.written.exception())
             if isinstance(a, InstanceRejected):
                 outcomes[i] = _failed(a)
                 continue
+            a = msgspec.structs.replace(a, sha256=part.temp.sha256)
             if expected_study is not None and a.study_uid != expected_study:
                 outcomes[i] = _outcome(
                     a,

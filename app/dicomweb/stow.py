@@ -3,7 +3,7 @@
 ``POST /studies`` and ``POST /studies/{study}`` accept ``multipart/related;
 type="application/dicom"`` (PS3.18 8.6.1.2, 10.5.1) and, as an extension, a single
 ``application/dicom`` body. The body is parsed as it streams in; each part is written
-straight to a temp file and analysed in a worker process while the next part arrives.
+straight to a temp file; its header is analysed while the next part arrives.
 Parts are committed in batches; the response is a Store Instances Response Module
 (PS3.18 Annex I) as ``application/dicom+json``, with the HTTP status decided once at
 the end (PS3.18 10.5.3.1): 200 all stored, 202 some failed, 409 none stored, 400 bad
@@ -177,8 +177,7 @@ class _Upload:
         if self.current is None:
             return
         temp, self.current = self.current, None
-        await temp.finish()
-        self.pending.append(self.ingest.analyse(temp))
+        self.pending.append(await self.ingest.complete(temp))
         if len(self.pending) >= BATCH_PARTS:
             await self.flush()
 
@@ -187,13 +186,13 @@ class _Upload:
         if batch:
             self.outcomes.extend(await self.ingest.commit(batch, self.study))
 
-    def abandon(self) -> None:
+    async def abandon(self) -> None:
         """Throw away everything not yet committed (committed instances stay)."""
         if self.current is not None:
             self.current.discard()
             self.current = None
         pending, self.pending = self.pending, []
-        self.ingest.discard(pending)
+        await self.ingest.discard(pending)
 
 
 @post(
@@ -232,17 +231,17 @@ async def store_instances(
             parser.close()
         await upload.flush()
     except MultipartError as exc:
-        upload.abandon()
+        await upload.abandon()
         if not upload.outcomes:
             raise
         failure = f"malformed multipart body after {len(upload.outcomes)} parts: {exc.message}"
     except InternalServerException:
         # the client hung up mid-upload: nothing half-received is kept
         log.info("STOW client disconnected; discarding the uncommitted parts")
-        upload.abandon()
+        await upload.abandon()
         raise
     except BaseException:
-        upload.abandon()
+        await upload.abandon()
         raise
     base = base_url(
         request.app.state.settings.public_base_url,

@@ -8,8 +8,10 @@ Layout under the data directory::
 
 A file is published in this order (DESIGN.md, decision 2):
 
-1. the upload streams into ``tmp/*.part``; the part is fsynced;
-2. an *intent* (a symlink naming the final path) is created and ``tmp/`` fsynced;
+1. the upload streams into ``tmp/*.part``; once complete, the part is fsynced (in an
+   I/O thread, while the next part streams in);
+2. an *intent* (a small file listing each part and its final key, one per batch) is
+   written and fsynced, with ``tmp/``;
 3. the part is hard-linked to its final name and the directory fsynced;
 4. the caller commits the index row, then :meth:`FileBlobStore.release` drops the part and
    the intent.
@@ -19,8 +21,8 @@ gone and deletes its target unless an index row references it, so a file is visi
 only with its row, and no half-written file ever has a final name. Replacing a file
 uses the same mechanism: the old file gets an intent before the row moves away from it.
 
-The fsyncs of a batch are issued together so the filesystem can commit them as one
-journal transaction; acknowledged instances are durable.
+The fsyncs of a batch's intent and directories are issued once per batch; acknowledged
+instances are durable.
 """
 
 from __future__ import annotations
@@ -106,12 +108,8 @@ class TempBlob:
         self._hash = hashlib.sha256()
         self._buf: mmap.mmap | None = _BUFFERS.take()
         self._used = 0  # bytes in the buffer not yet written
-        try:
-            self._fd: int | None = os.open(path, _CREATE | _O_DIRECT, 0o640)
-            self._direct = _O_DIRECT != 0
-        except OSError:
-            self._fd = os.open(path, _CREATE, 0o640)
-            self._direct = False
+        self._fd: int | None = None  # opened by the first write, in the I/O thread
+        self._direct = _O_DIRECT != 0
 
     @property
     def sha256(self) -> str:
@@ -125,7 +123,6 @@ class TempBlob:
         return memoryview(self._buf)[: self.size]
 
     async def write(self, data: bytes | memoryview) -> None:
-        self._hash.update(data)
         self.size += len(data)
         view = memoryview(data)
         while view:
@@ -135,13 +132,34 @@ class TempBlob:
             self._used += n
             view = view[n:]
             if self._used == _PART_BUFFER:
-                await asyncio.to_thread(self._write_out, _PART_BUFFER)
+                await asyncio.to_thread(self._write_out, final=False)
 
-    def _write_out(self, length: int) -> None:
-        """Write the buffer's first ``length`` bytes at the end of the file."""
-        assert self._fd is not None and self._buf is not None
+    async def finish(self) -> None:
+        """All bytes received: write what is buffered, fsync and close the file."""
+        await asyncio.to_thread(self._write_out, final=True)
+
+    def _write_out(self, *, final: bool) -> None:
+        """In an I/O thread: hash and write the buffered bytes (and finish the file).
+
+        Creating the file, hashing (hashlib releases the GIL), writing and truncating
+        all happen here, off the event loop and in parallel with it.
+        """
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, _CREATE | _O_DIRECT, 0o640)
+            except OSError:
+                self._fd = os.open(self.path, _CREATE, 0o640)
+                self._direct = False
+        assert self._buf is not None
+        used = self._used
         out = memoryview(self._buf)
         try:
+            self._hash.update(out[:used])
+            length = used
+            if final and self._direct and used % _BLOCK:
+                # direct I/O writes whole blocks: pad the last one, then cut the file
+                length = -(-used // _BLOCK) * _BLOCK
+                out[used:length] = bytes(length - used)
             done = 0
             while done < length:
                 try:
@@ -153,28 +171,16 @@ class TempBlob:
                     flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
                     fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
                     self._direct = False
+                    length = used
         finally:
             out.release()
         self._used = 0
-
-    async def finish(self) -> None:
-        """All bytes received: write what is buffered and close the file.
-
-        The fsync happens at publish, for the whole batch.
-        """
-        if self._used:
-            length = self._used
-            padded = False
-            if self._direct and length % _BLOCK:
-                padded = True
-                # direct I/O writes whole blocks: pad the last one, then cut the file
-                assert self._buf is not None
-                length = -(-length // _BLOCK) * _BLOCK
-                self._buf[self._used : length] = bytes(length - self._used)
-            await asyncio.to_thread(self._write_out, length)
-            if padded:
-                os.ftruncate(self._fd, self.size)  # type: ignore[arg-type]
-        self._close()
+        if final:
+            if length != used:
+                os.ftruncate(self._fd, self.size)
+            # durable now, while the next part streams in, rather than at publish
+            os.fsync(self._fd)
+            self._close()
 
     def release(self) -> None:
         """Give the buffer back; the content is then read from the file."""
@@ -236,9 +242,7 @@ class FileBlobStore:
         return await asyncio.to_thread(self._publish_sync, pubs)
 
     def _publish_sync(self, pubs: list[Publication]) -> list[Publication]:
-        # 1. data durable (measured: one thread fsyncing in turn is as fast as several)
-        for pub in pubs:
-            _fsync_path(pub.temp.path)
+        # 1. data durable: each part was fsynced when it was finished (TempBlob.finish)
         # 2. one intent for the batch: "<part>\t<key>" lines, durable before any link
         intent = self._write_intent([(pub.temp.path.name, pub.key) for pub in pubs])
         # 3. link into place, then make the directory entries durable
