@@ -71,7 +71,7 @@ async def _ingest_files(
                     while chunk := f.read(_READ):
                         await temp.write(chunk)
             except BaseException:
-                temp.discard()
+                await temp.abort()
                 raise
             parts.append(await ingest.complete(temp))
         outcomes = await ingest.commit(parts)

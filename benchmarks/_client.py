@@ -42,8 +42,10 @@ class Connection:
             await self._connect()
         assert self.writer is not None
         self.writer.write(self._head(path, content_type, len(body)))
-        self.writer.write(body)
-        await self.writer.drain()
+        view = memoryview(body)
+        for i in range(0, len(body), 1 << 20):  # no copy of a large body into the transport
+            self.writer.write(view[i : i + (1 << 20)])
+            await self.writer.drain()
         return await self._response()
 
     async def post_stream(

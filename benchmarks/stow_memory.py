@@ -12,7 +12,6 @@ RSS before, the peak during, and the difference.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
@@ -21,6 +20,8 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+import uvloop
 
 from _client import BOUNDARY, MULTIPART, Connection
 from server import PictorProcess
@@ -88,7 +89,7 @@ def main() -> None:
                     await conn.close()
 
             start = time.perf_counter()
-            status, answer = asyncio.run(upload())
+            status, answer = uvloop.run(upload())
             elapsed = time.perf_counter() - start
             done.set()
             sampler.join()

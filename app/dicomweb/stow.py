@@ -189,7 +189,7 @@ class _Upload:
     async def abandon(self) -> None:
         """Throw away everything not yet committed (committed instances stay)."""
         if self.current is not None:
-            self.current.discard()
+            await self.current.abort()
             self.current = None
         pending, self.pending = self.pending, []
         await self.ingest.discard(pending)

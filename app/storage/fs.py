@@ -110,6 +110,8 @@ class TempBlob:
         self._used = 0  # bytes in the buffer not yet written
         self._fd: int | None = None  # opened by the first write, in the I/O thread
         self._direct = _O_DIRECT != 0
+        self._pending: asyncio.Future[None] | None = None  # a full buffer being written
+        self._spilled = False  # some content left the buffer for the file
 
     @property
     def sha256(self) -> str:
@@ -118,7 +120,7 @@ class TempBlob:
     @property
     def in_memory(self) -> memoryview | None:
         """The whole content while it is still in the buffer (it fit; not released)."""
-        if self._buf is None or self.size > _PART_BUFFER:
+        if self._buf is None or self._spilled:
             return None
         return memoryview(self._buf)[: self.size]
 
@@ -132,17 +134,30 @@ class TempBlob:
             self._used += n
             view = view[n:]
             if self._used == _PART_BUFFER:
-                await asyncio.to_thread(self._write_out, final=False)
+                # double buffering: a full buffer is written in the I/O thread while the
+                # next one fills; at most one write is in flight, so order is kept
+                if self._pending is not None:
+                    await self._pending
+                full, self._buf, self._used = self._buf, _BUFFERS.take(), 0
+                self._spilled = True
+                self._pending = asyncio.ensure_future(
+                    asyncio.to_thread(self._write_out, full, _PART_BUFFER, final=False)
+                )
 
     async def finish(self) -> None:
         """All bytes received: write what is buffered, fsync and close the file."""
-        await asyncio.to_thread(self._write_out, final=True)
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        assert self._buf is not None
+        await asyncio.to_thread(self._write_out, self._buf, self._used, final=True)
+        self._used = 0
 
-    def _write_out(self, *, final: bool) -> None:
-        """In an I/O thread: hash and write the buffered bytes (and finish the file).
+    def _write_out(self, buf: mmap.mmap, used: int, *, final: bool) -> None:
+        """In an I/O thread: hash and write ``used`` bytes of ``buf`` (and finish the file).
 
-        Creating the file, hashing (hashlib releases the GIL), writing and truncating
-        all happen here, off the event loop and in parallel with it.
+        Creating the file, hashing (hashlib releases the GIL), writing, truncating and
+        fsyncing all happen here, off the event loop and in parallel with it.
         """
         if self._fd is None:
             try:
@@ -150,9 +165,7 @@ class TempBlob:
             except OSError:
                 self._fd = os.open(self.path, _CREATE, 0o640)
                 self._direct = False
-        assert self._buf is not None
-        used = self._used
-        out = memoryview(self._buf)
+        out = memoryview(buf)
         try:
             self._hash.update(out[:used])
             length = used
@@ -174,13 +187,14 @@ class TempBlob:
                     length = used
         finally:
             out.release()
-        self._used = 0
-        if final:
-            if length != used:
-                os.ftruncate(self._fd, self.size)
-            # durable now, while the next part streams in, rather than at publish
-            os.fsync(self._fd)
-            self._close()
+        if not final:
+            _BUFFERS.give(buf)
+            return
+        if length != used:
+            os.ftruncate(self._fd, self.size)
+        # durable now, while the next part streams in, rather than at publish
+        os.fsync(self._fd)
+        self._close()
 
     def release(self) -> None:
         """Give the buffer back; the content is then read from the file."""
@@ -194,9 +208,20 @@ class TempBlob:
             self._fd = None
 
     def discard(self) -> None:
+        """Delete the temp file (no write may be in flight: see :meth:`abort`)."""
         self._close()
         self.release()
         _unlink_quietly(self.path)
+
+    async def abort(self) -> None:
+        """Abandon an upload mid-way: let an in-flight write end, then delete the file."""
+        if self._pending is not None:
+            try:
+                await self._pending
+            except OSError:
+                pass  # the file is being thrown away anyway
+            self._pending = None
+        self.discard()
 
 
 class Publication:
