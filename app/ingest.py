@@ -191,9 +191,13 @@ class Ingest:
             seen[a.sop_instance_uid] = i
             candidates[i] = a
 
-        existing = await index.find_existing(
-            self.pool, [a.sop_instance_uid for a in candidates.values()]
-        )
+        try:
+            existing = await index.find_existing(
+                self.pool, [a.sop_instance_uid for a in candidates.values()]
+            )
+        except BaseException:
+            await self.discard(parts)  # nothing of this batch was published
+            raise
         new: dict[int, index.NewInstance] = {}
         retired: list[str] = []
         for i, a in candidates.items():
@@ -235,6 +239,7 @@ class Ingest:
         # a key already on disk without a row (an orphan or a concurrent writer): use a
         # versioned name; the unique SOP Instance UID in the index decides who wins
         clashes = [k for k, pub in enumerate(pubs) if not pub.linked]
+        stale_intents = {pubs[k].intent for k in clashes} - {None}
         if clashes:
             for k in clashes:
                 i = order[k]
@@ -250,7 +255,7 @@ class Ingest:
         try:
             results, replaced = await index.commit_batch(self.pool, [new[i] for i in order])
         except ServiceUnavailable as exc:
-            await self.store.settle([], pubs)
+            await self.store.settle([], pubs, stale_intents)
             if intent is not None:
                 await self.store.delete_retired([], intent)
             for i in order:
@@ -286,7 +291,7 @@ class Ingest:
                         f"{a.sop_instance_uid} at the same time",
                     )
                 )
-        await self.store.settle([p for p in pubs if p not in losers], losers)
+        await self.store.settle([p for p in pubs if p not in losers], losers, stale_intents)
         if intent is not None:
             await self.store.delete_retired(replaced, intent)
 

@@ -300,23 +300,31 @@ class FileBlobStore:
         return path
 
     async def settle(
-        self, committed: Iterable[Publication], rolled_back: Iterable[Publication] = ()
+        self,
+        committed: Iterable[Publication],
+        rolled_back: Iterable[Publication] = (),
+        intents: Iterable[Path | None] = (),
     ) -> None:
         """After the index transaction: drop temps and intents of committed files, and
-        unpublish those whose rows were not committed."""
-        await asyncio.to_thread(self._settle_sync, list(committed), list(rolled_back))
+        unpublish those whose rows were not committed. ``intents``: more intents to drop
+        (of an earlier publish attempt)."""
+        await asyncio.to_thread(self._settle_sync, list(committed), list(rolled_back), set(intents))
 
-    def _settle_sync(self, committed: list[Publication], rolled_back: list[Publication]) -> None:
+    def _settle_sync(
+        self,
+        committed: list[Publication],
+        rolled_back: list[Publication],
+        intents: set[Path | None],
+    ) -> None:
         for pub in rolled_back:
             if pub.linked:
                 _unlink_quietly(self.path(pub.key))
-        intents = set()
         for pub in committed + rolled_back:
             pub.temp.discard()
-            if pub.intent is not None:
-                intents.add(pub.intent)
+            intents.add(pub.intent)
         for intent in intents:
-            _unlink_quietly(intent)
+            if intent is not None:
+                _unlink_quietly(intent)
 
     async def retire(self, keys: Iterable[str]) -> Path:
         """Record an intent for files about to lose their index row (replacement)."""

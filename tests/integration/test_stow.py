@@ -344,3 +344,35 @@ def test_client_hanging_up_mid_upload_leaves_nothing(archive: Archive) -> None:
     assert not any(n.endswith(".part") for n in archive.tmp_files())
     assert archive.query("SELECT count(*) AS n FROM study WHERE study_uid = $1", study)[0]["n"] == 0
     assert not [f for f in archive.storage_files() if f.startswith(study)]
+
+
+def test_concurrent_stores_of_the_same_instances(archive: Archive) -> None:
+    """Several clients storing the same new instances at once: every request succeeds,
+    each instance is stored once, and no stray file is left (the unique SOP Instance UID
+    in the index decides who wins; the loser's file is removed)."""
+    import threading
+
+    import httpx
+
+    study, series = new_uids()
+    body = multipart([ct_slice(study, series, i) for i in range(6)])
+    statuses: list[int] = []
+
+    def send() -> None:
+        with httpx.Client(timeout=60) as client:
+            r = client.post(f"{archive.url}/studies", content=body, headers={"Content-Type": content_type()})
+            statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 4
+    rows = archive.query(
+        "SELECT i.file_key FROM instance i JOIN study s ON s.pk = i.study_pk WHERE s.study_uid = $1", study
+    )
+    assert len(rows) == 6
+    on_disk = {f for f in archive.storage_files() if f.startswith(study)}
+    assert on_disk == {r["file_key"] for r in rows}
+    assert archive.query("SELECT num_instances FROM study WHERE study_uid = $1", study)[0][0] == 6
