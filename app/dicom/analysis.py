@@ -23,6 +23,7 @@ from app.dicom.json_model import (
     first_text,
     to_json,
 )
+from app.dicom.levels import INSTANCE_TAGS, SERIES_TAGS, STUDY_GROUPS, STUDY_TAGS, name_words
 from app.dicom.reader import (
     DataSet,
     DicomFormatError,
@@ -33,51 +34,6 @@ from app.dicom.reader import (
 )
 from app.dicom.uids import uid_problem
 from app.errors import FailureReason, InstanceRejected
-
-# Attributes copied to the study row: the Patient and General Study modules' query keys
-# (PS3.18 Table 10.6.3-3 / PS3.4 C.6.2.1.2) and those QIDO returns by default.
-STUDY_TAGS = frozenset(
-    {
-        0x00080005,  # SpecificCharacterSet
-        0x00080020,  # StudyDate
-        0x00080030,  # StudyTime
-        0x00080050,  # AccessionNumber
-        0x00080051,  # IssuerOfAccessionNumberSequence
-        0x00080090,  # ReferringPhysicianName
-        0x00080201,  # TimezoneOffsetFromUTC
-        0x00081030,  # StudyDescription
-        0x00081032,  # ProcedureCodeSequence
-        0x00081060,  # NameOfPhysiciansReadingStudy
-        0x00200010,  # StudyID
-        0x0020000D,  # StudyInstanceUID
-        0x00321060,  # RequestedProcedureDescription
-    }
-)
-STUDY_GROUPS = frozenset({0x0010})  # Patient module attributes live on the study row
-
-SERIES_TAGS = frozenset(
-    {
-        0x00080005,  # SpecificCharacterSet
-        0x00080021,  # SeriesDate
-        0x00080031,  # SeriesTime
-        0x00080060,  # Modality
-        0x00080070,  # Manufacturer
-        0x00080080,  # InstitutionName
-        0x00081010,  # StationName
-        0x0008103E,  # SeriesDescription
-        0x00081050,  # PerformingPhysicianName
-        0x00081070,  # OperatorsName
-        0x00081090,  # ManufacturerModelName
-        0x00180015,  # BodyPartExamined
-        0x00181030,  # ProtocolName
-        0x0020000E,  # SeriesInstanceUID
-        0x00200011,  # SeriesNumber
-        0x00200060,  # Laterality
-        0x00400244,  # PerformedProcedureStepStartDate
-        0x00400245,  # PerformedProcedureStepStartTime
-        0x00400275,  # RequestAttributesSequence
-    }
-)
 
 _ENCAPSULATED_PREFIX = "1.2.840.10008.1.2.4."
 _RLE = "1.2.840.10008.1.2.5"
@@ -110,6 +66,9 @@ class Analysis(msgspec.Struct, frozen=True, kw_only=True):
     instance: dict[str, Any]
     study_json: bytes  # DICOM JSON object of the study-level attributes
     series_json: bytes
+    instance_json: bytes  # the instance-level attributes QIDO returns (app.dicom.levels)
+    #: normalised person-name components for fuzzy matching (PS3.18 8.3.4.6)
+    name_words: list[str]
     metadata: bytes  # the instance's DICOM JSON object
     frames: Frames | None
     bulk: list[tuple[str, int, int]]
@@ -186,6 +145,13 @@ def _encapsulated_frames(
     return Frames(offsets, lengths, starts)
 
 
+def _alphabetic(name: str | None) -> str | None:
+    """The alphabetic component group of a PN value (PS3.5 6.2.1), as queries match it."""
+    if name is None:
+        return None
+    return name.split("=")[0] or None
+
+
 def analyse_parsed(
     parsed: ParsedFile, read_head: Callable[[int, int], bytes], sha256: str, size: int
 ) -> Analysis:
@@ -212,6 +178,7 @@ def analyse_parsed(
         if int(k, 16) in STUDY_TAGS or int(k[:4], 16) in STUDY_GROUPS
     }
     series_json = {k: v for k, v in metadata.items() if int(k, 16) in SERIES_TAGS}
+    instance_json = {k: v for k, v in metadata.items() if int(k, 16) in INSTANCE_TAGS}
 
     def text(tag: int) -> str | None:
         return first_text(ds, tag, charset)
@@ -247,7 +214,7 @@ def analyse_parsed(
         study_uid=study_uid,
         series_uid=series_uid,
         study={
-            "patient_name": text(0x00100010),
+            "patient_name": _alphabetic(text(0x00100010)),
             "patient_id": text(0x00100020),
             "issuer_of_patient_id": text(0x00100021),
             "patient_birth_date": text(0x00100030),
@@ -256,7 +223,7 @@ def analyse_parsed(
             "study_time": text(0x00080030),
             "accession_number": text(0x00080050),
             "study_id": text(0x00200010),
-            "referring_physician_name": text(0x00080090),
+            "referring_physician_name": _alphabetic(text(0x00080090)),
             "study_description": text(0x00081030),
         },
         series={
@@ -281,6 +248,8 @@ def analyse_parsed(
         },
         study_json=encode(study_json),
         series_json=encode(series_json),
+        instance_json=encode(instance_json),
+        name_words=name_words(text(0x00100010)),
         metadata=encode(metadata),
         frames=frames,
         bulk=bulk,

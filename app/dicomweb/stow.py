@@ -28,7 +28,7 @@ from app.dicomweb.multipart import (
     PartStart,
     parse_media_type,
 )
-from app.dicomweb.urls import base_url, instance_url, study_url
+from app.dicomweb.urls import instance_url, request_base_url, study_url
 from app.errors import BadRequest, FailureReason, UnsupportedMediaType
 from app.ingest import FAILED, Ingest, Outcome, Part
 from app.storage import TempBlob
@@ -243,11 +243,8 @@ async def store_instances(
     except BaseException:
         await upload.abandon()
         raise
-    base = base_url(
-        request.app.state.settings.public_base_url,
-        request.headers,
-        request.url.scheme,
-        request.headers.get("host", f"{request.url.hostname}:{request.url.port}"),
+    base = request_base_url(
+        request.app.state.settings.public_base_url, request.headers, request.url
     )
     status, body, warnings = store_response(upload.outcomes, base, study, failure)
     headers = {"Warning": _warning_header(warnings)} if warnings else {}

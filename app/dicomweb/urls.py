@@ -38,3 +38,10 @@ def study_url(base: str, study: str) -> str:
 
 def instance_url(base: str, study: str, series: str, sop: str) -> str:
     return f"{base}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def request_base_url(configured: str, headers: Mapping[str, str], url: object) -> str:
+    """:func:`base_url` for a request (litestar ``request.url``)."""
+    scheme = getattr(url, "scheme", "http")
+    host = headers.get("host") or f"{getattr(url, 'hostname', '')}:{getattr(url, 'port', '')}"
+    return base_url(configured, headers, scheme, host)

@@ -81,9 +81,20 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    # QIDO statements are prepared with parameters; a generic plan cannot use a prefix
+    # index for "LIKE $1", so plan each execution with its values
+    await conn.execute("SET plan_cache_mode = force_custom_plan")
     # json columns travel as bytes: they are stored and sent as they are, never re-parsed
     await conn.set_type_codec(
         "json", encoder=lambda b: b, decoder=lambda b: b, schema="pg_catalog", format="binary"
+    )
+    # jsonb's binary form is a version byte (1) and the JSON text
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda b: b"\x01" + b,
+        decoder=lambda b: b[1:],
+        schema="pg_catalog",
+        format="binary",
     )
 
 

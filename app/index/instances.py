@@ -61,8 +61,14 @@ INSERT INTO study (study_uid, patient_name, patient_id, issuer_of_patient_id,
     patient_birth_date, patient_sex, study_date, study_time, accession_number, study_id,
     referring_physician_name, study_description, attrs)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::json[])
+    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[])
 ON CONFLICT (study_uid) DO NOTHING
+RETURNING pk, study_uid
+"""
+
+_INSERT_WORDS = """
+INSERT INTO study_word (study_pk, word)
+SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING
 """
 
 _INSERT_SERIES = """
@@ -70,7 +76,7 @@ WITH ins AS (
     INSERT INTO series (study_pk, series_uid, modality, series_number, series_description,
         series_date, series_time, body_part_examined, pps_start_date, pps_start_time, attrs)
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
-        $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::json[])
+        $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[])
     ON CONFLICT (series_uid) DO NOTHING
     RETURNING series_uid
 )
@@ -81,16 +87,16 @@ _INSERT_INSTANCES = """
 INSERT INTO instance (series_pk, study_pk, sop_instance_uid, sop_class_uid, instance_number,
     transfer_syntax_uid, rows, columns, bits_allocated, bits_stored, samples_per_pixel,
     photometric_interpretation, number_of_frames, file_key, file_size, file_sha256,
-    frame_offsets, frame_lengths, frame_first, bulk, metadata)
+    frame_offsets, frame_lengths, frame_first, bulk, metadata, attrs)
 SELECT t.series_pk, t.study_pk, t.sop, t.cls, t.num, t.ts, t.r, t.c, t.ba, t.bs, t.spp, t.pi,
     t.nf, t.key, t.size, t.sha, t.offs::bigint[], t.lens::bigint[], t.firsts::int[], t.bulk,
-    t.meta
+    t.meta, t.attrs
 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[],
     $7::int[], $8::int[], $9::int[], $10::int[], $11::int[], $12::text[], $13::int[],
     $14::text[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[],
-    $20::json[], $21::json[])
+    $20::json[], $21::json[], $22::jsonb[])
     AS t(series_pk, study_pk, sop, cls, num, ts, r, c, ba, bs, spp, pi, nf, key, size, sha,
-         offs, lens, firsts, bulk, meta)
+         offs, lens, firsts, bulk, meta, attrs)
 ON CONFLICT (sop_instance_uid) DO NOTHING
 RETURNING sop_instance_uid
 """
@@ -189,12 +195,15 @@ async def commit_batch(
                         replaced.append(key)
             uids = sorted(studies)
             s = [studies[u].study for u in uids]
-            await conn.execute(
+            created_studies = await conn.fetch(
                 _INSERT_STUDIES,
                 uids,
                 *([row[col] for row in s] for col in _STUDY_COLUMNS),
                 [studies[u].study_json for u in uids],
             )
+            words = [(r[0], w) for r in created_studies for w in studies[r[1]].name_words]
+            if words:
+                await conn.execute(_INSERT_WORDS, [w[0] for w in words], [w[1] for w in words])
             study_pks = {u: v[0] for u, v in (await _pks(conn, "study", "study_uid", uids)).items()}
             suids = sorted(series)
             r = [series[u].series for u in suids]
@@ -298,7 +307,7 @@ def _instance_columns(
     series_pks: dict[str, tuple[int, int]],
     study_pks: dict[str, int],
 ) -> list[list[Any]]:
-    cols: list[list[Any]] = [[] for _ in range(21)]
+    cols: list[list[Any]] = [[] for _ in range(22)]
     for item in items:
         a = item.analysis
         inst = a.instance
@@ -325,6 +334,7 @@ def _instance_columns(
             _int_array(fr.first) if fr else None,
             msgspec.json.encode(a.bulk),
             a.metadata,
+            a.instance_json,
         )
         for col, value in zip(cols, row):
             col.append(value)

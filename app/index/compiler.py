@@ -1,0 +1,355 @@
+"""Compile a :class:`~app.index.query.Query` into parameterised SQL (pure, no I/O).
+
+Indexed attributes are matched on columns (``study``, ``series``, ``instance``); any
+other attribute is matched in the stored DICOM JSON (the level's ``attrs`` fragment, or
+for rarer instance attributes the full ``metadata``), which is slower but complete.
+Each result row is one DICOM JSON object (PS3.18 F), built by PostgreSQL from the stored
+fragments plus the attributes the archive computes (RetrieveURL, counts, availability).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.dicom import levels
+from app.dicom.dictionary import keyword
+from app.dicom.levels import name_words
+from app.errors import BadRequest
+from app.index.query import Condition, DateTimeRange, Level, Query
+
+# tag -> (alias, column); the alias names the level's table in the FROM clause
+COLUMNS: dict[int, tuple[str, str]] = {
+    0x0020000D: ("st", "study_uid"),
+    0x00100010: ("st", "patient_name"),
+    0x00100020: ("st", "patient_id"),
+    0x00100021: ("st", "issuer_of_patient_id"),
+    0x00100030: ("st", "patient_birth_date"),
+    0x00100040: ("st", "patient_sex"),
+    0x00080020: ("st", "study_date"),
+    0x00080030: ("st", "study_time"),
+    0x00080050: ("st", "accession_number"),
+    0x00200010: ("st", "study_id"),
+    0x00080090: ("st", "referring_physician_name"),
+    0x00081030: ("st", "study_description"),
+    0x0020000E: ("se", "series_uid"),
+    0x00080060: ("se", "modality"),
+    0x00200011: ("se", "series_number"),
+    0x0008103E: ("se", "series_description"),
+    0x00080021: ("se", "series_date"),
+    0x00080031: ("se", "series_time"),
+    0x00180015: ("se", "body_part_examined"),
+    0x00400244: ("se", "pps_start_date"),
+    0x00400245: ("se", "pps_start_time"),
+    0x00080018: ("i", "sop_instance_uid"),
+    0x00080016: ("i", "sop_class_uid"),
+    0x00200013: ("i", "instance_number"),
+    0x00280010: ("i", "rows"),
+    0x00280011: ("i", "columns"),
+    0x00280100: ("i", "bits_allocated"),
+    0x00280008: ("i", "number_of_frames"),
+}
+INTEGER_COLUMNS = frozenset(
+    {0x00200011, 0x00200013, 0x00280010, 0x00280011, 0x00280100, 0x00280008}
+)
+ARRAY_COLUMNS = {0x00080061: ("st", "modalities"), 0x00080062: ("st", "sop_classes")}
+COUNT_COLUMNS = {
+    0x00201206: ("st", "num_series"),
+    0x00201208: ("st", "num_instances"),
+    0x00201209: ("se", "num_instances"),
+}
+#: attributes usable in orderby (indexed columns)
+ORDERABLE = frozenset(COLUMNS) | frozenset(COUNT_COLUMNS)
+
+
+class _Args:
+    def __init__(self) -> None:
+        self.values: list[object] = []
+
+    def add(self, value: object) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def like_pattern(value: str) -> str:
+    """PS3.4 C.2.2.2.4 wildcards as a LIKE pattern: * -> %, ? -> _, others literal."""
+    out = []
+    for ch in value:
+        if ch in "\\%_":
+            out.append("\\" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _json_source(tag: int, level: Level) -> str:
+    """The stored JSON fragment that holds ``tag`` at a given query level."""
+    if levels.is_study_level(tag):
+        return "st.attrs"
+    if levels.is_series_level(tag):
+        return "se.attrs"
+    if tag in levels.INSTANCE_TAGS:
+        return "i.attrs"
+    return "i.metadata::jsonb"
+
+
+NUMERIC_VRS = frozenset({"IS", "DS", "SS", "US", "SL", "UL", "SV", "UV", "FL", "FD"})
+
+
+def _value_predicate(expr: str, cond: Condition, args: _Args, *, integer: bool = False) -> str:
+    """SQL for matching ``expr`` (a text column, an integer column or a JSON value)."""
+    kind, values = cond.kind, cond.values
+    numeric = cond.vr in NUMERIC_VRS
+    convert: Callable[[str], object]
+    if integer:
+        cast, convert = "::int", int
+    elif numeric:
+        # JSON numbers compare as numbers ("1.50" = "1.5"); parameters travel as text
+        expr, cast, convert = f"({expr})::numeric", "::text::numeric", str
+    else:
+        cast, convert = "", str
+    if kind == "single":
+        return f"{expr} = {args.add(convert(values[0]))}{cast}"
+    if kind == "wildcard":
+        return f"{expr} LIKE {args.add(like_pattern(values[0]))}"
+    if kind == "list":
+        array_cast = {"::int": "::int[]", "::text::numeric": "::text[]::numeric[]"}.get(
+            cast, "::text[]"
+        )
+        return f"{expr} = ANY({args.add([convert(v) for v in values])}{array_cast})"
+    low, high = values
+    parts = []
+    if low:
+        parts.append(f"{expr} >= {args.add(low)}")
+    if high:
+        bound = high if cond.vr != "TM" else _pad_time(high)
+        parts.append(f"{expr} <= {args.add(bound)}")
+    return "(" + " AND ".join(parts) + ")"
+
+
+def _pad_time(value: str) -> str:
+    full = "235959.999999"
+    return value.ljust(len(full), "9") if "." in value else value + full[len(value) :]
+
+
+def _json_condition(cond: Condition, level: Level, args: _Args) -> str:
+    """EXISTS over the JSON values of an attribute path (PS3.4 C.2.2.2.6 for sequences)."""
+    source = _json_source(cond.path[0], level)
+    froms = []
+    current = source
+    for depth, tag in enumerate(cond.path[:-1]):
+        alias = f"q{depth}"
+        froms.append(f"jsonb_array_elements({current}->'{tag:08X}'->'Value') {alias}")
+        current = alias
+    froms.append(f"jsonb_array_elements({current}->'{cond.path[-1]:08X}'->'Value') v")
+    value = "v->>'Alphabetic'" if cond.vr == "PN" else "v #>> '{}'"
+    if cond.fuzzy:
+        predicate = _fuzzy_text(value, cond, args)
+    else:
+        predicate = _value_predicate(value, cond, args)
+    return f"EXISTS (SELECT 1 FROM {', '.join(froms)} WHERE {predicate})"
+
+
+def _fuzzy_text(expr: str, cond: Condition, args: _Args) -> str:
+    """Case-insensitive prefix match of any name component (no accent folding here)."""
+    words = name_words(cond.values[0].replace("*", " ").replace("?", " "))
+    if not words:
+        return "true"
+    checks = [f"lower({expr}) ~ {args.add('(^|[ ^=])' + _regex_escape(w))}" for w in words]
+    return "(" + " AND ".join(checks) + ")"
+
+
+def _regex_escape(text: str) -> str:
+    return "".join("\\" + ch if not ch.isalnum() else ch for ch in text)
+
+
+def _fuzzy_patient_name(cond: Condition, args: _Args) -> str:
+    """PS3.18 8.3.4.6 fuzzy matching of PatientName through the normalised word table:
+    every word of the query must start some component of the name."""
+    text = cond.values[0].replace("*", " ").replace("?", " ")
+    words = name_words(text)
+    if not words:
+        return "true"
+    checks = [
+        "st.pk IN (SELECT w.study_pk FROM study_word w WHERE w.word LIKE "
+        f"{args.add(like_pattern(word) + '%')})"
+        for word in words
+    ]
+    return " AND ".join(checks)
+
+
+def _condition_sql(cond: Condition, level: Level, args: _Args) -> str:
+    tag = cond.path[0]
+    if len(cond.path) == 1:
+        if cond.fuzzy and tag == 0x00100010:
+            return _fuzzy_patient_name(cond, args)
+        if tag in ARRAY_COLUMNS:
+            alias, column = ARRAY_COLUMNS[tag]
+            if cond.kind in ("single", "list"):
+                return f"{alias}.{column} && {args.add(list(cond.values))}::text[]"
+            return (
+                f"EXISTS (SELECT 1 FROM unnest({alias}.{column}) m "
+                f"WHERE m LIKE {args.add(like_pattern(cond.values[0]))})"
+            )
+        if tag in COLUMNS and not cond.fuzzy:
+            alias, column = COLUMNS[tag]
+            return _value_predicate(f"{alias}.{column}", cond, args, integer=tag in INTEGER_COLUMNS)
+    return _json_condition(cond, level, args)
+
+
+def _date_time_sql(dt: DateTimeRange, args: _Args) -> str:
+    d_alias, d_col = COLUMNS.get(dt.date_tag, ("", ""))
+    t_alias, t_col = COLUMNS.get(dt.time_tag, ("", ""))
+    if not d_col or not t_col:
+        # not both indexed: compare on the concatenated JSON values
+        date = f"(st.attrs->'{dt.date_tag:08X}'->'Value'->>0)"
+        time = f"coalesce(st.attrs->'{dt.time_tag:08X}'->'Value'->>0, '')"
+    else:
+        date, time = f"{d_alias}.{d_col}", f"coalesce({t_alias}.{t_col}, '')"
+    parts = []
+    if dt.low is not None:
+        d, t = args.add(dt.low[0]), args.add(dt.low[1])
+        parts.append(f"({date} > {d} OR ({date} = {d} AND {time} >= {t}))")
+    if dt.high is not None:
+        d, t = args.add(dt.high[0]), args.add(dt.high[1])
+        parts.append(f"({date} < {d} OR ({date} = {d} AND {time} <= {t}))")
+    return " AND ".join(parts)
+
+
+def _pick(source: str, tags: list[int]) -> str:
+    """A jsonb object of the listed attributes of a stored fragment (absent ones dropped)."""
+    if not tags:
+        return "'{}'::jsonb"
+    chunks = []
+    for i in range(0, len(tags), 40):  # jsonb_build_object takes at most 100 arguments
+        pairs = ", ".join(f"'{t:08X}', {source}->'{t:08X}'" for t in tags[i : i + 40])
+        chunks.append(f"jsonb_build_object({pairs})")
+    return "jsonb_strip_nulls(" + " || ".join(chunks) + ")"
+
+
+def _attr(tag: int, vr: str, value_sql: str) -> str:
+    return (
+        f"jsonb_build_object('{tag:08X}', jsonb_build_object('vr', '{vr}', 'Value', {value_sql}))"
+    )
+
+
+def _computed(level: Level, wanted: frozenset[int] | None, base: str) -> list[str]:
+    def want(tag: int) -> bool:
+        return wanted is None or tag in wanted
+
+    parts = []
+    if want(levels.INSTANCE_AVAILABILITY):
+        parts.append(_attr(levels.INSTANCE_AVAILABILITY, "CS", "jsonb_build_array('ONLINE')"))
+    if want(levels.RETRIEVE_URL):
+        url = {
+            Level.STUDY: f"{base} || '/studies/' || st.study_uid",
+            Level.SERIES: f"{base} || '/studies/' || st.study_uid || '/series/' || se.series_uid",
+            Level.INSTANCE: (
+                f"{base} || '/studies/' || st.study_uid || '/series/' || se.series_uid"
+                " || '/instances/' || i.sop_instance_uid"
+            ),
+        }[level]
+        parts.append(_attr(levels.RETRIEVE_URL, "UR", f"jsonb_build_array({url})"))
+    if want(levels.MODALITIES_IN_STUDY):
+        parts.append(
+            "CASE WHEN cardinality(st.modalities) > 0 THEN "
+            + _attr(levels.MODALITIES_IN_STUDY, "CS", "to_jsonb(st.modalities)")
+            + " ELSE '{}'::jsonb END"
+        )
+    if want(levels.SOP_CLASSES_IN_STUDY) and (
+        wanted is None or levels.SOP_CLASSES_IN_STUDY in wanted
+    ):
+        parts.append(_attr(levels.SOP_CLASSES_IN_STUDY, "UI", "to_jsonb(st.sop_classes)"))
+    for tag, (alias, column) in COUNT_COLUMNS.items():
+        if (alias == "se" and level is Level.STUDY) or not want(tag):
+            continue
+        parts.append(_attr(tag, "IS", f"jsonb_build_array({alias}.{column})"))
+    return parts
+
+
+@dataclass(frozen=True)
+class Compiled:
+    sql: str
+    args: list[object]
+
+
+def compile_query(query: Query, base_url: str) -> Compiled:
+    """The SQL of a QIDO query: one ``json`` text column per result row, in a stable order,
+    at most ``limit + 1`` rows (the extra row tells that more results exist)."""
+    args = _Args()
+    where: list[str] = []
+    level = query.level
+    if level is Level.STUDY:
+        from_sql = "study st"
+    elif level is Level.SERIES:
+        from_sql = "series se JOIN study st ON st.pk = se.study_pk"
+    else:
+        from_sql = (
+            "instance i JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = i.study_pk"
+        )
+    if query.study_uid is not None:
+        where.append(f"st.study_uid = {args.add(query.study_uid)}")
+    if query.series_uid is not None:
+        where.append(f"se.series_uid = {args.add(query.series_uid)}")
+    for cond in query.conditions:
+        where.append(_condition_sql(cond, level, args))
+    for dt in query.date_times:
+        where.append(_date_time_sql(dt, args))
+
+    base = args.add(base_url) + "::text"
+    wanted = query.returned
+    parts: list[str] = []
+    def instance_level(tag: int) -> bool:
+        return not levels.is_study_level(tag) and not levels.is_series_level(tag)
+
+    stored: list[tuple[str, Callable[[int], bool]]] = [("st.attrs", levels.is_study_level)]
+    if level is not Level.STUDY:
+        stored.append(("se.attrs", levels.is_series_level))
+    if level is Level.INSTANCE:
+        stored.append(("i.attrs", instance_level))
+    if wanted is None:
+        parts += [source for source, _ in stored]
+        if level is Level.INSTANCE:
+            parts.append("(i.metadata::jsonb)")
+    else:
+        computed = levels.STUDY_COMPUTED | levels.SERIES_COMPUTED | levels.INSTANCE_COMPUTED
+        for source, belongs in stored:
+            tags = sorted(t for t in wanted if belongs(t) and t not in computed)
+            if source == "i.attrs":
+                extra = [t for t in tags if t not in levels.INSTANCE_TAGS]
+                tags = [t for t in tags if t in levels.INSTANCE_TAGS]
+                if extra:
+                    parts.append(_pick("(i.metadata::jsonb)", extra))
+            if tags:
+                parts.append(_pick(source, tags))
+    parts += _computed(level, wanted, base)
+    select = " || ".join(parts) if parts else "'{}'::jsonb"
+
+    order_parts = []
+    aliases = {Level.STUDY: {"st"}, Level.SERIES: {"st", "se"}, Level.INSTANCE: {"st", "se", "i"}}
+    for tag, descending in query.order:
+        column = COLUMNS.get(tag) or COUNT_COLUMNS.get(tag)
+        if column is None or column[0] not in aliases[level]:
+            raise BadRequest(
+                f"query parameter 'orderby': {keyword(tag)} cannot order {level.value} results;"
+                f" use one of the indexed attributes of this level"
+            )
+        order_parts.append(f"{column[0]}.{column[1]} {'DESC' if descending else 'ASC'} NULLS LAST")
+    pk = {"st": "st.pk", "se": "se.pk", "i": "i.pk"}[
+        {Level.STUDY: "st", Level.SERIES: "se", Level.INSTANCE: "i"}[level]
+    ]
+    # the primary key last: a total, stable order (new rows sort after existing ones)
+    order_parts.append(pk)
+
+    sql = (
+        f"SELECT ({select})::text FROM {from_sql}"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY "
+        + ", ".join(order_parts)
+        + f" LIMIT {args.add(query.limit + 1)} OFFSET {args.add(query.offset)}"
+    )
+    return Compiled(sql, args.values)

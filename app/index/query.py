@@ -1,0 +1,343 @@
+"""The QIDO query model and its parser (PS3.18 8.3.4 and 10.6.1, PS3.4 C.2.2.2).
+
+:func:`parse_query` turns the query parameters of a QIDO-RS request into a typed
+:class:`Query`; :mod:`app.index.compiler` turns that into SQL. Both are pure. The same
+model serves C-FIND (the DIMSE shim builds it from an identifier).
+
+Matching, per PS3.4 C.2.2.2 as PS3.18 8.3.4 applies it:
+
+* empty value: universal matching, the attribute is returned (C.2.2.2.3);
+* ``*`` and ``?`` on the string VRs that allow wildcards: wildcard matching (C.2.2.2.4);
+* ``a-b``, ``a-``, ``-b`` on DA, TM, DT: range matching (C.2.2.2.5), and a date range
+  with a time range of the same pair (StudyDate + StudyTime, ...) is combined into one
+  date-time range (C.2.2.2.5.1);
+* ``\\``- or comma-separated UIDs (and codes for CS / AE / SH / IS): list matching
+  (C.2.2.2.2); a repeated key is a list too;
+* ``Sequence.Attribute=value``: sequence matching (C.2.2.2.6);
+* anything else: single value matching (C.2.2.2.1), case-sensitive;
+* ``fuzzymatching=true``: person names match case- and accent-insensitively, any name
+  component by prefix (PS3.18 8.3.4.6).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+from app.dicom import levels
+from app.dicom.dictionary import UnknownAttribute, keyword, resolve, vr_of
+from app.dicom.uids import uid_problem
+from app.errors import BadRequest
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10000
+
+Kind = Literal["single", "wildcard", "range", "list"]
+
+#: VRs on which * and ? are wildcards (PS3.4 C.2.2.2.4)
+WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+#: VRs whose values may be given as a list (C.2.2.2.2 for UI; codes and numbers here)
+LIST_VRS = frozenset({"UI", "CS", "AE", "SH", "IS"})
+RANGE_VRS = frozenset({"DA", "TM", "DT"})
+#: date / time pairs matched as one date-time range (PS3.4 C.2.2.2.5.1)
+DATE_TIME_PAIRS = {
+    0x00080020: 0x00080030,  # Study Date / Time
+    0x00080021: 0x00080031,  # Series Date / Time
+    0x00080022: 0x00080032,  # Acquisition Date / Time
+    0x00080023: 0x00080033,  # Content Date / Time
+    0x00400244: 0x00400245,  # Performed Procedure Step Start Date / Time
+}
+
+_DA = re.compile(r"\d{8}")
+_TM = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+_DT = re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?")
+
+
+class Level(Enum):
+    STUDY = "study"
+    SERIES = "series"
+    INSTANCE = "instance"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One matching key: an attribute (a path through sequences) and how to match it."""
+
+    path: tuple[int, ...]
+    vr: str
+    kind: Kind
+    values: tuple[str, ...]
+    fuzzy: bool = False
+
+    @property
+    def tag(self) -> int:
+        return self.path[0]
+
+
+@dataclass(frozen=True)
+class DateTimeRange:
+    """A date range and a time range matched together (PS3.4 C.2.2.2.5.1)."""
+
+    date_tag: int
+    time_tag: int
+    low: tuple[str, str] | None  # (date, time)
+    high: tuple[str, str] | None
+
+
+@dataclass(frozen=True)
+class Query:
+    level: Level
+    study_uid: str | None = None
+    series_uid: str | None = None
+    conditions: tuple[Condition, ...] = ()
+    date_times: tuple[DateTimeRange, ...] = ()
+    #: top-level attributes to return (defaults + includefield + matching keys); None: all
+    returned: frozenset[int] | None = frozenset()
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+    order: tuple[tuple[int, bool], ...] = ()  # (tag, descending)
+    fuzzy: bool = False
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def all_studies(self) -> bool:
+        return self.study_uid is None
+
+
+def _level_allows(level: Level, tag: int) -> bool:
+    if level is Level.STUDY:
+        return levels.is_study_level(tag)
+    if level is Level.SERIES:
+        return levels.is_study_level(tag) or levels.is_series_level(tag)
+    return True
+
+
+def _path(name: str, param: str) -> tuple[int, ...]:
+    try:
+        return tuple(resolve(part) for part in name.split("."))
+    except UnknownAttribute as exc:
+        raise BadRequest(f"query parameter {param!r}: {exc}") from None
+
+
+def _check_range_value(vr: str, value: str, param: str) -> None:
+    pattern = {"DA": _DA, "TM": _TM, "DT": _DT}[vr]
+    if value and not pattern.fullmatch(value):
+        raise BadRequest(
+            f"query parameter {param!r}: {value!r} is not a valid {vr} value (PS3.5 6.2)"
+        )
+
+
+def _condition(
+    path: tuple[int, ...], values: list[str], param: str, fuzzy: bool
+) -> Condition | None:
+    tag = path[-1]
+    vr = vr_of(tag)
+    if vr == "SQ":
+        raise BadRequest(
+            f"query parameter {param!r}: a sequence is matched through one of its "
+            f"attributes, e.g. {keyword(tag)}.SomeAttribute=value"
+        )
+    items: list[str] = []
+    for value in values:
+        if vr in LIST_VRS and ("\\" in value or "," in value):
+            items.extend(v for v in re.split(r"[\\,]", value))
+        else:
+            items.append(value)
+    if len(items) == 1 and items[0] == "":
+        return None  # universal matching
+    if any(v == "" for v in items):
+        raise BadRequest(f"query parameter {param!r}: an empty value in a list")
+    if vr == "UI":
+        for v in items:
+            if (problem := uid_problem(v)) is not None:
+                raise BadRequest(f"query parameter {param!r}: {problem}")
+    if len(items) > 1:
+        if any("*" in v or "?" in v for v in items):
+            raise BadRequest(f"query parameter {param!r}: wildcards cannot be used in a list")
+        if vr == "IS":
+            for v in items:
+                _integer(v, param)
+        return Condition(path, vr, "list", tuple(items))
+    value = items[0]
+    dt_with_offset = (
+        vr == "DT"
+        and value.count("-") == 1
+        and len(value.partition("-")[0]) >= 8
+        and _DT.fullmatch(value) is not None
+    )
+    if vr in RANGE_VRS and "-" in value and not dt_with_offset:
+        low, _, high = value.partition("-")
+        if low == "" and high == "":
+            raise BadRequest(f"query parameter {param!r}: a range needs at least one end")
+        _check_range_value(vr, low, param)
+        _check_range_value(vr, high, param)
+        if low and high and low > high and vr != "TM":
+            raise BadRequest(f"query parameter {param!r}: range {value!r} ends before it starts")
+        return Condition(path, vr, "range", (low, high))
+    if vr in RANGE_VRS:
+        _check_range_value(vr, value, param)
+    if vr in ("IS", "SS", "US", "SL", "UL", "SV", "UV"):
+        _integer(value, param)
+    if vr == "DS":
+        try:
+            float(value)
+        except ValueError:
+            raise BadRequest(f"query parameter {param!r}: {value!r} is not a number") from None
+    is_pn_fuzzy = fuzzy and vr == "PN"
+    if ("*" in value or "?" in value) and vr in WILDCARD_VRS:
+        return Condition(path, vr, "wildcard", (value,), fuzzy=is_pn_fuzzy)
+    return Condition(path, vr, "single", (value,), fuzzy=is_pn_fuzzy)
+
+
+def _integer(value: str, param: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"query parameter {param!r}: {value!r} is not an integer") from None
+
+
+def _non_negative(value: str, param: str, maximum: int | None = None) -> int:
+    number = _integer(value, param)
+    if number < 0:
+        raise BadRequest(f"query parameter {param!r} must not be negative")
+    if maximum is not None and number > maximum:
+        raise BadRequest(f"query parameter {param!r} must be at most {maximum}")
+    return number
+
+
+def _pad_high_time(value: str) -> str:
+    """The last instant a partial TM denotes: '10' is up to 10:59:59.999999."""
+    full = "235959.999999"
+    if "." in value:
+        return value.ljust(len(full), "9")
+    return value + full[len(value) :]
+
+
+def _combine_date_times(conditions: list[Condition]) -> tuple[list[Condition], list[DateTimeRange]]:
+    by_tag = {c.path: c for c in conditions if len(c.path) == 1 and c.kind == "range"}
+    combined: list[DateTimeRange] = []
+    used: set[tuple[int, ...]] = set()
+    for date_tag, time_tag in DATE_TIME_PAIRS.items():
+        d, t = by_tag.get((date_tag,)), by_tag.get((time_tag,))
+        if d is None or t is None:
+            continue
+        low = (d.values[0], t.values[0] or "000000") if d.values[0] else None
+        high = (d.values[1], _pad_high_time(t.values[1] or "")) if d.values[1] else None
+        combined.append(DateTimeRange(date_tag, time_tag, low, high))
+        used |= {d.path, t.path}
+    return [c for c in conditions if c.path not in used], combined
+
+
+_RESERVED = {"limit", "offset", "fuzzymatching", "includefield", "orderby"}
+
+
+def parse_query(
+    level: Level,
+    params: list[tuple[str, str]],
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    default_limit: int = DEFAULT_LIMIT,
+) -> Query:
+    """Parse QIDO-RS query parameters (already percent-decoded) into a :class:`Query`.
+
+    Raises :class:`BadRequest` naming the offending parameter.
+    """
+    fuzzy = False
+    limit: int | None = None
+    offset = 0
+    includes: set[int] = set()
+    include_all = False
+    order: list[tuple[int, bool]] = []
+    matching: dict[tuple[int, ...], list[str]] = {}
+    names: dict[tuple[int, ...], str] = {}
+    warnings: list[str] = []
+
+    for name, value in params:
+        key = name.strip()
+        lower = key.lower()
+        if lower == "fuzzymatching":
+            if value.lower() not in ("true", "false"):
+                raise BadRequest("query parameter 'fuzzymatching' must be true or false")
+            fuzzy = value.lower() == "true"
+        elif lower == "limit":
+            limit = _non_negative(value, "limit", MAX_LIMIT)
+        elif lower == "offset":
+            offset = _non_negative(value, "offset")
+        elif lower == "includefield":
+            for item in value.split(","):
+                item = item.strip()
+                if item.lower() == "all":
+                    include_all = True
+                elif item:
+                    includes.add(_path(item, f"includefield={item}")[0])
+        elif lower == "orderby":
+            for item in value.split(","):
+                item = item.strip()
+                descending = item.startswith("-")
+                order.append((_path(item.lstrip("+-"), f"orderby={item}")[0], descending))
+        else:
+            if lower in _RESERVED:
+                continue
+            path = _path(key, key)
+            if not _level_allows(level, path[0]):
+                raise BadRequest(
+                    f"query parameter {key!r}: {keyword(path[0])} is not an attribute of the "
+                    f"{level.value} level here; search the "
+                    f"{'series or instance' if level is Level.STUDY else 'instance'} level"
+                )
+            if path[0] in (0x0020000D, 0x0020000E) and len(path) == 1:
+                scope = study_uid if path[0] == 0x0020000D else series_uid
+                if scope is not None and value not in ("", scope):
+                    raise BadRequest(f"query parameter {key!r} contradicts the UID in the path")
+            matching.setdefault(path, []).append(value)
+            names[path] = key
+
+    conditions: list[Condition] = []
+    for path, values in matching.items():
+        cond = _condition(path, values, names[path], fuzzy)
+        if cond is not None:
+            conditions.append(cond)
+        if fuzzy and cond is not None and cond.vr == "PN" and path != (0x00100010,):
+            warnings.append(
+                f"fuzzymatching applies to PatientName; {names[path]} was matched exactly"
+            )
+    conditions, date_times = _combine_date_times(conditions)
+
+    returned: frozenset[int] | None
+    if include_all:
+        returned = None
+    else:
+        defaults = {
+            Level.STUDY: levels.STUDY_DEFAULTS,
+            Level.SERIES: levels.SERIES_DEFAULTS,
+            Level.INSTANCE: levels.INSTANCE_DEFAULTS,
+        }[level]
+        tags = set(defaults) | includes | {p[0] for p in matching}
+        if level is not Level.STUDY:
+            tags.add(0x0020000D)
+            if study_uid is None:
+                tags |= set(levels.STUDY_DEFAULTS) - {0x00081190}
+        if level is Level.INSTANCE:
+            tags.add(0x0020000E)
+            if series_uid is None:
+                tags |= set(levels.SERIES_DEFAULTS) - {0x00081190}
+        returned = frozenset(tags)
+
+    if limit is None:
+        limit = default_limit
+    return Query(
+        level=level,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        conditions=tuple(conditions),
+        date_times=tuple(date_times),
+        returned=returned,
+        limit=limit,
+        offset=offset,
+        order=tuple(order),
+        fuzzy=fuzzy,
+        warnings=tuple(warnings),
+    )
