@@ -1,0 +1,221 @@
+"""The QIDO query model and SQL compiler (PS3.18 8.3.4, PS3.4 C.2.2.2), pure: parameters
+-> Query -> (sql, args), asserted on the SQL text."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.errors import BadRequest
+from app.index.compiler import compile_query, like_pattern
+from app.index.query import Level, parse_query
+
+BASE = "http://h/dicom-web"
+
+
+def sql(level: Level, params: list[tuple[str, str]], **scope: str) -> tuple[str, list[object]]:
+    compiled = compile_query(parse_query(level, params, **scope), BASE)
+    return compiled.sql, compiled.args
+
+
+def where(level: Level, params: list[tuple[str, str]], **scope: str) -> tuple[str, list[object]]:
+    text, args = sql(level, params, **scope)
+    clause = text.split(" WHERE ", 1)[1].split(" ORDER BY ")[0] if " WHERE " in text else ""
+    return clause, args
+
+
+def test_keyword_and_tag_are_the_same_key() -> None:
+    assert where(Level.STUDY, [("PatientID", "P1")]) == where(Level.STUDY, [("00100020", "P1")])
+    clause, args = where(Level.STUDY, [("PatientID", "P1")])
+    assert clause == "st.patient_id = $1" and args[0] == "P1"
+
+
+def test_universal_matching_returns_the_attribute_without_a_condition() -> None:
+    q = parse_query(Level.STUDY, [("StudyDescription", "")])
+    assert q.conditions == () and q.returned is not None and 0x00081030 in q.returned
+
+
+@pytest.mark.parametrize(
+    "value, pattern",
+    [("DOE*", "DOE%"), ("D?E*", "D_E%"), ("*", "%"), ("A_B%C", None), ("50\\%*", "50\\\\\\%%")],
+)
+def test_wildcards_c_2_2_2_4(value: str, pattern: str | None) -> None:
+    clause, args = where(Level.STUDY, [("PatientName", value)])
+    if pattern is None:  # no wildcard: single value, _ and % are literal
+        assert clause == "st.patient_name = $1" and args[0] == value
+    else:
+        assert clause == "st.patient_name LIKE $1" and args[0] == pattern
+
+
+def test_like_pattern_escapes_sql_wildcards() -> None:
+    assert like_pattern("a_b%c\\d*e?") == "a\\_b\\%c\\\\d%e_"
+
+
+def test_wildcards_only_on_vrs_that_allow_them() -> None:
+    # UI has no wildcard matching: '*' is not a UID
+    with pytest.raises(BadRequest, match="StudyInstanceUID"):
+        parse_query(Level.STUDY, [("StudyInstanceUID", "1.2*")])
+    # DA: a date, not a pattern
+    with pytest.raises(BadRequest, match="StudyDate"):
+        parse_query(Level.STUDY, [("StudyDate", "2020*")])
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("20200101-20201231", "(st.study_date >= $1 AND st.study_date <= $2)"),
+        ("20200101-", "(st.study_date >= $1)"),
+        ("-20201231", "(st.study_date <= $1)"),
+    ],
+)
+def test_date_ranges_c_2_2_2_5(value: str, expected: str) -> None:
+    clause, _ = where(Level.STUDY, [("StudyDate", value)])
+    assert clause == expected
+
+
+@pytest.mark.parametrize("value", ["2020-01-01", "20201301x", "-", "20201231-20200101", "2020"])
+def test_bad_ranges_name_the_parameter(value: str) -> None:
+    with pytest.raises(BadRequest, match="'StudyDate'"):
+        parse_query(Level.STUDY, [("StudyDate", value)])
+
+
+def test_time_range_high_end_covers_the_whole_unit() -> None:
+    _, args = where(Level.STUDY, [("StudyTime", "0900-10")])
+    assert args[:2] == ["0900", "105959.999999"]
+
+
+def test_combined_date_time_range_c_2_2_2_5_1() -> None:
+    clause, args = where(
+        Level.STUDY, [("StudyDate", "20200101-20200102"), ("StudyTime", "2200-0600")]
+    )
+    assert (
+        "st.study_date > $1 OR (st.study_date = $1 AND coalesce(st.study_time, '') >= $2)" in clause
+    )
+    assert args[:4] == ["20200101", "2200", "20200102", "0600" + "59.999999"]
+
+
+def test_uid_lists_comma_or_backslash_c_2_2_2_2() -> None:
+    for value in ("1.2.3,1.2.4", "1.2.3\\1.2.4"):
+        clause, args = where(Level.STUDY, [("StudyInstanceUID", value)])
+        assert clause == "st.study_uid = ANY($1::text[])" and args[0] == ["1.2.3", "1.2.4"]
+    with pytest.raises(BadRequest, match="not a UID"):
+        parse_query(Level.STUDY, [("StudyInstanceUID", "1.2.3,1.02")])
+
+
+def test_repeated_key_is_a_list() -> None:
+    clause, args = where(Level.SERIES, [("Modality", "CT"), ("Modality", "MR")])
+    assert clause == "se.modality = ANY($1::text[])" and args[0] == ["CT", "MR"]
+
+
+def test_modalities_in_study_matches_any() -> None:
+    clause, args = where(Level.STUDY, [("ModalitiesInStudy", "CT,MR")])
+    assert clause == "st.modalities && $1::text[]" and args[0] == ["CT", "MR"]
+
+
+def test_sequence_matching_c_2_2_2_6() -> None:
+    clause, args = where(
+        Level.SERIES, [("RequestAttributesSequence.ScheduledProcedureStepID", "S1")]
+    )
+    assert "jsonb_array_elements(se.attrs->'00400275'->'Value') q0" in clause
+    assert "jsonb_array_elements(q0->'00400009'->'Value') v" in clause
+    assert args[0] == "S1"
+
+
+def test_any_stored_attribute_can_be_matched() -> None:
+    clause, _ = where(Level.STUDY, [("PatientWeight", "70")])
+    assert "st.attrs->'00101030'" in clause and "::numeric" in clause
+    clause, _ = where(Level.INSTANCE, [("SliceThickness", "1.25")])
+    assert "i.metadata::jsonb" in clause
+
+
+def test_fuzzy_person_name_uses_normalised_words() -> None:
+    clause, args = where(Level.STUDY, [("PatientName", "Müll Jo"), ("fuzzymatching", "true")])
+    assert clause.count("study_word") == 2
+    assert args[:2] == ["mull%", "jo%"]
+    q = parse_query(Level.STUDY, [("ReferringPhysicianName", "x"), ("fuzzymatching", "true")])
+    assert any("fuzzymatching applies to PatientName" in w for w in q.warnings)
+
+
+def test_integer_columns_compare_as_numbers() -> None:
+    clause, args = where(Level.SERIES, [("SeriesNumber", "3")])
+    assert clause == "se.series_number = $1::int" and args[0] == 3
+    with pytest.raises(BadRequest, match="SeriesNumber"):
+        parse_query(Level.SERIES, [("SeriesNumber", "three")])
+
+
+def test_scope_from_the_path() -> None:
+    clause, args = where(Level.INSTANCE, [], study_uid="1.2", series_uid="1.2.3")
+    assert clause == "st.study_uid = $1 AND se.series_uid = $2" and args[:2] == ["1.2", "1.2.3"]
+    with pytest.raises(BadRequest, match="contradicts"):
+        parse_query(Level.SERIES, [("StudyInstanceUID", "9.9")], study_uid="1.2")
+
+
+def test_level_must_allow_the_attribute() -> None:
+    with pytest.raises(BadRequest, match="'Modality'.*study level"):
+        parse_query(Level.STUDY, [("Modality", "CT")])
+    parse_query(Level.SERIES, [("PatientID", "X")])  # study keys narrow series searches
+    parse_query(Level.INSTANCE, [("Modality", "CT"), ("PatientID", "X"), ("Rows", "512")])
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ([("NoSuchKeyword", "1")], "'NoSuchKeyword'"),
+        ([("0010002", "1")], "'0010002'"),
+        ([("limit", "-1")], "'limit'"),
+        ([("limit", "ten")], "'limit'"),
+        ([("offset", "x")], "'offset'"),
+        ([("fuzzymatching", "yes")], "'fuzzymatching'"),
+        ([("includefield", "Nope")], "includefield=Nope"),
+        ([("orderby", "Nope")], "orderby=Nope"),
+        ([("ProcedureCodeSequence", "x")], "sequence"),
+    ],
+)
+def test_bad_requests_name_the_parameter(params: list[tuple[str, str]], message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        compile_query(parse_query(Level.STUDY, params), BASE)
+
+
+def test_orderby_only_on_indexed_attributes_of_the_level() -> None:
+    text, _ = sql(Level.STUDY, [("orderby", "-StudyDate,PatientName")])
+    assert text.split(" ORDER BY ")[1].startswith(
+        "st.study_date DESC NULLS LAST, st.patient_name ASC NULLS LAST, st.pk LIMIT"
+    )
+    with pytest.raises(BadRequest, match="orderby"):
+        sql(Level.STUDY, [("orderby", "SeriesNumber")])
+    with pytest.raises(BadRequest, match="orderby"):
+        sql(Level.STUDY, [("orderby", "PatientWeight")])
+
+
+def test_stable_order_and_one_extra_row_for_the_more_results_warning() -> None:
+    text, args = sql(Level.STUDY, [("limit", "25"), ("offset", "50")])
+    assert text.endswith("ORDER BY st.pk LIMIT $2 OFFSET $3")
+    assert args[1:] == [26, 50]
+
+
+def test_default_and_included_return_attributes_ps3_18_10_6_3_3() -> None:
+    q = parse_query(
+        Level.STUDY, [("includefield", "StudyDescription,00080080"), ("includefield", "PatientAge")]
+    )
+    assert q.returned is not None
+    for tag in (
+        0x00100010,
+        0x0020000D,
+        0x00201206,
+        0x00201208,
+        0x00080061,
+        0x00081030,
+        0x00080080,
+        0x00101010,
+    ):
+        assert tag in q.returned
+    assert parse_query(Level.STUDY, [("includefield", "all")]).returned is None
+    text, _ = sql(Level.STUDY, [("includefield", "StudyDescription")])
+    assert "'00081030', st.attrs->'00081030'" in text
+    assert (
+        "'00201208', jsonb_build_object('vr', 'IS', 'Value', jsonb_build_array(st.num_instances))"
+        in text
+    )
+    inst, _ = sql(Level.INSTANCE, [], study_uid="1.2", series_uid="1.2.3")
+    assert (
+        "'00080016', i.attrs->'00080016'" in inst and "'/instances/' || i.sop_instance_uid" in inst
+    )
