@@ -192,7 +192,7 @@ MATCHING_TABLE = [
         f"PatientID=QP{RUN}-3&StudyDate=20190101-20210601&StudyTime=2300-0030",
         {"astrom1", "astrom2"},
     ),
-    (f"ModalitiesInStudy=PR", {"doe"}),  # any of the study's modalities
+    ("ModalitiesInStudy=PR", {"doe"}),  # any of the study's modalities
     (f"PatientID=QP{RUN}-*&ModalitiesInStudy=SR,MR", {"smith", "doe"}),
     (f"PatientID=QP{RUN}-*&ModalitiesInStudy=US%5CCT", {"smith", "astrom1", "astrom2", "astrom3"}),
     (f"AccessionNumber=QA{RUN}-4", {"astrom2"}),
