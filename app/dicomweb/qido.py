@@ -65,9 +65,9 @@ async def search_studies(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/studies/{study:str}/series", name="qido-study-series")
-async def search_study_series(request: Request[Any, Any, Any], study: str) -> Response[bytes]:
+async def search_study_series(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Search for the series of a study (resource "Study's Series")."""
-    return await _search(request, Level.SERIES, study)
+    return await _search(request, Level.SERIES, request.path_params["study"])
 
 
 @get("/series", name="qido-series")
@@ -77,17 +77,16 @@ async def search_series(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/studies/{study:str}/instances", name="qido-study-instances")
-async def search_study_instances(request: Request[Any, Any, Any], study: str) -> Response[bytes]:
+async def search_study_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Search for the instances of a study (resource "Study's Instances")."""
-    return await _search(request, Level.INSTANCE, study)
+    return await _search(request, Level.INSTANCE, request.path_params["study"])
 
 
 @get("/studies/{study:str}/series/{series:str}/instances", name="qido-series-instances")
-async def search_series_instances(
-    request: Request[Any, Any, Any], study: str, series: str
-) -> Response[bytes]:
+async def search_series_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Search for the instances of a series (resource "Study Series' Instances")."""
-    return await _search(request, Level.INSTANCE, study, series)
+    params = request.path_params
+    return await _search(request, Level.INSTANCE, params["study"], params["series"])
 
 
 @get("/instances", name="qido-instances")

@@ -201,10 +201,9 @@ class _Upload:
     status_code=200,
     name="stow",
 )
-async def store_instances(
-    request: Request[Any, Any, Any], study: str | None = None
-) -> Response[bytes]:
+async def store_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Store Instances (PS3.18 10.5): the Studies Store transaction."""
+    study: str | None = request.path_params.get("study")
     media, boundary = check_content_type(request.headers.get("content-type"))
     if study is not None and (problem := uid_problem(study)) is not None:
         raise BadRequest(f"the Study Instance UID in the URL {problem}")
