@@ -12,7 +12,7 @@ from litestar import Litestar, Router, get
 from litestar.response import Response
 
 from app.config import Settings
-from app.dicomweb import qido
+from app.dicomweb import qido, wado
 from app.dicomweb.errors import EXCEPTION_HANDLERS
 from app.dicomweb.stow import store_instances
 from app.dicomweb.urls import DICOMWEB_PREFIX
@@ -88,7 +88,9 @@ def create_app(settings: Settings) -> Litestar:
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
 
-    dicomweb = Router(path=DICOMWEB_PREFIX, route_handlers=[store_instances, *qido.ROUTES])
+    dicomweb = Router(
+        path=DICOMWEB_PREFIX, route_handlers=[store_instances, *qido.ROUTES, *wado.ROUTES]
+    )
     return Litestar(
         route_handlers=[dicomweb, health],
         lifespan=[lifespan],

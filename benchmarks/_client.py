@@ -60,6 +60,65 @@ class Connection:
             await self.writer.drain()
         return await self._response()
 
+    async def get(
+        self, path: str, accept: str = "application/dicom+json"
+    ) -> tuple[int, dict[str, str], bytes]:
+        """GET ``path``; returns (status, headers with lower-case names, body).
+
+        A keep-alive connection the server closed while idle is reopened once, as any
+        HTTP/1.1 client does (only when nothing of the answer has arrived).
+        """
+        head = (
+            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: {accept}\r\n\r\n"
+        ).encode()
+        for attempt in (0, 1):
+            reused = self.writer is not None
+            if self.writer is None:
+                await self._connect()
+            assert self.writer is not None and self.reader is not None
+            try:
+                self.writer.write(head)
+                await self.writer.drain()
+                status_line = await self.reader.readline()
+            except (ConnectionError, OSError):
+                status_line = b""
+            if status_line:
+                break
+            await self.close()
+            if not reused or attempt:
+                raise ConnectionError(f"GET {path}: connection closed before the answer")
+        status, headers, body = await self._rest_of_response(status_line)
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return status, headers, body
+
+    async def _rest_of_response(self, status_line: bytes) -> tuple[int, dict[str, str], bytes]:
+        assert self.reader is not None
+        status = int(status_line.split()[1])
+        headers: dict[str, str] = {}
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name, value = name.strip().lower(), value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks = []
+            while True:
+                size = int((await self.reader.readline()).split(b";")[0].strip(), 16)
+                if size == 0:
+                    while (await self.reader.readline()) not in (b"\r\n", b""):
+                        pass  # trailers
+                    break
+                chunks.append(await self.reader.readexactly(size))
+                await self.reader.readexactly(2)
+            body = b"".join(chunks)
+        else:
+            length = int(headers.get("content-length", "0"))
+            body = await self.reader.readexactly(length) if length else b""
+        return status, headers, body
+
     def _head(self, path: str, content_type: str, length: int) -> bytes:
         return (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"

@@ -303,6 +303,7 @@ def compile_query(query: Query, base_url: str) -> Compiled:
     base = args.add(base_url) + "::text"
     wanted = query.returned
     parts: list[str] = []
+
     def instance_level(tag: int) -> bool:
         return not levels.is_study_level(tag) and not levels.is_series_level(tag)
 

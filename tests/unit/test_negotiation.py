@@ -37,3 +37,45 @@ def test_choose(accept: str | None, chosen: str) -> None:
 def test_nothing_acceptable_is_406_listing_what_is_offered(accept: str) -> None:
     with pytest.raises(NotAcceptable, match="application/dicom\\+json, application/json"):
         choose(accept, SEARCH_MEDIA_TYPES)
+
+
+from app.dicomweb.media import EXPLICIT_VR_LE, Offer, negotiate_multipart  # noqa: E402
+
+JPEG = Offer("image/jpeg", "1.2.840.10008.1.2.4.50")
+NATIVE = Offer("application/octet-stream", EXPLICIT_VR_LE)
+DEFAULTS = {"application/octet-stream": EXPLICIT_VR_LE, "image/jpeg": "1.2.840.10008.1.2.4.50"}
+
+
+@pytest.mark.parametrize(
+    "accept, offers, chosen",
+    [
+        # OHIF: octet-stream with transfer-syntax=* takes the stored form, whatever its type
+        ('multipart/related; type="application/octet-stream"; transfer-syntax=*', [JPEG], JPEG),
+        ("multipart/related; type=application/octet-stream; transfer-syntax=*", [NATIVE], NATIVE),
+        ('multipart/related; type="application/octet-stream"', [NATIVE], NATIVE),
+        ('multipart/related; type="image/jpeg"', [JPEG], JPEG),
+        ("image/jpeg", [JPEG], JPEG),
+        ("*/*", [JPEG], JPEG),
+        (None, [NATIVE], NATIVE),
+        (
+            'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50',
+            [JPEG],
+            JPEG,
+        ),
+    ],
+)
+def test_negotiate_multipart(accept: str | None, offers: list[Offer], chosen: Offer) -> None:
+    assert negotiate_multipart(accept, offers, DEFAULTS) == chosen
+
+
+@pytest.mark.parametrize(
+    "accept, offers",
+    [
+        ('multipart/related; type="application/octet-stream"', [JPEG]),  # needs transcoding
+        ('multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.70', [JPEG]),
+        ('multipart/related; type="image/jls"', [NATIVE]),
+    ],
+)
+def test_negotiate_multipart_406(accept: str, offers: list[Offer]) -> None:
+    with pytest.raises(NotAcceptable, match="available"):
+        negotiate_multipart(accept, offers, DEFAULTS)

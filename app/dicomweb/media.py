@@ -1,0 +1,102 @@
+"""Media types of retrieved pixel data per transfer syntax, and multipart negotiation.
+
+PS3.18 8.7.3 (Tables 8.7.3-2 to 8.7.3-5): each transfer syntax travels as one media
+type; ``transfer-syntax=*`` asks for whatever is stored. What a resource can return is
+this table filtered by what is stored (DESIGN.md decision 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.dicomweb.negotiation import parse_accept
+from app.errors import NotAcceptable
+
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+#: transfer syntax UID -> media type of its frames (PS3.18 Table 8.7.3-5)
+FRAME_MEDIA_TYPES: dict[str, str] = {
+    EXPLICIT_VR_LE: "application/octet-stream",
+    IMPLICIT_VR_LE: "application/octet-stream",
+    EXPLICIT_VR_BE: "application/octet-stream",
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/x-dicom-rle",
+}
+
+
+def native_pixel_syntax(ts: str) -> str:
+    """The transfer syntax that labels native frame bytes: implicit VR LE pixel bytes are
+    exactly those of explicit VR LE (PS3.5 8.2), so they are offered as the latter."""
+    return EXPLICIT_VR_LE if ts == IMPLICIT_VR_LE else ts
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A representation a resource can send: a media type and its transfer syntax."""
+
+    media_type: str
+    transfer_syntax: str
+
+    def header(self) -> str:
+        return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
+
+
+def negotiate_multipart(
+    accept: str | None, offers: list[Offer], default_syntax: dict[str, str]
+) -> Offer:
+    """Pick the offer an Accept header allows (PS3.18 8.7.4).
+
+    Accepts ``multipart/related; type="X"; transfer-syntax=Y``, bare ``X`` types, and
+    wildcards; ``transfer-syntax=*`` takes any offer, whatever X says. A type without ``transfer-syntax`` means the type's
+    default syntax (``default_syntax``), e.g. Explicit VR Little Endian for
+    application/octet-stream and application/dicom (PS3.18 8.7.3.5).
+    """
+    best: tuple[float, int, Offer] | None = None
+    for media, params, q in parse_accept(accept):
+        if q <= 0:
+            continue
+        if media == "multipart/related":
+            wanted = params.get("type", "").lower()
+        else:
+            wanted = media
+        syntax = params.get("transfer-syntax")
+        for rank, offer in enumerate(offers):
+            # transfer-syntax=* asks for the stored form whatever its type: viewers (OHIF)
+            # send type="application/octet-stream"; transfer-syntax=* and take image/jpeg
+            if syntax != "*" and wanted not in ("", "*/*", offer.media_type) and not (
+                wanted.endswith("/*") and offer.media_type.startswith(wanted[:-1])
+            ):
+                continue
+            if syntax is None:
+                fits = default_syntax.get(offer.media_type) in (None, offer.transfer_syntax)
+            else:
+                fits = syntax in ("*", offer.transfer_syntax)
+            if fits:
+                key = (q, -rank, offer)
+                if best is None or key[:2] > best[:2]:
+                    best = key
+    if best is None:
+        available = ", ".join(
+            f'multipart/related; type="{o.media_type}"; transfer-syntax={o.transfer_syntax}'
+            for o in offers
+        )
+        raise NotAcceptable(
+            f"cannot produce what Accept asks for ({accept}); available: {available}"
+            " (transcoding between transfer syntaxes is not available yet)"
+        )
+    return best[2]

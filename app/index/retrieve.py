@@ -1,0 +1,108 @@
+"""Index reads for WADO-RS: stored metadata, file locations and frame byte ranges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from app.errors import NotFound, ServiceUnavailable
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A retrieve target (PS3.18 10.4.1): a study, a series of it, or one instance."""
+
+    study: str
+    series: str | None = None
+    instance: str | None = None
+
+    def describe(self) -> str:
+        if self.instance is not None:
+            return f"instance {self.instance} in series {self.series} of study {self.study}"
+        if self.series is not None:
+            return f"series {self.series} of study {self.study}"
+        return f"study {self.study}"
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    file_key: str
+    file_size: int
+    file_sha256: str
+    number_of_frames: int | None
+    frame_offsets: list[int] | None
+    frame_lengths: list[int] | None
+    frame_first: list[int] | None
+    bits_allocated: int | None
+    bulk: bytes
+
+    def frame_ranges(self, number: int) -> list[tuple[int, int]]:
+        """Byte ranges of frame ``number`` (1-based, PS3.18 10.4.1.1.4) in the stored file."""
+        assert self.frame_offsets is not None and self.frame_lengths is not None
+        assert self.frame_first is not None
+        first = self.frame_first[number - 1]
+        end = (
+            self.frame_first[number] if number < len(self.frame_first) else len(self.frame_offsets)
+        )
+        return list(zip(self.frame_offsets[first:end], self.frame_lengths[first:end]))
+
+
+_WHERE = """st.study_uid = $1 AND ($2::text IS NULL OR se.series_uid = $2)
+    AND ($3::text IS NULL OR i.sop_instance_uid = $3)"""
+_FROM = "instance i JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = i.study_pk"
+#: PS3.18 10.4: the order a viewer expects: series by number, instances by number
+_ORDER = "se.series_number NULLS LAST, se.pk, i.instance_number NULLS LAST, i.pk"
+
+
+async def _fetch(pool: asyncpg.Pool, sql: str, scope: Scope) -> list[asyncpg.Record]:
+    try:
+        rows: list[asyncpg.Record] = await pool.fetch(
+            sql, scope.study, scope.series, scope.instance
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ServiceUnavailable(f"the index could not be read: {exc}") from exc
+    if not rows:
+        raise NotFound(f"no {scope.describe()} is stored here")
+    return rows
+
+
+async def metadata(pool: asyncpg.Pool, scope: Scope) -> list[tuple[bytes, str]]:
+    """(stored DICOM JSON, file SHA-256) of each instance in scope, in viewing order."""
+    rows = await _fetch(
+        pool,
+        f"SELECT i.metadata, i.file_sha256 FROM {_FROM} WHERE {_WHERE} ORDER BY {_ORDER}",
+        scope,
+    )
+    return [(bytes(r[0]), str(r[1])) for r in rows]
+
+
+async def instances(pool: asyncpg.Pool, scope: Scope) -> list[StoredInstance]:
+    rows = await _fetch(
+        pool,
+        f"""SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_key,
+                   i.file_size, i.file_sha256, i.number_of_frames, i.frame_offsets,
+                   i.frame_lengths, i.frame_first, i.bits_allocated, i.bulk
+            FROM {_FROM} WHERE {_WHERE} ORDER BY {_ORDER}""",
+        scope,
+    )
+    return [
+        StoredInstance(
+            sop_instance_uid=r[0],
+            sop_class_uid=r[1],
+            transfer_syntax=r[2],
+            file_key=r[3],
+            file_size=r[4],
+            file_sha256=r[5],
+            number_of_frames=r[6],
+            frame_offsets=list(r[7]) if r[7] is not None else None,
+            frame_lengths=list(r[8]) if r[8] is not None else None,
+            frame_first=list(r[9]) if r[9] is not None else None,
+            bits_allocated=r[10],
+            bulk=bytes(r[11]),
+        )
+        for r in rows
+    ]

@@ -1,0 +1,200 @@
+"""WADO-RS against a real server (PS3.18 10.4): metadata from the stored JSON, bulk data,
+frames and instances as stored. (Transcoding and rendered images: issue #4.)"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import gzip
+
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from pydicom.filebase import DicomBytesIO
+
+from conftest import Archive, multipart
+from corpus import expected_frames, reference_files
+from synth import ct_slice, new_uids
+
+STAR = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
+def parts(response) -> list[tuple[str, bytes]]:  # type: ignore[no-untyped-def]
+    """Split a multipart/related body with the standard library's MIME parser."""
+    head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
+    message = email.message_from_bytes(head + response.content, policy=email.policy.HTTP)
+    return [
+        (p.get_content_type() + _params(p), p.get_payload(decode=True))
+        for p in message.iter_parts()
+    ]
+
+
+def _params(part) -> str:  # type: ignore[no-untyped-def]
+    ts = part.get_param("transfer-syntax")
+    return f"; transfer-syntax={ts}" if ts else ""
+
+
+@pytest.fixture(scope="module")
+def stored(archive: Archive) -> dict[str, object]:
+    study, series = new_uids()
+    files = [ct_slice(study, series, i) for i in range(3)]
+    corpus = [
+        r
+        for r in reference_files()
+        if r.number_of_frames > 0 and r.transfer_syntax != "1.2.840.10008.1.2.1.99"
+    ]
+    r = archive.stow(multipart(files + [r.path.read_bytes() for r in corpus]))
+    assert r.status_code == 200, r.text
+    datasets = [pydicom.dcmread(DicomBytesIO(f)) for f in files]
+    return {
+        "study": study,
+        "series": series,
+        "files": files,
+        "datasets": datasets,
+        "corpus": corpus,
+    }
+
+
+def test_study_metadata_is_the_stored_json(archive: Archive, stored: dict) -> None:
+    r = archive.http.get(f"/studies/{stored['study']}/metadata")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom+json"
+    items = r.json()
+    assert [i["00080018"]["Value"][0] for i in items] == [
+        d.SOPInstanceUID for d in stored["datasets"]
+    ]
+    first, ds = items[0], stored["datasets"][0]
+    assert first["00100010"]["Value"] == [{"Alphabetic": str(ds.PatientName)}]
+    assert first["00280010"]["Value"] == [ds.Rows]
+    uri = first["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(f"{archive.url}/studies/{stored['study']}/series/")  # absolute, this host
+    # the BulkDataURI resolves to the pixel data (PS3.18 10.4.1.1.5)
+    bulk = archive.http.get(uri[len(archive.url) :])
+    assert bulk.status_code == 200
+    ((ctype, value),) = parts(bulk)
+    assert ctype.startswith("application/octet-stream") and value == ds.PixelData
+
+
+def test_metadata_levels_etag_gzip_and_proxy_headers(archive: Archive, stored: dict) -> None:
+    ds = stored["datasets"][1]
+    path = f"/studies/{stored['study']}/series/{stored['series']}/instances/{ds.SOPInstanceUID}/metadata"
+    r = archive.http.get(path)
+    assert len(r.json()) == 1 and r.json()[0]["00080018"]["Value"] == [ds.SOPInstanceUID]
+    assert (
+        len(
+            archive.http.get(
+                f"/studies/{stored['study']}/series/{stored['series']}/metadata"
+            ).json()
+        )
+        == 3
+    )
+    etag = r.headers["ETag"]
+    again = archive.http.get(path, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    raw = archive.http.get(path, headers={"Accept-Encoding": "gzip"})
+    assert raw.headers.get("content-encoding") == "gzip" and raw.json() == r.json()
+    proxied = archive.http.get(
+        path,
+        headers={
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "pacs.example",
+            "X-Forwarded-Prefix": "/img",
+        },
+    )
+    assert proxied.json()[0]["7FE00010"]["BulkDataURI"].startswith(
+        "https://pacs.example/img/dicom-web/studies/"
+    )
+    assert proxied.headers["ETag"] != etag
+    assert gzip.decompress(gzip.compress(b"x")) == b"x"
+
+
+def test_instances_as_stored_and_by_dicomweb_client(archive: Archive, stored: dict) -> None:
+    r = archive.http.get(
+        f"/studies/{stored['study']}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    assert r.status_code == 200
+    assert [body for _, body in parts(r)] == stored["files"]  # byte for byte
+    client = DICOMwebClient(url=archive.url)
+    ds = stored["datasets"][2]
+    got = client.retrieve_instance(stored["study"], stored["series"], ds.SOPInstanceUID)
+    assert got.SOPInstanceUID == ds.SOPInstanceUID and got.PixelData == ds.PixelData
+    meta = client.retrieve_series_metadata(stored["study"], stored["series"])
+    assert len(meta) == 3
+
+
+def test_frames_as_stored_equal_the_stored_fragments(archive: Archive, stored: dict) -> None:
+    for ref in stored["corpus"]:
+        ds = pydicom.dcmread(ref.path, stop_before_pixels=True)
+        base = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        numbers = ",".join(str(n) for n in range(1, ref.number_of_frames + 1))
+        r = archive.http.get(f"{base}/frames/{numbers}", headers={"Accept": STAR})
+        assert r.status_code == 200, (ref.name, r.text)
+        got = parts(r)
+        expected = expected_frames(ref.path)
+        assert len(got) == len(expected), ref.name
+        for (ctype, body), want in zip(got, expected):
+            assert body == want or (len(want) == len(body) + 1 and want[:-1] == body), ref.name
+            ts = ds.file_meta.TransferSyntaxUID
+            assert (
+                f"transfer-syntax={ts if ts != '1.2.840.10008.1.2' else '1.2.840.10008.1.2.1'}"
+                in ctype
+            )
+
+
+def test_frames_with_dicomweb_client(archive: Archive, stored: dict) -> None:
+    ds = stored["datasets"][0]
+    client = DICOMwebClient(url=archive.url)
+    (frame,) = client.retrieve_instance_frames(
+        stored["study"],
+        stored["series"],
+        ds.SOPInstanceUID,
+        frame_numbers=[1],
+        media_types=(("application/octet-stream", "*"),),
+    )
+    assert frame == ds.PixelData
+
+
+@pytest.mark.parametrize(
+    "suffix, status, fragment",
+    [
+        ("/frames/2", 404, "has 1 frame"),
+        ("/frames/0", 400, "frame number"),
+        ("/frames/1,x", 400, "frame number"),
+        ("/bulk/00100010", 404, "no bulk data"),
+    ],
+)
+def test_frame_and_bulk_errors(
+    archive: Archive, stored: dict, suffix: str, status: int, fragment: str
+) -> None:
+    ds = stored["datasets"][0]
+    r = archive.http.get(
+        f"/studies/{stored['study']}/series/{stored['series']}/instances/{ds.SOPInstanceUID}{suffix}"
+    )
+    assert r.status_code == status and fragment in r.json()["message"]
+
+
+def test_unknown_and_malformed_targets(archive: Archive, stored: dict) -> None:
+    assert archive.http.get("/studies/1.2.3.4.5.6.7.8.9/metadata").status_code == 404
+    assert archive.http.get("/studies/1.2.3.4.5.6.7.8.9").status_code == 404
+    r = archive.http.get("/studies/1.2.x/metadata")
+    assert r.status_code == 400 and "Study Instance UID" in r.json()["message"]
+    r = archive.http.get(
+        f"/studies/{stored['study']}/series/{stored['series']}/instances/1.2.3/metadata"
+    )
+    assert r.status_code == 404
+
+
+def test_what_needs_transcoding_is_406_with_what_is_offered(archive: Archive, stored: dict) -> None:
+    jpeg = next(r for r in stored["corpus"] if r.transfer_syntax == "1.2.840.10008.1.2.4.50")
+    ds = pydicom.dcmread(jpeg.path, stop_before_pixels=True)
+    base = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    r = archive.http.get(
+        f"{base}/frames/1", headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+    )
+    assert r.status_code == 406 and "image/jpeg" in r.json()["message"]
+    r = archive.http.get(
+        f"{base}/frames/1", headers={"Accept": 'multipart/related; type="image/jpeg"'}
+    )
+    assert r.status_code == 200  # image/jpeg without a parameter: its default, baseline
+    r = archive.http.get(base, headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert r.status_code == 406 and "1.2.840.10008.1.2.4.50" in r.json()["message"]
