@@ -62,9 +62,10 @@ def negotiate_multipart(
     """Pick the offer an Accept header allows (PS3.18 8.7.4).
 
     Accepts ``multipart/related; type="X"; transfer-syntax=Y``, bare ``X`` types, and
-    wildcards; ``transfer-syntax=*`` takes any offer, whatever X says. A type without ``transfer-syntax`` means the type's
-    default syntax (``default_syntax``), e.g. Explicit VR Little Endian for
-    application/octet-stream and application/dicom (PS3.18 8.7.3.5).
+    wildcards; ``transfer-syntax=*`` takes any offer, whatever X says. A type without
+    ``transfer-syntax`` means the type's default syntax (``default_syntax``), e.g.
+    Explicit VR Little Endian for application/octet-stream and application/dicom
+    (PS3.18 8.7.3.5).
     """
     best: tuple[float, int, Offer] | None = None
     for media, params, q in parse_accept(accept):
