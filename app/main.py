@@ -11,6 +11,7 @@ from typing import Any
 from litestar import Litestar, Router, get
 from litestar.response import Response
 
+from app.codec import pool as codec_pool
 from app.config import Settings
 from app.dicomweb import qido, wado
 from app.dicomweb.errors import EXCEPTION_HANDLERS
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> Litestar:
             app.state.ingest = Ingest(settings, pool, store)
             yield
         finally:
+            codec_pool.shutdown()
             if pool is not None:
                 await pool.close()
             if embedded is not None:

@@ -79,8 +79,10 @@ def negotiate_multipart(
         for rank, offer in enumerate(offers):
             # transfer-syntax=* asks for the stored form whatever its type: viewers (OHIF)
             # send type="application/octet-stream"; transfer-syntax=* and take image/jpeg
-            if syntax != "*" and wanted not in ("", "*/*", offer.media_type) and not (
-                wanted.endswith("/*") and offer.media_type.startswith(wanted[:-1])
+            if (
+                syntax != "*"
+                and wanted not in ("", "*/*", offer.media_type)
+                and not (wanted.endswith("/*") and offer.media_type.startswith(wanted[:-1]))
             ):
                 continue
             if syntax is None:

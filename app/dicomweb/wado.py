@@ -4,8 +4,9 @@ Metadata comes from the DICOM JSON stored at ingest, never from the files; frame
 bulk data are read from the byte ranges recorded at ingest; instances are sent as
 stored. Responses stream: memory does not grow with the size of a study.
 
-Not yet here (issue #4): transcoding to another transfer syntax, rendered images,
-thumbnails and ZIP archives. A request that needs them gets 406 naming what is offered.
+Frames can also be decoded on the fly to native Explicit VR Little Endian (in worker
+processes). Not yet here (issue #4): other transcodings, rendered images, thumbnails and
+ZIP archives. A request that needs them gets 406 naming what is offered.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 from litestar import Request, get
 from litestar.response import Response, Stream
 
+from app.codec import pool
+from app.codec.transcode import can_decode, decode_frame
 from app.dicom.json_model import BASE_MARKER
 from app.dicom.uids import uid_problem
 from app.dicomweb.media import (
@@ -174,23 +177,34 @@ def parse_frame_list(text: str, count: int) -> list[int]:
     name="wado-frames",
 )
 async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream:
-    """Retrieve frames (PS3.18 10.4.1.1.4): each frame's stored bytes as one part."""
+    """Retrieve frames (PS3.18 10.4.1.1.4): each frame as one part, as stored (byte
+    ranges recorded at ingest) or decoded to native Explicit VR Little Endian."""
     scope = _scope(request)
     state = request.app.state
     (inst,) = await retrieve.instances(state.pool, scope)
-    if inst.frame_offsets is None or not inst.number_of_frames:
-        raise NotFound(f"{scope.describe()} has no frames that can be retrieved as stored")
-    numbers = parse_frame_list(request.path_params["frames"], len(inst.frame_first or []))
-    media = FRAME_MEDIA_TYPES.get(inst.transfer_syntax)
-    if media is None:
-        raise NotAcceptable(
-            f"frames in transfer syntax {inst.transfer_syntax} cannot be served yet"
-        )
-    offer = Offer(media, native_pixel_syntax(inst.transfer_syntax))
-    chosen = negotiate_multipart(request.headers.get("accept"), [offer], DEFAULT_SYNTAX)
+    if not inst.number_of_frames:
+        raise NotFound(f"{scope.describe()} has no pixel data frames")
+    numbers = parse_frame_list(request.path_params["frames"], inst.number_of_frames)
+    # frames lie in the stored file unless the data set is deflated (or oddly encoded)
+    addressable = inst.frame_offsets is not None
+    stored = native_pixel_syntax(inst.transfer_syntax)
+    offers = []
+    if addressable and inst.transfer_syntax in FRAME_MEDIA_TYPES:
+        offers.append(Offer(FRAME_MEDIA_TYPES[inst.transfer_syntax], stored))
+    if (not addressable or stored != EXPLICIT_VR_LE) and can_decode(inst.transfer_syntax):
+        # decoded on the fly to the default syntax (PS3.18 8.7.3.5)
+        offers.append(Offer("application/octet-stream", EXPLICIT_VR_LE))
+    if not offers:
+        raise NotAcceptable(f"frames in transfer syntax {inst.transfer_syntax} cannot be served")
+    chosen = negotiate_multipart(request.headers.get("accept"), offers, DEFAULT_SYNTAX)
     store: FileBlobStore = state.store
+    path = str(store.path(inst.file_key))
+    as_stored = addressable and chosen.transfer_syntax == stored
 
     async def frame(number: int) -> AsyncIterator[bytes]:
+        if not as_stored:
+            yield await pool.run(decode_frame, path, number - 1)
+            return
         for offset, length in inst.frame_ranges(number):
             async for chunk in store.read_range(inst.file_key, offset, length):
                 yield chunk

@@ -360,7 +360,9 @@ def test_concurrent_stores_of_the_same_instances(archive: Archive) -> None:
 
     def send() -> None:
         with httpx.Client(timeout=60) as client:
-            r = client.post(f"{archive.url}/studies", content=body, headers={"Content-Type": content_type()})
+            r = client.post(
+                f"{archive.url}/studies", content=body, headers={"Content-Type": content_type()}
+            )
             statuses.append(r.status_code)
 
     threads = [threading.Thread(target=send) for _ in range(4)]
@@ -370,7 +372,8 @@ def test_concurrent_stores_of_the_same_instances(archive: Archive) -> None:
         t.join()
     assert statuses == [200] * 4
     rows = archive.query(
-        "SELECT i.file_key FROM instance i JOIN study s ON s.pk = i.study_pk WHERE s.study_uid = $1", study
+        "SELECT i.file_key FROM instance i JOIN study s ON s.pk = i.study_pk WHERE s.study_uid = $1",
+        study,
     )
     assert len(rows) == 6
     on_disk = {f for f in archive.storage_files() if f.startswith(study)}

@@ -1,0 +1,48 @@
+"""Decoding stored frames to native pixel data (PS3.5 8.2, Explicit VR Little Endian).
+
+Runs in worker processes (:mod:`app.codec.pool`). pydicom 3 decodes with the installed
+plugins: pylibjpeg-libjpeg (JPEG, JPEG-LS), pylibjpeg-openjpeg (JPEG 2000, HTJ2K),
+pylibjpeg-rle / pydicom (RLE), and its own code for deflate and big endian.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.pixels.utils import pixel_array
+from pydicom.pixels.decoders.base import get_decoder
+
+_NATIVE = {
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+}
+
+
+def can_decode(transfer_syntax: str) -> bool:
+    """Whether frames of this transfer syntax can be decoded here."""
+    if transfer_syntax in _NATIVE:
+        return True
+    try:
+        return bool(get_decoder(transfer_syntax).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def decode_frame(path: str, index: int) -> bytes:
+    """Frame ``index`` (0-based) of the stored file as native little endian pixel bytes.
+
+    Colour frames stored as YCbCr in JPEG come out as RGB (pydicom's default), as a
+    decoder would show them.
+    """
+    try:
+        array = pixel_array(path, index=index)
+    except (AttributeError, ValueError, NotImplementedError):
+        # e.g. a deflated data set: read it whole first
+        array = pixel_array(pydicom.dcmread(Path(path)), index=index)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array).tobytes()
