@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.pixels.utils import pixel_array
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import pixel_array
 
 _NATIVE = {
     "1.2.840.10008.1.2",
