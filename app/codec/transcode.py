@@ -36,7 +36,7 @@ def decode_frame(path: str, index: int) -> bytes:
     """Frame ``index`` (0-based) of the stored file as native little endian pixel bytes.
 
     Colour frames stored as YCbCr in JPEG come out as RGB (pydicom's default), as a
-    decoder would show them.
+    decoder would show them; native colour keeps its Planar Configuration (0028,0006).
     """
     try:
         array = pixel_array(path, index=index)
@@ -45,4 +45,34 @@ def decode_frame(path: str, index: int) -> bytes:
         array = pixel_array(pydicom.dcmread(Path(path)), index=index)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
+    if array.ndim == 3 and _planar(path):
+        array = array.transpose(2, 0, 1)  # colour-by-plane, as the metadata says
     return np.ascontiguousarray(array).tobytes()
+
+
+def _planar(path: str) -> bool:
+    ds = pydicom.dcmread(Path(path), stop_before_pixels=True)
+    syntax = ds.file_meta.TransferSyntaxUID
+    return not syntax.is_compressed and ds.get("PlanarConfiguration", 0) == 1
+
+
+def to_explicit_le(path: str) -> bytes:
+    """The stored instance re-encoded as Explicit VR Little Endian, pixel data native
+    (PS3.18 8.7.3.5.2: the default transfer syntax of application/dicom)."""
+    import io
+
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(Path(path))
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_compressed:
+        ds.decompress()  # native pixels; photometric interpretation updated (e.g. to RGB)
+    elif not syntax.is_little_endian and "PixelData" in ds:
+        array = ds.pixel_array  # colour comes out interleaved (R1 G1 B1 R2 ...)
+        ds.PixelData = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"))).tobytes()
+        if "PlanarConfiguration" in ds:
+            ds.PlanarConfiguration = 0
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, force_encoding=True)
+    return out.getvalue()

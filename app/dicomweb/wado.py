@@ -4,9 +4,10 @@ Metadata comes from the DICOM JSON stored at ingest, never from the files; frame
 bulk data are read from the byte ranges recorded at ingest; instances are sent as
 stored. Responses stream: memory does not grow with the size of a study.
 
-Frames can also be decoded on the fly to native Explicit VR Little Endian (in worker
-processes). Not yet here (issue #4): other transcodings, rendered images, thumbnails and
-ZIP archives. A request that needs them gets 406 naming what is offered.
+Instances and frames can also be decoded on the fly to native Explicit VR Little Endian,
+the default syntax (in worker processes). Not yet here (issue #4): encoding to
+compressed syntaxes, rendered images, thumbnails and ZIP archives. A request that needs
+them gets 406 naming what is offered.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from litestar import Request, get
 from litestar.response import Response, Stream
 
 from app.codec import pool
-from app.codec.transcode import can_decode, decode_frame
+from app.codec.transcode import can_decode, decode_frame, to_explicit_le
 from app.dicom.json_model import BASE_MARKER
 from app.dicom.uids import uid_problem
 from app.dicomweb.media import (
@@ -120,21 +121,30 @@ def _stream(parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]], part_type: s
 
 
 async def _instances(request: Request[Any, Any, Any]) -> Stream:
-    """Retrieve instances (PS3.18 10.4.1.1.1) as stored, in multipart/related."""
+    """Retrieve instances (PS3.18 10.4.1.1.1) in multipart/related: as stored, or, where
+    the client asks for the default Explicit VR Little Endian, re-encoded in a worker."""
     scope = _scope(request)
     state = request.app.state
     stored = await retrieve.instances(state.pool, scope)
     accept = request.headers.get("accept")
-    offers = {}
+    chosen = {}
     for inst in stored:
-        offers[inst.sop_instance_uid] = negotiate_multipart(
-            accept, [Offer("application/dicom", inst.transfer_syntax)], DEFAULT_SYNTAX
-        )
+        offers = [Offer("application/dicom", inst.transfer_syntax)]
+        if inst.transfer_syntax != EXPLICIT_VR_LE and can_decode(inst.transfer_syntax):
+            offers.append(Offer("application/dicom", EXPLICIT_VR_LE))
+        chosen[inst.sop_instance_uid] = negotiate_multipart(accept, offers, DEFAULT_SYNTAX)
     store: FileBlobStore = state.store
+
+    async def converted(path: str) -> AsyncIterator[bytes]:
+        yield await pool.run(to_explicit_le, path)
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         for inst in stored:
-            yield offers[inst.sop_instance_uid].header(), store.read_range(inst.file_key)
+            offer = chosen[inst.sop_instance_uid]
+            if offer.transfer_syntax == inst.transfer_syntax:
+                yield offer.header(), store.read_range(inst.file_key)
+            else:
+                yield offer.header(), converted(str(store.path(inst.file_key)))
 
     return _stream(parts(), "application/dicom")
 

@@ -196,7 +196,12 @@ def test_what_needs_transcoding_is_406_with_what_is_offered(archive: Archive, st
         f"{base}/frames/1", headers={"Accept": 'multipart/related; type="image/jpeg"'}
     )
     assert r.status_code == 200  # image/jpeg without a parameter: its default, baseline
-    r = archive.http.get(base, headers={"Accept": 'multipart/related; type="application/dicom"'})
+    r = archive.http.get(
+        base,
+        headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.70'
+        },
+    )
     assert r.status_code == 406 and "1.2.840.10008.1.2.4.50" in r.json()["message"]
 
 
@@ -224,6 +229,37 @@ def test_frames_decoded_to_native_equal_pydicoms_decoding(archive: Archive, stor
         for (_, body), index in zip(got, (0, last - 1)):
             want = pixel_array(ds, index=index)
             want = want.astype(want.dtype.newbyteorder("<"))
+            native = not ds.file_meta.TransferSyntaxUID.is_compressed
+            if want.ndim == 3 and native and ds.get("PlanarConfiguration", 0) == 1:
+                want = want.transpose(2, 0, 1)  # native colour keeps its planar layout
             assert body == np.ascontiguousarray(want).tobytes(), ref.name
         checked += 1
     assert checked >= 10
+
+
+def test_instances_default_to_explicit_vr_little_endian(archive: Archive, stored: dict) -> None:
+    """No transfer-syntax parameter: Explicit VR Little Endian (PS3.18 8.7.3.5.2), decoded
+    from whatever is stored; dicomweb-client's default retrieve reads it."""
+    import numpy as np
+
+    client = DICOMwebClient(url=archive.url)
+    for ref in stored["corpus"]:
+        if ref.transfer_syntax in ("1.2.840.10008.1.2.1",):
+            continue
+        original = pydicom.dcmread(ref.path)
+        r = archive.http.get(
+            f"/studies/{original.StudyInstanceUID}/series/{original.SeriesInstanceUID}/instances/{original.SOPInstanceUID}",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        )
+        assert r.status_code == 200, (ref.name, r.text)
+        ((ctype, body),) = parts(r)
+        assert ctype == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+        got = pydicom.dcmread(DicomBytesIO(body))
+        assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert np.array_equal(got.pixel_array, original.pixel_array), ref.name
+    jpeg = next(r for r in stored["corpus"] if r.transfer_syntax == "1.2.840.10008.1.2.4.50")
+    original = pydicom.dcmread(jpeg.path)
+    got = client.retrieve_instance(
+        original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID
+    )
+    assert got.SOPInstanceUID == original.SOPInstanceUID
