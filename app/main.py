@@ -13,7 +13,7 @@ from litestar.response import Response
 
 from app.codec import pool as codec_pool
 from app.config import Settings
-from app.dicomweb import qido, wado
+from app.dicomweb import qido, rendered, wado
 from app.dicomweb.errors import EXCEPTION_HANDLERS
 from app.dicomweb.stow import store_instances
 from app.dicomweb.urls import DICOMWEB_PREFIX
@@ -91,7 +91,8 @@ def create_app(settings: Settings) -> Litestar:
                 await asyncio.to_thread(embedded.stop)
 
     dicomweb = Router(
-        path=DICOMWEB_PREFIX, route_handlers=[store_instances, *qido.ROUTES, *wado.ROUTES]
+        path=DICOMWEB_PREFIX,
+        route_handlers=[store_instances, *qido.ROUTES, *wado.ROUTES, *rendered.ROUTES],
     )
     return Litestar(
         route_handlers=[dicomweb, health],

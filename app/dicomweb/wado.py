@@ -43,7 +43,7 @@ from app.storage import FileBlobStore
 DEFAULT_SYNTAX = {"application/dicom": EXPLICIT_VR_LE, "application/octet-stream": EXPLICIT_VR_LE}
 
 
-def _scope(request: Request[Any, Any, Any]) -> Scope:
+def target_scope(request: Request[Any, Any, Any]) -> Scope:
     params = request.path_params
     scope = Scope(params["study"], params.get("series"), params.get("instance"))
     for value, what in ((scope.study, "Study"), (scope.series, "Series"), (scope.instance, "SOP")):
@@ -58,7 +58,7 @@ def _scope(request: Request[Any, Any, Any]) -> Scope:
 async def _metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Retrieve metadata (PS3.18 10.4.1.1.2): the stored DICOM JSON of each instance."""
     media = choose(request.headers.get("accept"), SEARCH_MEDIA_TYPES)
-    scope = _scope(request)
+    scope = target_scope(request)
     state = request.app.state
     rows = await retrieve.metadata(state.pool, scope)
     base = request_base_url(state.settings.public_base_url, request.headers, request.url)
@@ -98,7 +98,7 @@ async def instance_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
 # -- multipart streaming ----------------------------------------------------------------
 
 
-async def _multipart(
+async def multipart_body(
     parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]], boundary: str
 ) -> AsyncIterator[bytes]:
     """multipart/related framing (RFC 2387) around parts that stream themselves."""
@@ -112,7 +112,7 @@ async def _multipart(
 def _stream(parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]], part_type: str) -> Stream:
     boundary = secrets.token_hex(16)
     return Stream(
-        _multipart(parts, boundary),
+        multipart_body(parts, boundary),
         media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
     )
 
@@ -123,7 +123,7 @@ def _stream(parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]], part_type: s
 async def _instances(request: Request[Any, Any, Any]) -> Stream:
     """Retrieve instances (PS3.18 10.4.1.1.1) in multipart/related: as stored, or, where
     the client asks for the default Explicit VR Little Endian, re-encoded in a worker."""
-    scope = _scope(request)
+    scope = target_scope(request)
     state = request.app.state
     stored = await retrieve.instances(state.pool, scope)
     accept = request.headers.get("accept")
@@ -189,7 +189,7 @@ def parse_frame_list(text: str, count: int) -> list[int]:
 async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream:
     """Retrieve frames (PS3.18 10.4.1.1.4): each frame as one part, as stored (byte
     ranges recorded at ingest) or decoded to native Explicit VR Little Endian."""
-    scope = _scope(request)
+    scope = target_scope(request)
     state = request.app.state
     (inst,) = await retrieve.instances(state.pool, scope)
     if not inst.number_of_frames:
@@ -245,7 +245,7 @@ def _bulk_range(inst: StoredInstance, path: str) -> tuple[int, int]:
 async def retrieve_bulk(request: Request[Any, Any, Any]) -> Stream:
     """Retrieve bulk data (PS3.18 10.4.1.1.5): the value a BulkDataURI in the metadata
     points at, as application/octet-stream in multipart/related."""
-    scope = _scope(request)
+    scope = target_scope(request)
     state = request.app.state
     (inst,) = await retrieve.instances(state.pool, scope)
     path = request.path_params["path"].strip("/")

@@ -28,6 +28,7 @@ class Scope:
 @dataclass(frozen=True)
 class StoredInstance:
     sop_instance_uid: str
+    series_uid: str
     sop_class_uid: str
     transfer_syntax: str
     file_key: str
@@ -85,13 +86,14 @@ async def instances(pool: asyncpg.Pool, scope: Scope) -> list[StoredInstance]:
         pool,
         f"""SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_key,
                    i.file_size, i.file_sha256, i.number_of_frames, i.frame_offsets,
-                   i.frame_lengths, i.frame_first, i.bits_allocated, i.bulk
+                   i.frame_lengths, i.frame_first, i.bits_allocated, i.bulk, se.series_uid
             FROM {_FROM} WHERE {_WHERE} ORDER BY {_ORDER}""",
         scope,
     )
     return [
         StoredInstance(
             sop_instance_uid=r[0],
+            series_uid=r[12],
             sop_class_uid=r[1],
             transfer_syntax=r[2],
             file_key=r[3],

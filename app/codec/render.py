@@ -1,0 +1,94 @@
+"""Rendered images (PS3.18 8.3.5 and 10.4.1.1.3): a frame as JPEG / PNG / GIF for people.
+
+Grayscale frames go through the Modality LUT (rescale), then the VOI LUT: the request's
+``window=center,width[,function]`` if given, else the data set's window or VOI LUT
+(PS3.3 C.11.2), else the frame's own range; MONOCHROME1 is inverted so that it displays
+as intended. Colour frames (RGB, YBR) are converted to RGB. ``viewport=vw,vh`` fits the
+image into that many pixels keeping its aspect ratio. Runs in worker processes.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array
+
+#: media type -> Pillow format
+FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    media_type: str = "image/jpeg"
+    window: tuple[float, float, str] | None = None  # center, width, function
+    viewport: tuple[int, int] | None = None
+    quality: int = 90
+
+
+def _first(value: Any) -> float:
+    """The first of a possibly multi-valued DS (WindowCenter can have several values)."""
+    if isinstance(value, str) or not hasattr(value, "__getitem__"):
+        return float(value)
+    return float(value[0])
+
+
+def _voi(
+    ds: pydicom.Dataset, array: np.ndarray, window: tuple[float, float, str] | None
+) -> np.ndarray:
+    """Map a modality-LUT-applied frame to 0..1 (PS3.3 C.11.2.1.2)."""
+    values = array.astype(np.float64)
+    if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+        window = (_first(ds.WindowCenter), _first(ds.WindowWidth), function)
+    if window is not None:
+        center, width, function = window
+        width = max(width, 1.0)
+        if function == "SIGMOID":  # C.11.2.1.3.1
+            return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+        if function == "LINEAR_EXACT":  # C.11.2.1.3.2
+            low, high = center - width / 2, center + width / 2
+        else:  # LINEAR, C.11.2.1.2.1
+            low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+        return np.clip((values - low) / max(high - low, 1e-9), 0.0, 1.0)
+    if "VOILUTSequence" in ds:
+        values = apply_voi_lut(array, ds, index=0).astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / max(high - low, 1e-9)
+
+
+def render_frame(path: str, index: int, options: RenderOptions) -> bytes:
+    """Frame ``index`` (0-based) of the stored instance, rendered."""
+    ds = pydicom.dcmread(Path(path))
+    array = pixel_array(ds, index=index)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        # pydicom has converted YCbCr to RGB already (as_rgb)
+        image = Image.fromarray(np.ascontiguousarray(array[..., :3]).astype(np.uint8), "RGB")
+    elif photometric == "PALETTE COLOR":
+        from pydicom.pixels.processing import apply_color_lut
+
+        rgb = apply_color_lut(array, ds)
+        if rgb.dtype != np.uint8:
+            rgb = (rgb / (rgb.max() or 1) * 255).astype(np.uint8)
+        image = Image.fromarray(rgb, "RGB")
+    else:
+        scaled = _voi(ds, apply_modality_lut(array, ds), options.window)
+        if photometric == "MONOCHROME1":
+            scaled = 1.0 - scaled
+        image = Image.fromarray(np.round(scaled * 255).astype(np.uint8), "L")
+    if options.viewport is not None:
+        image.thumbnail(options.viewport, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    fmt = FORMATS[options.media_type]
+    if fmt == "JPEG":
+        image.save(out, fmt, quality=options.quality)
+    else:
+        image.save(out, fmt)
+    return out.getvalue()

@@ -1,0 +1,213 @@
+"""WADO-RS rendered resources and thumbnails (PS3.18 10.4.1.1.3, 10.4.1.1.6 and 8.3.5).
+
+``/rendered`` returns consumer images (``image/jpeg`` by default, ``image/png``,
+``image/gif``) with the query parameters of PS3.18 8.3.5.1: ``window=center,width[,
+function]``, ``viewport=vw,vh`` and ``quality``. Study and series targets return each
+instance rendered, as parts of a multipart/related body; a frame list returns each frame.
+``/thumbnail`` returns one small image of a representative frame (the middle instance of
+the first series; the middle frame), cached on disk. Rendering runs in worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, get
+from litestar.response import Response, Stream
+
+from app.codec import pool
+from app.codec.render import FORMATS, RenderOptions, render_frame
+from app.dicomweb.negotiation import choose
+from app.dicomweb.wado import multipart_body, parse_frame_list, target_scope
+from app.errors import BadRequest, NotFound
+from app.index import retrieve
+from app.index.retrieve import StoredInstance
+
+RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")
+THUMBNAIL_SIZE = (128, 128)
+
+
+def render_options(request: Request[Any, Any, Any], *, thumbnail: bool = False) -> RenderOptions:
+    """PS3.18 8.3.5.1 query parameters; 400 naming a malformed one."""
+    media = choose(request.headers.get("accept"), RENDERED_TYPES)
+    query = request.query_params
+    window = None
+    if "window" in query:
+        parts = query["window"].split(",")
+        try:
+            center, width = float(parts[0]), float(parts[1])
+        except (ValueError, IndexError):
+            raise BadRequest("query parameter 'window' must be center,width[,function]") from None
+        function = parts[2].strip().upper() if len(parts) > 2 else "LINEAR"
+        if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID") or width <= 0:
+            raise BadRequest(
+                "query parameter 'window': width > 0; function LINEAR, LINEAR_EXACT or SIGMOID"
+            )
+        window = (center, width, function)
+    viewport = THUMBNAIL_SIZE if thumbnail else None
+    if "viewport" in query:
+        try:
+            vw, vh = (int(v) for v in query["viewport"].split(",")[:2])
+        except ValueError:
+            raise BadRequest("query parameter 'viewport' must be width,height in pixels") from None
+        if not (0 < vw <= 8192 and 0 < vh <= 8192):
+            raise BadRequest("query parameter 'viewport': width and height from 1 to 8192")
+        viewport = (vw, vh)
+    quality = 90
+    if "quality" in query:
+        try:
+            quality = int(query["quality"])
+        except ValueError:
+            quality = 0
+        if not 1 <= quality <= 100:
+            raise BadRequest("query parameter 'quality' must be an integer from 1 to 100")
+    return RenderOptions(media, window, viewport, quality)
+
+
+def _path(request: Request[Any, Any, Any], inst: StoredInstance) -> str:
+    return str(request.app.state.store.path(inst.file_key))
+
+
+def _image(data: bytes, media: str) -> Response[bytes]:
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
+async def _render_all(
+    request: Request[Any, Any, Any], frames: list[int] | None = None
+) -> Response[bytes] | Stream:
+    options = render_options(request)
+    stored = await retrieve.instances(request.app.state.pool, target_scope(request))
+    targets = [(inst, n - 1) for inst in stored for n in (frames or [1]) if inst.number_of_frames]
+    if not targets:
+        raise NotFound("nothing with pixel data to render here")
+    if len(targets) == 1:
+        inst, index = targets[0]
+        return _image(
+            await pool.run(render_frame, _path(request, inst), index, options), options.media_type
+        )
+    boundary = secrets.token_hex(16)
+
+    async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+        for inst, index in targets:
+            yield (
+                options.media_type,
+                _one(await pool.run(render_frame, _path(request, inst), index, options)),
+            )
+
+    return Stream(
+        multipart_body(parts(), boundary),
+        media_type=f'multipart/related; type="{options.media_type}"; boundary={boundary}',
+    )
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+@get("/studies/{study:str}/rendered", name="wado-study-rendered")
+async def study_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return await _render_all(request)
+
+
+@get("/studies/{study:str}/series/{series:str}/rendered", name="wado-series-rendered")
+async def series_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return await _render_all(request)
+
+
+@get(
+    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/rendered",
+    name="wado-instance-rendered",
+)
+async def instance_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    return await _render_all(request)
+
+
+@get(
+    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/frames/{frames:str}/rendered",
+    name="wado-frames-rendered",
+)
+async def frames_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    (inst,) = await retrieve.instances(request.app.state.pool, target_scope(request))
+    frames = parse_frame_list(request.path_params["frames"], inst.number_of_frames or 0)
+    return await _render_all(request, frames)
+
+
+# -- thumbnails ---------------------------------------------------------------------------
+
+
+async def _thumbnail(request: Request[Any, Any, Any], frame: int | None = None) -> Response[bytes]:
+    options = render_options(request, thumbnail=True)
+    scope = target_scope(request)
+    stored = [
+        i for i in await retrieve.instances(request.app.state.pool, scope) if i.number_of_frames
+    ]
+    if not stored:
+        raise NotFound(f"{scope.describe()} has no image to make a thumbnail of")
+    if scope.instance is None:
+        first_series = [i for i in stored if i.series_uid == stored[0].series_uid]
+        inst = first_series[len(first_series) // 2]  # the middle image of the first series
+    else:
+        inst = stored[0]
+    count = inst.number_of_frames or 1
+    index = (frame - 1) if frame is not None else count // 2
+    settings = request.app.state.settings
+    cache = Path(settings.data_dir) / "cache" / "thumbnails"
+    vw, vh = options.viewport or THUMBNAIL_SIZE
+    window = "-".join(str(v) for v in options.window) if options.window else "default"
+    extension = FORMATS[options.media_type].lower()
+    name = f"{inst.sop_instance_uid}-{index}-{vw}x{vh}-{window}-{options.quality}.{extension}"
+    path = cache / name
+    try:
+        return _image(path.read_bytes(), options.media_type)
+    except OSError:
+        pass
+    data = await pool.run(render_frame, _path(request, inst), index, options)
+    cache.mkdir(parents=True, exist_ok=True)
+    temp = cache / f".{name}.{secrets.token_hex(4)}"
+    temp.write_bytes(data)
+    os.replace(temp, path)  # readers see a whole thumbnail or none
+    return _image(data, options.media_type)
+
+
+@get("/studies/{study:str}/thumbnail", name="wado-study-thumbnail")
+async def study_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return await _thumbnail(request)
+
+
+@get("/studies/{study:str}/series/{series:str}/thumbnail", name="wado-series-thumbnail")
+async def series_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return await _thumbnail(request)
+
+
+@get(
+    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/thumbnail",
+    name="wado-instance-thumbnail",
+)
+async def instance_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return await _thumbnail(request)
+
+
+@get(
+    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/frames/{frames:str}/thumbnail",
+    name="wado-frame-thumbnail",
+)
+async def frame_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
+    (inst,) = await retrieve.instances(request.app.state.pool, target_scope(request))
+    frames = parse_frame_list(request.path_params["frames"], inst.number_of_frames or 0)
+    return await _thumbnail(request, frames[0])
+
+
+ROUTES = [
+    study_rendered,
+    series_rendered,
+    instance_rendered,
+    frames_rendered,
+    study_thumbnail,
+    series_thumbnail,
+    instance_thumbnail,
+    frame_thumbnail,
+]

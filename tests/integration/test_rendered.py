@@ -1,0 +1,138 @@
+"""Rendered images and thumbnails (PS3.18 10.4.1.1.3, 8.3.5), against references computed
+here from pydicom's pixel data and the VOI formulas of PS3.3 C.11.2.1.2."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from conftest import Archive, multipart
+from corpus import get_ref
+from synth import ct_slice, new_uids
+from test_wado import parts
+
+
+def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1, output range 0..255."""
+    y = ((x - (center - 0.5)) / (width - 1) + 0.5) * 255
+    return np.clip(y, 0, 255)
+
+
+@pytest.fixture(scope="module")
+def ct(archive: Archive) -> pydicom.Dataset:
+    study, series = new_uids()
+    data = [ct_slice(study, series, i) for i in range(3)]
+    refs = [
+        get_ref(n).path.read_bytes()
+        for n in ("RG3_J2KI.dcm", "SC_rgb_small_odd.dcm", "emri_small_jpeg_ls_lossless.dcm")
+    ]
+    r = archive.stow(multipart(data + refs))
+    assert r.status_code == 200, r.text
+    return pydicom.dcmread(io.BytesIO(data[1]))
+
+
+def url(ds: pydicom.Dataset, suffix: str = "") -> str:
+    return f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}{suffix}"
+
+
+def image(response) -> np.ndarray:  # type: ignore[no-untyped-def]
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+def test_ct_png_applies_rescale_and_the_datasets_window(
+    archive: Archive, ct: pydicom.Dataset
+) -> None:
+    r = archive.http.get(url(ct, "/rendered"), headers={"Accept": "image/png"})
+    assert r.headers["content-type"] == "image/png"
+    hu = ct.pixel_array * float(ct.RescaleSlope) + float(ct.RescaleIntercept)
+    want = np.round(linear_window(hu, float(ct.WindowCenter), float(ct.WindowWidth)))
+    got = image(r).astype(float)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1
+
+
+def test_window_override_and_jpeg_quality(archive: Archive, ct: pydicom.Dataset) -> None:
+    hu = ct.pixel_array * float(ct.RescaleSlope) + float(ct.RescaleIntercept)
+    want = linear_window(hu, 400, 100)
+    r = archive.http.get(url(ct, "/rendered?window=400,100,LINEAR"))
+    assert r.headers["content-type"] == "image/jpeg"
+    assert np.abs(image(r).astype(float) - want).mean() < 3  # JPEG is lossy
+    small = archive.http.get(url(ct, "/rendered?quality=10"))
+    big = archive.http.get(url(ct, "/rendered?quality=95"))
+    assert len(small.content) < len(big.content)
+
+
+def test_viewport_keeps_the_aspect_ratio(archive: Archive, ct: pydicom.Dataset) -> None:
+    assert image(archive.http.get(url(ct, "/rendered?viewport=128,64"))).shape == (64, 64)
+
+
+def test_monochrome1_is_inverted(archive: Archive, ct: pydicom.Dataset) -> None:
+    ds = pydicom.dcmread(get_ref("RG3_J2KI.dcm").path)
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    got = image(archive.http.get(url(ds, "/rendered"), headers={"Accept": "image/png"})).astype(
+        float
+    )
+    raw = ds.pixel_array.astype(float)
+    # higher stored values must display darker
+    assert np.corrcoef(got.ravel(), raw.ravel())[0, 1] < -0.9
+
+
+def test_colour_is_exact_in_png(archive: Archive, ct: pydicom.Dataset) -> None:
+    ds = pydicom.dcmread(get_ref("SC_rgb_small_odd.dcm").path)
+    got = image(archive.http.get(url(ds, "/rendered"), headers={"Accept": "image/png"}))
+    assert np.array_equal(got, ds.pixel_array)
+
+
+def test_frames_rendered_and_study_rendered_are_multipart(
+    archive: Archive, ct: pydicom.Dataset
+) -> None:
+    ds = pydicom.dcmread(get_ref("emri_small_jpeg_ls_lossless.dcm").path)
+    r = archive.http.get(url(ds, "/frames/1,10/rendered"), headers={"Accept": "image/png"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith(
+        'multipart/related; type="image/png"'
+    )
+    images = [np.asarray(Image.open(io.BytesIO(body))) for _, body in parts(r)]
+    assert len(images) == 2 and not np.array_equal(images[0], images[1])
+    series = archive.http.get(
+        f"/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}/rendered"
+    )
+    assert len(parts(series)) == 3
+
+
+def test_thumbnail_is_small_cached_and_representative(
+    archive: Archive, ct: pydicom.Dataset
+) -> None:
+    r = archive.http.get(f"/studies/{ct.StudyInstanceUID}/thumbnail")
+    thumb = image(r)
+    assert max(thumb.shape) <= 128
+    cached = list((archive.data_dir / "cache" / "thumbnails").glob(f"{ct.SOPInstanceUID}-*"))
+    assert cached, "the middle instance of the series is the representative one"
+    again = archive.http.get(f"/studies/{ct.StudyInstanceUID}/thumbnail")
+    assert again.content == r.content
+    assert image(archive.http.get(url(ct, "/thumbnail?viewport=64,64"))).shape == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "suffix, status",
+    [
+        ("/rendered?window=abc", 400),
+        ("/rendered?viewport=0,10", 400),
+        ("/rendered?quality=101", 400),
+        ("/frames/9/rendered", 404),
+    ],
+)
+def test_bad_rendering_parameters(
+    archive: Archive, ct: pydicom.Dataset, suffix: str, status: int
+) -> None:
+    r = archive.http.get(url(ct, suffix))
+    assert r.status_code == status and r.json()["message"]
+
+
+def test_unacceptable_type_is_406(archive: Archive, ct: pydicom.Dataset) -> None:
+    r = archive.http.get(url(ct, "/rendered"), headers={"Accept": "image/webp"})
+    assert r.status_code == 406 and "image/jpeg" in r.json()["message"]
