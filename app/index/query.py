@@ -31,7 +31,10 @@ from app.dicom.dictionary import UnknownAttribute, keyword, resolve, vr_of
 from app.dicom.uids import uid_problem
 from app.errors import BadRequest
 
-DEFAULT_LIMIT = 1000
+#: results returned without a ``limit``: searches across the archive are paged by 100
+#: (with the Warning that more exist); searches inside one study or series are not cut
+#: short below MAX_LIMIT
+DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
 
 Kind = Literal["single", "wildcard", "range", "list"]
@@ -327,7 +330,7 @@ def parse_query(
         returned = frozenset(tags)
 
     if limit is None:
-        limit = default_limit
+        limit = default_limit if study_uid is None else MAX_LIMIT
     return Query(
         level=level,
         study_uid=study_uid,

@@ -9,11 +9,11 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from test_wado import parts
 
 from conftest import Archive, multipart
 from corpus import get_ref
 from synth import ct_slice, new_uids
-from test_wado import parts
 
 
 def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:

@@ -212,7 +212,7 @@ def test_default_and_included_return_attributes_ps3_18_10_6_3_3() -> None:
     text, _ = sql(Level.STUDY, [("includefield", "StudyDescription")])
     assert "'00081030', st.attrs->'00081030'" in text
     assert (
-        "'00201208', jsonb_build_object('vr', 'IS', 'Value', jsonb_build_array(st.num_instances))"
+        "'00201208', json_build_object('vr', 'IS', 'Value', json_build_array(st.num_instances))"
         in text
     )
     inst, _ = sql(Level.INSTANCE, [], study_uid="1.2", series_uid="1.2.3")
