@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,21 +56,19 @@ import msgspec
 import psutil
 import uvloop
 
+from app.dicom.levels import name_words
+from app.index.compiler import compile_query
+from app.index.query import DEFAULT_LIMIT, Level, parse_query
+
 from _client import Connection
 from conftest import embedded_dsn
 from server import PictorProcess, postmaster_pid, stop_postgres
-
-from app.dicom.levels import name_words
-from app.index.compiler import compile_query
-from app.index.query import Level, parse_query
 
 # --------------------------------------------------------------------------------------
 # Names and vocabularies
 # --------------------------------------------------------------------------------------
 
-FAMILY_NAMES = list(
-    dict.fromkeys(
-        """
+_FAMILY_TEXT = """
 MÜLLER SCHMIDT SCHNEIDER FISCHER WEBER MEYER WAGNER BECKER SCHULZ HOFFMANN SCHÄFER KOCH
 BAUER RICHTER KLEIN WOLF SCHRÖDER NEUMANN SCHWARZ ZIMMERMANN BRAUN KRÜGER HOFMANN HARTMANN
 LANGE SCHMITT WERNER KRAUSE MEIER LEHMANN KÖHLER HERRMANN KÖNIG WALTER HUBER KAISER FUCHS
@@ -102,9 +100,8 @@ HARRIS THOMPSON CLARK LEWIS WALKER HALL YOUNG KING WRIGHT SCOTT GREEN BAKER ADAM
 HILL CAMPBELL MITCHELL O'BRIEN O'CONNOR MURPHY KELLY BYRNE RYAN MCCARTHY MACDONALD
 SMITH-JONES NGUYEN TRAN PHAM KIM LEE PARK CHEN WANG LI ZHANG LIU SINGH KUMAR PATEL SHAH
 KHAN ALI AHMED HASSAN IVANOV PETROV SMIRNOV KUZNETSOV POPESCU IONESCU PAPADOPOULOS
-""".split()
-    )
-) + [
+"""
+FAMILY_NAMES = list(dict.fromkeys(_FAMILY_TEXT.split())) + [
     # multi-word family names
     "DE LA CRUZ",
     "DEL RÍO",
@@ -126,9 +123,7 @@ KHAN ALI AHMED HASSAN IVANOV PETROV SMIRNOV KUZNETSOV POPESCU IONESCU PAPADOPOUL
     "ST. JOHN",
 ]
 
-GIVEN_NAMES = list(
-    dict.fromkeys(
-        """
+_GIVEN_TEXT = """
 JOHN MARY JAMES PATRICIA ROBERT JENNIFER MICHAEL LINDA WILLIAM ELIZABETH DAVID BARBARA
 RICHARD SUSAN JOSEPH JESSICA THOMAS SARAH CHARLES KAREN PETER ANNA MARIA ANNE CLAIRE EMMA
 OLIVIA NOAH LIAM SOPHIE LAURA PAUL MARK LUCAS LEON FELIX JONAS LUKAS MAX HANNAH LEA LENA
@@ -141,9 +136,15 @@ MATTEO ALESSANDRO CHIARA SOFIA ELENA CARLOS CARMEN PABLO JAVIER DIEGO ISABEL PIL
 MARTA PEDRO RAFAEL GABRIEL SAMUEL DANIEL NATHAN LOUIS JULES ARTHUR HUGO CAMILLE MANON
 CHLOÉ INÈS LÉA JULIE THÉO ELLA MIA NORA FREYA ASTRID SVEN NILS ERIK MAGNUS KAJSA LIV
 MAJA MILOŠ DRAGAN ZORAN SAOIRSE SEÁN SIOBHÁN NIAMH CIARÁN AOIFE EOIN
-""".split()
-    )
-) + ["ANNA-LENA", "JEAN-PIERRE", "MARIE-CLAIRE", "JOSÉ LUIS", "MARÍA JOSÉ", "ANNA MARIA"]
+"""
+GIVEN_NAMES = list(dict.fromkeys(_GIVEN_TEXT.split())) + [
+    "ANNA-LENA",
+    "JEAN-PIERRE",
+    "MARIE-CLAIRE",
+    "JOSÉ LUIS",
+    "MARÍA JOSÉ",
+    "ANNA MARIA",
+]
 
 INSTITUTIONS = [
     "GENERAL HOSPITAL",
@@ -154,13 +155,23 @@ INSTITUTIONS = [
     "SJUKHUSET SÖDER",
 ]
 MANUFACTURERS = {
-    "CT": [("SIEMENS", "SOMATOM Force"), ("GE MEDICAL SYSTEMS", "Revolution CT"),
-           ("Philips", "iCT 256"), ("CANON_MEC", "Aquilion ONE")],
-    "MR": [("SIEMENS", "MAGNETOM Vida"), ("GE MEDICAL SYSTEMS", "SIGNA Premier"),
-           ("Philips", "Ingenia 3.0T")],
+    "CT": [
+        ("SIEMENS", "SOMATOM Force"),
+        ("GE MEDICAL SYSTEMS", "Revolution CT"),
+        ("Philips", "iCT 256"),
+        ("CANON_MEC", "Aquilion ONE"),
+    ],
+    "MR": [
+        ("SIEMENS", "MAGNETOM Vida"),
+        ("GE MEDICAL SYSTEMS", "SIGNA Premier"),
+        ("Philips", "Ingenia 3.0T"),
+    ],
     "CR": [("FUJIFILM Corporation", "FCR PROFECT"), ("Agfa", "CR 30-X")],
-    "DX": [("Carestream Health", "DRX-Evolution"), ("SIEMENS", "Ysio Max"),
-           ("Philips", "DigitalDiagnost")],
+    "DX": [
+        ("Carestream Health", "DRX-Evolution"),
+        ("SIEMENS", "Ysio Max"),
+        ("Philips", "DigitalDiagnost"),
+    ],
     "US": [("GE Healthcare", "LOGIQ E10"), ("Philips", "EPIQ 7G"), ("SIEMENS", "ACUSON Sequoia")],
     "MG": [("HOLOGIC, Inc.", "Selenia Dimensions"), ("SIEMENS", "MAMMOMAT Revelation")],
     "XA": [("SIEMENS", "AXIOM-Artis"), ("Philips", "Azurion 7")],
@@ -211,40 +222,101 @@ IMAGE = {  # (rows, columns) choices, bits allocated, bits stored, samples, phot
     "OT": ([(512, 512), (1024, 768)], 8, 8, 3, "RGB"),
 }
 
-CT_EXAMS = [("CT HEAD W/O CONTRAST", "HEAD"), ("CT CHEST W CONTRAST", "CHEST"),
-            ("CT ABDOMEN PELVIS W CONTRAST", "ABDOMEN"), ("CT CHEST ABDOMEN PELVIS", "CHEST"),
-            ("CT ANGIO PULMONARY", "CHEST"), ("CT LUMBAR SPINE", "LSPINE"),
-            ("CT SINUS", "HEAD"), ("CT THORAX LOW DOSE", "CHEST"), ("CT KIDNEY STONE", "ABDOMEN")]
-MR_EXAMS = [("MR BRAIN W/WO CONTRAST", "BRAIN"), ("MR KNEE LEFT", "KNEE"),
-            ("MR LUMBAR SPINE", "LSPINE"), ("MR SHOULDER RIGHT", "SHOULDER"),
-            ("MR PROSTATE", "PROSTATE"), ("MR CARDIAC", "HEART"), ("MR LIVER", "ABDOMEN"),
-            ("MR CERVICAL SPINE", "CSPINE")]
-XR_EXAMS = [("XR CHEST PA LAT", "CHEST"), ("XR HAND LEFT", "HAND"),
-            ("XR KNEE RIGHT 2 VIEWS", "KNEE"), ("XR PELVIS", "PELVIS"),
-            ("XR LUMBAR SPINE", "LSPINE"), ("XR ANKLE LEFT", "ANKLE"), ("XR ABDOMEN", "ABDOMEN"),
-            ("XR CHEST PORTABLE", "CHEST"), ("XR SHOULDER RIGHT", "SHOULDER")]
-US_EXAMS = [("US ABDOMEN COMPLETE", "ABDOMEN"), ("US PELVIS TRANSVAGINAL", "PELVIS"),
-            ("US THYROID", "NECK"), ("US OB 2ND TRIMESTER", "ABDOMEN"),
-            ("ECHO TRANSTHORACIC", "HEART"), ("US DOPPLER LEG VEINS", "LEG"),
-            ("US BREAST RIGHT", "BREAST")]
-MG_EXAMS = [("MAMMO SCREENING BILATERAL", "BREAST"), ("MAMMO DIAGNOSTIC LEFT", "BREAST"),
-            ("TOMOSYNTHESIS BILATERAL", "BREAST")]
-XA_EXAMS = [("CORONARY ANGIOGRAPHY", "HEART"), ("PCI", "HEART"),
-            ("CEREBRAL ANGIOGRAPHY", "HEAD"), ("PERIPHERAL ANGIOGRAPHY", "LEG")]
-NM_EXAMS = [("NM BONE SCAN WHOLE BODY", "WHOLEBODY"), ("NM MYOCARDIAL PERFUSION", "HEART"),
-            ("NM THYROID SCAN", "THYROID")]
+CT_EXAMS = [
+    ("CT HEAD W/O CONTRAST", "HEAD"),
+    ("CT CHEST W CONTRAST", "CHEST"),
+    ("CT ABDOMEN PELVIS W CONTRAST", "ABDOMEN"),
+    ("CT CHEST ABDOMEN PELVIS", "CHEST"),
+    ("CT ANGIO PULMONARY", "CHEST"),
+    ("CT LUMBAR SPINE", "LSPINE"),
+    ("CT SINUS", "HEAD"),
+    ("CT THORAX LOW DOSE", "CHEST"),
+    ("CT KIDNEY STONE", "ABDOMEN"),
+]
+MR_EXAMS = [
+    ("MR BRAIN W/WO CONTRAST", "BRAIN"),
+    ("MR KNEE LEFT", "KNEE"),
+    ("MR LUMBAR SPINE", "LSPINE"),
+    ("MR SHOULDER RIGHT", "SHOULDER"),
+    ("MR PROSTATE", "PROSTATE"),
+    ("MR CARDIAC", "HEART"),
+    ("MR LIVER", "ABDOMEN"),
+    ("MR CERVICAL SPINE", "CSPINE"),
+]
+XR_EXAMS = [
+    ("XR CHEST PA LAT", "CHEST"),
+    ("XR HAND LEFT", "HAND"),
+    ("XR KNEE RIGHT 2 VIEWS", "KNEE"),
+    ("XR PELVIS", "PELVIS"),
+    ("XR LUMBAR SPINE", "LSPINE"),
+    ("XR ANKLE LEFT", "ANKLE"),
+    ("XR ABDOMEN", "ABDOMEN"),
+    ("XR CHEST PORTABLE", "CHEST"),
+    ("XR SHOULDER RIGHT", "SHOULDER"),
+]
+US_EXAMS = [
+    ("US ABDOMEN COMPLETE", "ABDOMEN"),
+    ("US PELVIS TRANSVAGINAL", "PELVIS"),
+    ("US THYROID", "NECK"),
+    ("US OB 2ND TRIMESTER", "ABDOMEN"),
+    ("ECHO TRANSTHORACIC", "HEART"),
+    ("US DOPPLER LEG VEINS", "LEG"),
+    ("US BREAST RIGHT", "BREAST"),
+]
+MG_EXAMS = [
+    ("MAMMO SCREENING BILATERAL", "BREAST"),
+    ("MAMMO DIAGNOSTIC LEFT", "BREAST"),
+    ("TOMOSYNTHESIS BILATERAL", "BREAST"),
+]
+XA_EXAMS = [
+    ("CORONARY ANGIOGRAPHY", "HEART"),
+    ("PCI", "HEART"),
+    ("CEREBRAL ANGIOGRAPHY", "HEAD"),
+    ("PERIPHERAL ANGIOGRAPHY", "LEG"),
+]
+NM_EXAMS = [
+    ("NM BONE SCAN WHOLE BODY", "WHOLEBODY"),
+    ("NM MYOCARDIAL PERFUSION", "HEART"),
+    ("NM THYROID SCAN", "THYROID"),
+]
 PET_EXAMS = [("PET CT FDG WHOLE BODY", "WHOLEBODY"), ("PET CT PSMA", "WHOLEBODY")]
-OT_EXAMS = [("OUTSIDE IMAGES", None), ("SCANNED DOCUMENTS", None),
-            ("PHOTO DERMATOLOGY", "SKIN")]
-CT_SERIES = [("AXIAL 5MM", 60), ("AXIAL 1MM", 350), ("CORONAL 3MM", 110),
-             ("SAGITTAL 3MM", 110), ("AXIAL 2MM BONE", 180), ("MIP 10MM", 40)]
-MR_SERIES = ["T1 SAG", "T2 AX", "FLAIR AX", "DWI", "ADC", "T1 POST GD AX", "PD FS COR",
-             "T2 TSE SAG", "T1 VIBE", "SWI"]
+OT_EXAMS = [("OUTSIDE IMAGES", None), ("SCANNED DOCUMENTS", None), ("PHOTO DERMATOLOGY", "SKIN")]
+CT_SERIES = [
+    ("AXIAL 5MM", 60),
+    ("AXIAL 1MM", 350),
+    ("CORONAL 3MM", 110),
+    ("SAGITTAL 3MM", 110),
+    ("AXIAL 2MM BONE", 180),
+    ("MIP 10MM", 40),
+]
+MR_SERIES = [
+    "T1 SAG",
+    "T2 AX",
+    "FLAIR AX",
+    "DWI",
+    "ADC",
+    "T1 POST GD AX",
+    "PD FS COR",
+    "T2 TSE SAG",
+    "T1 VIBE",
+    "SWI",
+]
 
 # study kinds: (kind, weight). The primary modalities' shares of studies follow a
 # general hospital's mix; SR / KO / PR / SEG come as add-ons below.
-KINDS = [("CR", 18), ("DX", 13), ("CT", 21), ("MR", 13), ("US", 12), ("MG", 7), ("XA", 3),
-         ("NM", 3), ("PTCT", 2), ("OT", 2), ("SR", 1)]
+KINDS = [
+    ("CR", 18),
+    ("DX", 13),
+    ("CT", 21),
+    ("MR", 13),
+    ("US", 12),
+    ("MG", 7),
+    ("XA", 3),
+    ("NM", 3),
+    ("PTCT", 2),
+    ("OT", 2),
+    ("SR", 1),
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -311,7 +383,7 @@ def make_patients(rng: random.Random, n: int) -> list[Patient]:
     families = FAMILY_NAMES[:]
     rng.shuffle(families)
     # Zipf-like: a few family names are common (as MÜLLER or GARCÍA are), most are rare
-    weights = [1 / (r + 1) ** 0.7 for r in range(len(families))]
+    weights = [1 / (r + 1) ** 0.5 for r in range(len(families))]
     fam = rng.choices(families, weights=weights, k=n)
     ids = rng.sample(range(1, 10_000_000), n)
     patients = []
@@ -345,6 +417,8 @@ def plan_study(rng: random.Random, kind: str) -> tuple[str, str | None, list[Ser
     """Description, body part and series of a study of ``kind``."""
     S = SeriesPlan
     series: list[SeriesPlan] = []
+    desc: str
+    body: str | None
     lu = rng.lognormvariate
     if kind == "CT":
         desc, body = rng.choice(CT_EXAMS)
@@ -365,7 +439,9 @@ def plan_study(rng: random.Random, kind: str) -> tuple[str, str | None, list[Ser
     elif kind in ("CR", "DX"):
         desc, body = rng.choice(XR_EXAMS)
         for i in range(rng.choice([1, 1, 2, 2, 3])):
-            series.append(S(kind, ["PA", "LAT", "AP", "OBLIQUE"][i], body, rng.choice([1, 1, 2]), False))
+            series.append(
+                S(kind, ["PA", "LAT", "AP", "OBLIQUE"][i], body, rng.choice([1, 1, 2]), False)
+            )
     elif kind == "US":
         desc, body = rng.choice(US_EXAMS)
         for i in range(rng.choice([1, 1, 2])):
@@ -399,10 +475,18 @@ def plan_study(rng: random.Random, kind: str) -> tuple[str, str | None, list[Ser
             series.append(S("SR", "DOSE REPORT", body, 1, True, "DOSE"))
     elif kind == "OT":
         desc, body = rng.choice(OT_EXAMS)
-        for i in range(rng.choice([1, 1, 2])):
+        for _ in range(rng.choice([1, 1, 2])):
             pdf = rng.random() < 0.4
-            series.append(S("OT", "DOCUMENT" if pdf else "SECONDARY CAPTURE", body,
-                            1 if pdf else rng.randint(1, 6), pdf, "PDF" if pdf else ""))
+            series.append(
+                S(
+                    "OT",
+                    "DOCUMENT" if pdf else "SECONDARY CAPTURE",
+                    body,
+                    1 if pdf else rng.randint(1, 6),
+                    pdf,
+                    "PDF" if pdf else "",
+                )
+            )
     else:  # SR
         desc, body = "OUTSIDE REPORT", None
         series.append(S("SR", "REPORT", None, 1, True))
@@ -494,7 +578,12 @@ def plan_all(rng: random.Random, n_studies: int, n_instances: int) -> list[Study
     return plans
 
 
-_encode = msgspec.json.Encoder(order="sorted").encode
+_json = msgspec.json.Encoder().encode
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    """DICOM JSON with the attributes in tag order and "vr" first, as ingest writes it."""
+    return _json(dict(sorted(obj.items())))
 
 
 @dataclass
@@ -649,8 +738,11 @@ class RowBuilder:
                     cls = SOP["US-MF"] if multi else SOP["US"]
                     frames = rng.randint(20, 300) if multi else None
                 elif s.modality == "SR":
-                    cls = SOP["SR-DOSE"] if s.variant == "DOSE" else (
-                        SOP["SR-CAD"] if s.variant == "CAD" else SOP["SR"])
+                    cls = (
+                        SOP["SR-DOSE"]
+                        if s.variant == "DOSE"
+                        else (SOP["SR-CAD"] if s.variant == "CAD" else SOP["SR"])
+                    )
                 elif s.modality == "OT" and s.variant == "PDF":
                     cls = SOP["OT-PDF"]
                 else:
@@ -673,8 +765,10 @@ class RowBuilder:
                     ia["00080005"] = _a("CS", charset)
                 extra: dict[str, Any] = {}
                 if image is not None:
-                    ia["00080008"] = _a("CS", "ORIGINAL", "PRIMARY",
-                                        "AXIAL" if s.modality in ("CT", "PT") else "")
+                    image_type = ["ORIGINAL", "PRIMARY"]
+                    if s.modality in ("CT", "PT"):
+                        image_type.append("LOCALIZER" if s.description == "TOPOGRAM" else "AXIAL")
+                    ia["00080008"] = _a("CS", *image_type)
                     ia["00080022"] = _a("DA", date)
                     ia["00080032"] = _a("TM", series_time)
                     ia["00280010"] = _a("US", rows)
@@ -696,8 +790,9 @@ class RowBuilder:
                     ia["0040A493"] = _a("CS", rng.choice(["VERIFIED", "UNVERIFIED"]))
                     extra["0040A040"] = _a("CS", "CONTAINER")
                 elif s.variant == "PDF":
-                    ia["00420010"] = _a("ST", rng.choice(
-                        ["Referral letter", "Consent form", "Outside report"]))
+                    ia["00420010"] = _a(
+                        "ST", rng.choice(["Referral letter", "Consent form", "Outside report"])
+                    )
                     extra["00420012"] = _a("LO", "application/pdf")
                 elif s.modality == "PR":
                     extra["00700080"] = _a("CS", "ANNOTATIONS")
@@ -765,12 +860,14 @@ async def seed(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
 
         done = {"study": 0, "series": 0, "instance": 0}
         pending = loop.run_in_executor(None, build, starts[0])
-        for k, start in enumerate(starts):
+        for k in range(len(starts)):
             chunk = await pending
             if k + 1 < len(starts):  # build the next chunk while this one is copied
                 pending = loop.run_in_executor(None, build, starts[k + 1])
             async with conn.transaction():
-                await conn.copy_records_to_table("study", records=chunk.study, columns=STUDY_COLUMNS)
+                await conn.copy_records_to_table(
+                    "study", records=chunk.study, columns=STUDY_COLUMNS
+                )
                 await conn.copy_records_to_table(
                     "series", records=chunk.series, columns=SERIES_COLUMNS
                 )
@@ -853,7 +950,9 @@ async def seed(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
 # Queries drawn from the seeded data, and what their answers must be
 # --------------------------------------------------------------------------------------
 
-OHIF_QUERY = "limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060%2C00080090%2C00100030"
+OHIF_QUERY = (
+    "limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060%2C00080090%2C00100030"
+)
 TYPES: list[tuple[str, str, float]] = [  # key, label, p95 target (ms)
     ("a", "PatientID exact", 25),
     ("b", "PatientName prefix MUL*", 25),
@@ -865,12 +964,42 @@ TYPES: list[tuple[str, str, float]] = [  # key, label, p95 target (ms)
     ("h", "includefield=all&limit=100", 25),
     ("i", "fuzzy PatientName (limit=101)", 25),
 ]
-DEFAULT_LIMIT = 1000
 
 
 def _value(item: dict[str, Any], tag: str) -> Any:
     values = item.get(tag, {}).get("Value") or [None]
     return values[0]
+
+
+Check = Callable[[dict[str, Any]], bool]
+
+
+def _equals(tag: str, value: str, present: str | None = None) -> Check:
+    def check(item: dict[str, Any]) -> bool:
+        return _value(item, tag) == value and (present is None or _value(item, present) is not None)
+
+    return check
+
+
+def _alphabetic(item: dict[str, Any]) -> str:
+    name = _value(item, "00100010") or {}
+    return str(name.get("Alphabetic", ""))
+
+
+def _name_prefix(prefix: str) -> Check:
+    return lambda item: _alphabetic(item).startswith(prefix)
+
+
+def _fuzzy_name(prefix: str) -> Check:
+    return lambda item: any(w.startswith(prefix) for w in name_words(_alphabetic(item)))
+
+
+def _date_and_modality(first: str, last: str, modality: str) -> Check:
+    def check(item: dict[str, Any]) -> bool:
+        modalities = item.get("00080061", {}).get("Value") or []
+        return first <= (_value(item, "00080020") or "") <= last and modality in modalities
+
+    return check
 
 
 @dataclass
@@ -884,7 +1013,7 @@ class Spec:
     series_uid: str | None = None
     expected: int = 0  # number of results in the answer
     more: bool = False  # Warning: more results exist
-    check: Callable[[dict[str, Any]], bool] | None = None  # every result must pass
+    check: Check | None = None  # every result must pass
     first_uids: list[str] | None = None  # exact order of the results (study UIDs)
 
     @property
@@ -952,8 +1081,16 @@ async def build_specs(dsn: str, rng: random.Random, n: int) -> dict[str, list[Sp
         s = pick()
         pid = s["patient_id"]
         count, more = _capped(by_pid[pid], DEFAULT_LIMIT)
-        specs["a"].append(Spec("a", Level.STUDY, f"PatientID={quote(pid)}", expected=count,
-                               more=more, check=lambda it, v=pid: _value(it, "00100020") == v))
+        specs["a"].append(
+            Spec(
+                "a",
+                Level.STUDY,
+                f"PatientID={quote(pid)}",
+                expected=count,
+                more=more,
+                check=_equals("00100020", pid),
+            )
+        )
         # (b) PatientName prefix of a real family name
         family = pick()["patient_name"].split("^")[0]
         prefix = family[: rng.randint(3, 5)]
@@ -962,7 +1099,7 @@ async def build_specs(dsn: str, rng: random.Random, n: int) -> dict[str, list[Sp
         count, more = _capped(name_cum[hi] - name_cum[lo], DEFAULT_LIMIT)
         specs["b"].append(Spec(
             "b", Level.STUDY, f"PatientName={quote(prefix)}*", expected=count, more=more,
-            check=lambda it, v=prefix: (_value(it, "00100010") or {}).get("Alphabetic", "").startswith(v),
+            check=_name_prefix(prefix),
         ))  # fmt: skip
         # (c) a date range around a real study, one of its modalities
         s = pick()
@@ -976,30 +1113,58 @@ async def build_specs(dsn: str, rng: random.Random, n: int) -> dict[str, list[Sp
         specs["c"].append(Spec(
             "c", Level.STUDY, f"StudyDate={first}-{last}&ModalitiesInStudy={modality}",
             expected=count, more=more,
-            check=lambda it, a=first, b=last, m=modality: a <= (_value(it, "00080020") or "") <= b
-            and m in (it.get("00080061", {}).get("Value") or []),
+            check=_date_and_modality(first, last, modality),
         ))  # fmt: skip
         # (d) AccessionNumber
         s = pick()
         while s["accession_number"] is None:
             s = pick()
         acc = s["accession_number"]
-        specs["d"].append(Spec("d", Level.STUDY, f"AccessionNumber={acc}", expected=by_acc[acc],
-                               check=lambda it, v=acc: _value(it, "00080050") == v))
+        specs["d"].append(
+            Spec(
+                "d",
+                Level.STUDY,
+                f"AccessionNumber={acc}",
+                expected=by_acc[acc],
+                check=_equals("00080050", acc),
+            )
+        )
         # (e) the series of a study
         s = pick()
         uid = s["study_uid"]
         count, more = _capped(series_per_study.get(s["pk"], 0), DEFAULT_LIMIT)
-        specs["e"].append(Spec("e", Level.SERIES, "", study_uid=uid, expected=count, more=more,
-                               check=lambda it, v=uid: _value(it, "0020000D") == v
-                               and _value(it, "0020000E") is not None))
+        specs["e"].append(
+            Spec(
+                "e",
+                Level.SERIES,
+                "",
+                study_uid=uid,
+                expected=count,
+                more=more,
+                check=_equals("0020000D", uid, present="0020000E"),
+            )
+        )
         # (g), (h) fixed first pages
-        specs["g"].append(Spec("g", Level.STUDY, OHIF_QUERY, expected=min(101, len(studies)),
-                               more=len(studies) > 101,
-                               first_uids=[r["study_uid"] for r in studies[:101]]))
-        specs["h"].append(Spec("h", Level.STUDY, "includefield=all&limit=100",
-                               expected=min(100, len(studies)), more=len(studies) > 100,
-                               first_uids=[r["study_uid"] for r in studies[:100]]))
+        specs["g"].append(
+            Spec(
+                "g",
+                Level.STUDY,
+                OHIF_QUERY,
+                expected=min(101, len(studies)),
+                more=len(studies) > 101,
+                first_uids=[r["study_uid"] for r in studies[:101]],
+            )
+        )
+        specs["h"].append(
+            Spec(
+                "h",
+                Level.STUDY,
+                "includefield=all&limit=100",
+                expected=min(100, len(studies)),
+                more=len(studies) > 100,
+                first_uids=[r["study_uid"] for r in studies[:100]],
+            )
+        )
         # (i) fuzzy: the first letters of a word of a real name, lower case, no accents
         word = rng.choice(name_words(pick()["patient_name"]))
         fuzzy = word[: rng.randint(3, 5)]
@@ -1012,9 +1177,7 @@ async def build_specs(dsn: str, rng: random.Random, n: int) -> dict[str, list[Sp
         specs["i"].append(Spec(
             "i", Level.STUDY, f"PatientName={quote(fuzzy)}&fuzzymatching=true&limit=101",
             expected=count, more=more,
-            check=lambda it, v=fuzzy: any(
-                w.startswith(v) for w in name_words((_value(it, "00100010") or {}).get("Alphabetic"))
-            ),
+            check=_fuzzy_name(fuzzy),
         ))  # fmt: skip
     # (f) the instances of a series
     for r in series_rows:
@@ -1022,8 +1185,7 @@ async def build_specs(dsn: str, rng: random.Random, n: int) -> dict[str, list[Sp
         specs["f"].append(Spec(
             "f", Level.INSTANCE, "", study_uid=r["study_uid"], series_uid=r["series_uid"],
             expected=count, more=more,
-            check=lambda it, v=r["series_uid"]: _value(it, "0020000E") == v
-            and _value(it, "00080018") is not None,
+            check=_equals("0020000E", r["series_uid"], present="00080018"),
         ))  # fmt: skip
     rng.shuffle(specs["f"])
     return specs
@@ -1089,7 +1251,9 @@ class CpuMeter:
         return groups
 
     def read(self) -> dict[str, dict[tuple[int, float], float]]:
-        out: dict[str, dict[tuple[int, float], float]] = {}
+        t = psutil.cpu_times()
+        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        out: dict[str, dict[tuple[int, float], float]] = {"machine": {(0, 0.0): busy}}
         for group, procs in self._procs().items():
             out[group] = {}
             for p in procs:
@@ -1102,9 +1266,7 @@ class CpuMeter:
 
     @staticmethod
     def diff(a: dict[str, dict[Any, float]], b: dict[str, dict[Any, float]]) -> dict[str, float]:
-        return {
-            g: sum(v - a.get(g, {}).get(k, 0.0) for k, v in b[g].items()) for g in b
-        }
+        return {g: sum(v - a.get(g, {}).get(k, 0.0) for k, v in b[g].items()) for g in b}
 
 
 async def run_type(
@@ -1145,8 +1307,12 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[k]
 
 
-async def load(server: PictorProcess, specs: dict[str, list[Spec]],
-               warm: dict[str, list[Spec]], args: argparse.Namespace) -> dict[str, Any]:
+async def load(
+    server: PictorProcess,
+    specs: dict[str, list[Spec]],
+    warm: dict[str, list[Spec]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     conns = [Connection("127.0.0.1", server.port) for _ in range(args.clients)]
     meter = CpuMeter(server)
     results: dict[str, Any] = {}
@@ -1164,9 +1330,11 @@ async def load(server: PictorProcess, specs: dict[str, list[Spec]],
             )
             cpu = CpuMeter.diff(cpu0, meter.read())
             client_cpu = time.process_time() - client0
+            # anything else running on the machine meanwhile distorts the figures
+            other = cpu["machine"] - cpu["server"] - cpu["postgres"] - client_cpu
             errors: list[str] = []
             rows = 0
-            for i, spec, status, headers, body in answers:
+            for _, spec, status, headers, body in answers:
                 problem = verify(spec, status, headers, body)
                 rows += spec.expected
                 if problem is not None:
@@ -1187,15 +1355,20 @@ async def load(server: PictorProcess, specs: dict[str, list[Spec]],
                 "max_ms": round(lat[-1], 2) if lat else None,
                 "req_per_s": round(n / wall, 1),
                 "target_p95_ms": target,
-                "cpu_s": {"server": round(cpu["server"], 2), "postgres": round(cpu["postgres"], 2),
-                          "client": round(client_cpu, 2)},
+                "cpu_s": {
+                    "server": round(cpu["server"], 2),
+                    "postgres": round(cpu["postgres"], 2),
+                    "client": round(client_cpu, 2),
+                    "other": round(other, 2),
+                },
                 "pass": not errors and p95 < target,
                 "errors": errors[:5],
             }
             results[key] = res
             print(
                 f"  ({key}) {label:<38} {n:>5} req  p95 {p95:8.1f} ms  {res['req_per_s']:7.1f}/s"
-                f"  {len(errors)} wrong",
+                f"  {len(errors)} wrong  (CPU s: server {cpu['server']:.1f}, PostgreSQL "
+                f"{cpu['postgres']:.1f}, client {client_cpu:.1f}, other {other:.1f})",
                 flush=True,
             )
             for e in errors[:3]:
@@ -1235,7 +1408,9 @@ def print_table(results: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------
 
 
-async def explain(dsn: str, specs: dict[str, list[Spec]], base: str, full_sql: bool) -> dict[str, Any]:
+async def explain(
+    dsn: str, specs: dict[str, list[Spec]], base: str, full_sql: bool
+) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     out: dict[str, Any] = {}
     try:
@@ -1243,28 +1418,51 @@ async def explain(dsn: str, specs: dict[str, list[Spec]], base: str, full_sql: b
         for key, label, _ in TYPES:
             if not specs.get(key):
                 continue
-            spec = specs[key][0]
-            params = parse_qsl(spec.query, keep_blank_values=True)
-            query = parse_query(spec.level, params, study_uid=spec.study_uid,
-                                series_uid=spec.series_uid)
-            compiled = compile_query(query, base)
-            rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + compiled.sql, *compiled.args)
-            plan = [r[0] for r in rows]
-            sql = compiled.sql
-            if not full_sql:
-                select_end = sql.find(")::text FROM ")
-                if select_end > 200:
-                    sql = sql[:120] + f" ...[{select_end - 120} chars of select list]... " + sql[select_end:]
-            print(f"\n=== ({key}) {label}: {spec.path}")
-            print(f"SQL: {sql}")
-            print(f"args: {[a for a in compiled.args if not str(a).startswith('http')]}")
-            for line in plan:
-                print("   " + line)
-            out[key] = {"request": spec.path, "sql": compiled.sql,
-                        "args": [str(a) for a in compiled.args], "plan": plan}
+            # a typical request (median number of results) and the largest one
+            by_size = sorted(specs[key], key=lambda s: s.expected)
+            examples = [("typical", by_size[len(by_size) // 2])]
+            if by_size[-1].expected > by_size[len(by_size) // 2].expected:
+                examples.append(("largest", by_size[-1]))
+            for which, spec in examples:
+                out[f"{key}-{which}"] = await _explain_one(
+                    conn, key, label, which, spec, base, full_sql
+                )
     finally:
         await conn.close()
     return out
+
+
+async def _explain_one(
+    conn: asyncpg.Connection,
+    key: str,
+    label: str,
+    which: str,
+    spec: Spec,
+    base: str,
+    full_sql: bool,
+) -> dict[str, Any]:
+    params = parse_qsl(spec.query, keep_blank_values=True)
+    query = parse_query(spec.level, params, study_uid=spec.study_uid, series_uid=spec.series_uid)
+    compiled = compile_query(query, base)
+    rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + compiled.sql, *compiled.args)
+    plan = [r[0] for r in rows]
+    sql = compiled.sql
+    if not full_sql:
+        select_end = sql.find(")::text FROM ")
+        if select_end > 200:
+            sql = f"{sql[:120]} ...[{select_end - 120} chars of select list]... {sql[select_end:]}"
+    print(f"\n=== ({key}) {label}, {which} ({spec.expected} results): {spec.path}")
+    print(f"SQL: {sql}")
+    print(f"args: {[a for a in compiled.args if not str(a).startswith('http')]}")
+    for line in plan:
+        print("   " + line)
+    return {
+        "request": spec.path,
+        "results": spec.expected,
+        "sql": compiled.sql,
+        "args": [str(a) for a in compiled.args],
+        "plan": plan,
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -1285,8 +1483,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--types", default="abcdefghi", help="query types to run, e.g. abg")
     parser.add_argument("--workers", type=int, default=0, help="server processes (0: default)")
-    parser.add_argument("--explain", action="store_true", help="EXPLAIN (ANALYZE, BUFFERS) each type")
-    parser.add_argument("--full-sql", action="store_true", help="print the whole SQL with --explain")
+    parser.add_argument(
+        "--explain", action="store_true", help="EXPLAIN (ANALYZE, BUFFERS) each type"
+    )
+    parser.add_argument(
+        "--full-sql", action="store_true", help="print the whole SQL with --explain"
+    )
     parser.add_argument("--no-load", action="store_true", help="seed (and explain) only")
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "qido.json"
@@ -1306,22 +1508,31 @@ def main() -> None:
     try:
         if marker.exists():
             info = json.loads(marker.read_text())
-            print(f"seeded directory {root}: {info['counts']} (seeded {info['date']}, "
-                  f"{info['seconds']['total']} s)")
-            if info["parameters"] != {"studies": args.studies, "instances": args.instances,
-                                      "seed": args.seed}:
+            print(
+                f"seeded directory {root}: {info['counts']} (seeded {info['date']}, "
+                f"{info['seconds']['total']} s)"
+            )
+            if info["parameters"] != {
+                "studies": args.studies,
+                "instances": args.instances,
+                "seed": args.seed,
+            }:
                 print(f"  note: seeded with {info['parameters']}, not the parameters given")
         else:
-            print(f"seeding {root}: {args.studies:,} studies, {args.instances:,} instances",
-                  flush=True)
+            print(
+                f"seeding {root}: {args.studies:,} studies, {args.instances:,} instances",
+                flush=True,
+            )
             server = PictorProcess(data, workers=0, log_path=root / "server.log").start()
             info = uvloop.run(seed(embedded_dsn(data), args))
             server.stop()
             server = None
             marker.write_text(json.dumps(info, indent=2) + "\n")
-            print(f"seeded in {info['seconds']['total']} s (rows loaded in "
-                  f"{info['seconds']['load']} s): {info['counts']}; MB: {info['table_mb']}",
-                  flush=True)
+            print(
+                f"seeded in {info['seconds']['total']} s (rows loaded in "
+                f"{info['seconds']['load']} s): {info['counts']}; MB: {info['table_mb']}",
+                flush=True,
+            )
 
         server = PictorProcess(data, workers=args.workers, log_path=root / "server.log").start()
         dsn = embedded_dsn(data)
@@ -1332,10 +1543,13 @@ def main() -> None:
         specs = {k: v[: args.requests] for k, v in all_specs.items()}
         results: dict[str, Any] = {}
         if not args.no_load:
-            print(f"load: {args.clients} clients, "
-                  + (f"{args.seconds} s" if args.seconds else f"{args.requests} requests")
-                  + f" per type (after {args.warmup} warm-up requests), "
-                  f"{server.workers or 'default'} workers", flush=True)
+            print(
+                f"load: {args.clients} clients, "
+                + (f"{args.seconds} s" if args.seconds else f"{args.requests} requests")
+                + f" per type (after {args.warmup} warm-up requests), "
+                f"{server.workers or 'default'} workers",
+                flush=True,
+            )
             results = uvloop.run(load(server, specs, warm, args))
             print()
             print_table(results)

@@ -361,11 +361,23 @@ def compile_query(query: Query, base_url: str) -> Compiled:
     # the primary key last: a total, stable order (new rows sort after existing ones)
     order_parts.append(pk)
 
-    sql = (
-        f"SELECT ({select})::text FROM {from_sql}"
+    # The page is chosen first, on keys only; the JSON is built for its rows alone
+    # (built before the sort, it cost every matching row: 82 ms p95 for PatientName=MUL*).
+    keys = {
+        Level.STUDY: ["st"],
+        Level.SERIES: ["st", "se"],
+        Level.INSTANCE: ["st", "se", "i"],
+    }[level]
+    inner = (
+        "SELECT "
+        + ", ".join(f"{a}.pk AS {a}_pk" for a in keys)
+        + f" FROM {from_sql}"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY "
         + ", ".join(order_parts)
         + f" LIMIT {args.add(query.limit + 1)} OFFSET {args.add(query.offset)}"
     )
+    tables = {"st": "study", "se": "series", "i": "instance"}
+    joins = " ".join(f"JOIN {tables[a]} {a} ON {a}.pk = page.{a}_pk" for a in keys)
+    sql = f"SELECT ({select})::text FROM ({inner}) page {joins} ORDER BY " + ", ".join(order_parts)
     return Compiled(sql, args.values)
