@@ -58,6 +58,7 @@ import uvloop
 
 from app.dicom.levels import name_words
 from app.index.compiler import compile_query
+from app.index.database import json_codecs
 from app.index.query import DEFAULT_LIMIT, Level, parse_query
 
 from _client import Connection
@@ -818,20 +819,6 @@ class RowBuilder:
         out.word.extend((study_pk, w) for w in name_words(pat.name))
 
 
-async def _json_codecs(conn: asyncpg.Connection) -> None:
-    """json / jsonb as bytes, as the server's connections do (no re-encoding)."""
-    await conn.set_type_codec(
-        "json", encoder=lambda b: b, decoder=lambda b: b, schema="pg_catalog", format="binary"
-    )
-    await conn.set_type_codec(
-        "jsonb",
-        encoder=lambda b: b"\x01" + b,
-        decoder=lambda b: b[1:],
-        schema="pg_catalog",
-        format="binary",
-    )
-
-
 async def seed(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     rng = random.Random(args.seed)
@@ -845,7 +832,7 @@ async def seed(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     conn = await asyncpg.connect(dsn)
     try:
-        await _json_codecs(conn)
+        await json_codecs(conn)
         await conn.execute("TRUNCATE study, series, instance, study_word")
         # the rows are consistent by construction: skip the per-row foreign key triggers
         await conn.execute("SET session_replication_role = replica")

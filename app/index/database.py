@@ -80,11 +80,8 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
     return applied
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # QIDO statements are prepared with parameters; a generic plan cannot use a prefix
-    # index for "LIKE $1", so plan each execution with its values
-    await conn.execute("SET plan_cache_mode = force_custom_plan")
-    # json columns travel as bytes: they are stored and sent as they are, never re-parsed
+async def json_codecs(conn: asyncpg.Connection) -> None:
+    """json and jsonb travel as bytes: stored and sent as they are, never re-parsed."""
     await conn.set_type_codec(
         "json", encoder=lambda b: b, decoder=lambda b: b, schema="pg_catalog", format="binary"
     )
@@ -96,6 +93,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         schema="pg_catalog",
         format="binary",
     )
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # QIDO statements are prepared with parameters; a generic plan cannot use a prefix
+    # index for "LIKE $1", so plan each execution with its values
+    await conn.execute("SET plan_cache_mode = force_custom_plan")
+    await json_codecs(conn)
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
