@@ -42,8 +42,3 @@ def vr_of(tag: int) -> str:
 
 def keyword(tag: int) -> str:
     return keyword_for_tag(tag) or f"{tag:08X}"
-
-
-def tag_key(tag: int) -> str:
-    """The DICOM JSON key of a tag (PS3.18 F.2.1)."""
-    return f"{tag:08X}"

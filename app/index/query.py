@@ -104,10 +104,6 @@ class Query:
     fuzzy: bool = False
     warnings: tuple[str, ...] = field(default=())
 
-    @property
-    def all_studies(self) -> bool:
-        return self.study_uid is None
-
 
 def _level_allows(level: Level, tag: int) -> bool:
     if level is Level.STUDY:
