@@ -46,7 +46,6 @@ class Outcome(msgspec.Struct, kw_only=True):
     series_uid: str = ""
     reason: int | None = None
     message: str = ""
-    size: int = 0
 
     @property
     def ok(self) -> bool:
@@ -72,7 +71,6 @@ def _outcome(a: Analysis, status: str, reason: int | None = None, message: str =
         series_uid=a.series_uid,
         reason=reason,
         message=message,
-        size=a.size,
     )
 
 

@@ -22,7 +22,7 @@ from litestar.response import Response, Stream
 from app.codec import pool
 from app.codec.render import FORMATS, RenderOptions, render_frame
 from app.dicomweb.negotiation import choose
-from app.dicomweb.wado import multipart_body, parse_frame_list, target_scope
+from app.dicomweb.wado import multipart_stream, parse_frame_list, target_scope
 from app.errors import BadRequest, NotFound
 from app.index import retrieve
 from app.index.retrieve import StoredInstance
@@ -76,20 +76,27 @@ def _image(data: bytes, media: str) -> Response[bytes]:
     return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
 
+async def _pixel_instances(request: Request[Any, Any, Any]) -> list[StoredInstance]:
+    """The instances of the request's target that have frames (404 if none)."""
+    scope = target_scope(request)
+    stored = [
+        i for i in await retrieve.instances(request.app.state.pool, scope) if i.number_of_frames
+    ]
+    if not stored:
+        raise NotFound(f"{scope.describe()} has no image to render")
+    return stored
+
+
 async def _render_all(
-    request: Request[Any, Any, Any], frames: list[int] | None = None
+    request: Request[Any, Any, Any], stored: list[StoredInstance], frames: list[int] | None = None
 ) -> Response[bytes] | Stream:
     options = render_options(request)
-    stored = await retrieve.instances(request.app.state.pool, target_scope(request))
-    targets = [(inst, n - 1) for inst in stored for n in (frames or [1]) if inst.number_of_frames]
-    if not targets:
-        raise NotFound("nothing with pixel data to render here")
+    targets = [(inst, n - 1) for inst in stored for n in (frames or [1])]
     if len(targets) == 1:
         inst, index = targets[0]
         return _image(
             await pool.run(render_frame, _path(request, inst), index, options), options.media_type
         )
-    boundary = secrets.token_hex(16)
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         for inst, index in targets:
@@ -98,10 +105,7 @@ async def _render_all(
                 _one(await pool.run(render_frame, _path(request, inst), index, options)),
             )
 
-    return Stream(
-        multipart_body(parts(), boundary),
-        media_type=f'multipart/related; type="{options.media_type}"; boundary={boundary}',
-    )
+    return multipart_stream(parts(), options.media_type)
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
@@ -110,12 +114,12 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
 
 @get("/studies/{study:str}/rendered", name="wado-study-rendered")
 async def study_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-    return await _render_all(request)
+    return await _render_all(request, await _pixel_instances(request))
 
 
 @get("/studies/{study:str}/series/{series:str}/rendered", name="wado-series-rendered")
 async def series_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-    return await _render_all(request)
+    return await _render_all(request, await _pixel_instances(request))
 
 
 @get(
@@ -123,7 +127,7 @@ async def series_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | 
     name="wado-instance-rendered",
 )
 async def instance_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-    return await _render_all(request)
+    return await _render_all(request, await _pixel_instances(request))
 
 
 @get(
@@ -131,27 +135,20 @@ async def instance_rendered(request: Request[Any, Any, Any]) -> Response[bytes] 
     name="wado-frames-rendered",
 )
 async def frames_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-    (inst,) = await retrieve.instances(request.app.state.pool, target_scope(request))
-    frames = parse_frame_list(request.path_params["frames"], inst.number_of_frames or 0)
-    return await _render_all(request, frames)
+    stored = await _pixel_instances(request)
+    frames = parse_frame_list(request.path_params["frames"], stored[0].number_of_frames or 0)
+    return await _render_all(request, stored, frames)
 
 
 # -- thumbnails ---------------------------------------------------------------------------
 
 
-async def _thumbnail(request: Request[Any, Any, Any], frame: int | None = None) -> Response[bytes]:
+async def _thumbnail(
+    request: Request[Any, Any, Any], stored: list[StoredInstance], frame: int | None = None
+) -> Response[bytes]:
     options = render_options(request, thumbnail=True)
-    scope = target_scope(request)
-    stored = [
-        i for i in await retrieve.instances(request.app.state.pool, scope) if i.number_of_frames
-    ]
-    if not stored:
-        raise NotFound(f"{scope.describe()} has no image to make a thumbnail of")
-    if scope.instance is None:
-        first_series = [i for i in stored if i.series_uid == stored[0].series_uid]
-        inst = first_series[len(first_series) // 2]  # the middle image of the first series
-    else:
-        inst = stored[0]
+    first_series = [i for i in stored if i.series_uid == stored[0].series_uid]
+    inst = first_series[len(first_series) // 2]  # the middle image of the first series
     count = inst.number_of_frames or 1
     index = (frame - 1) if frame is not None else count // 2
     settings = request.app.state.settings
@@ -175,12 +172,12 @@ async def _thumbnail(request: Request[Any, Any, Any], frame: int | None = None) 
 
 @get("/studies/{study:str}/thumbnail", name="wado-study-thumbnail")
 async def study_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return await _thumbnail(request)
+    return await _thumbnail(request, await _pixel_instances(request))
 
 
 @get("/studies/{study:str}/series/{series:str}/thumbnail", name="wado-series-thumbnail")
 async def series_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return await _thumbnail(request)
+    return await _thumbnail(request, await _pixel_instances(request))
 
 
 @get(
@@ -188,7 +185,7 @@ async def series_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
     name="wado-instance-thumbnail",
 )
 async def instance_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return await _thumbnail(request)
+    return await _thumbnail(request, await _pixel_instances(request))
 
 
 @get(
@@ -196,9 +193,9 @@ async def instance_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]
     name="wado-frame-thumbnail",
 )
 async def frame_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
-    (inst,) = await retrieve.instances(request.app.state.pool, target_scope(request))
-    frames = parse_frame_list(request.path_params["frames"], inst.number_of_frames or 0)
-    return await _thumbnail(request, frames[0])
+    stored = await _pixel_instances(request)
+    frames = parse_frame_list(request.path_params["frames"], stored[0].number_of_frames or 0)
+    return await _thumbnail(request, stored, frames[0])
 
 
 ROUTES = [

@@ -18,6 +18,7 @@ from typing import Any
 from litestar import Request, post
 from litestar.exceptions import InternalServerException
 from litestar.response import Response
+from msgspec.json import encode
 
 from app.dicom.uids import uid_problem
 from app.dicomweb.multipart import (
@@ -247,6 +248,4 @@ async def store_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
     )
     status, body, warnings = store_response(upload.outcomes, base, study, failure)
     headers = {"Warning": _warning_header(warnings)} if warnings else {}
-    from msgspec.json import encode
-
     return Response(encode(body), status_code=status, media_type=DICOM_JSON, headers=headers)

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from litestar import Request, get
 from litestar.response import Response, Stream
 
@@ -109,7 +110,9 @@ async def multipart_body(
     yield f"\r\n--{boundary}--\r\n".encode()
 
 
-def _stream(parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]], part_type: str) -> Stream:
+def multipart_stream(
+    parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]], part_type: str
+) -> Stream:
     boundary = secrets.token_hex(16)
     return Stream(
         multipart_body(parts, boundary),
@@ -146,7 +149,7 @@ async def _instances(request: Request[Any, Any, Any]) -> Stream:
             else:
                 yield offer.header(), converted(str(store.path(inst.file_key)))
 
-    return _stream(parts(), "application/dicom")
+    return multipart_stream(parts(), "application/dicom")
 
 
 @get("/studies/{study:str}", name="wado-study")
@@ -223,15 +226,13 @@ async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream:
         for number in numbers:
             yield chosen.header(), frame(number)
 
-    return _stream(parts(), chosen.media_type)
+    return multipart_stream(parts(), chosen.media_type)
 
 
 # -- bulk data --------------------------------------------------------------------------
 
 
 def _bulk_range(inst: StoredInstance, path: str) -> tuple[int, int]:
-    import msgspec
-
     for item_path, offset, length in msgspec.json.decode(inst.bulk):
         if item_path == path:
             return int(offset), int(length)
@@ -260,7 +261,7 @@ async def retrieve_bulk(request: Request[Any, Any, Any]) -> Stream:
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         yield "application/octet-stream", store.read_range(inst.file_key, offset, length)
 
-    return _stream(parts(), "application/octet-stream")
+    return multipart_stream(parts(), "application/octet-stream")
 
 
 ROUTES = [

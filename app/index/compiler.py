@@ -16,7 +16,7 @@ from app.dicom import levels
 from app.dicom.dictionary import keyword
 from app.dicom.levels import name_words
 from app.errors import BadRequest
-from app.index.query import Condition, DateTimeRange, Level, Query
+from app.index.query import Condition, DateTimeRange, Level, Query, pad_high_time
 
 # tag -> (alias, column); the alias names the level's table in the FROM clause
 COLUMNS: dict[int, tuple[str, str]] = {
@@ -126,14 +126,9 @@ def _value_predicate(expr: str, cond: Condition, args: _Args, *, integer: bool =
     if low:
         parts.append(f"{expr} >= {args.add(low)}")
     if high:
-        bound = high if cond.vr != "TM" else _pad_time(high)
+        bound = high if cond.vr != "TM" else pad_high_time(high)
         parts.append(f"{expr} <= {args.add(bound)}")
     return "(" + " AND ".join(parts) + ")"
-
-
-def _pad_time(value: str) -> str:
-    full = "235959.999999"
-    return value.ljust(len(full), "9") if "." in value else value + full[len(value) :]
 
 
 def _json_condition(cond: Condition, level: Level, args: _Args) -> str:

@@ -206,7 +206,7 @@ def _non_negative(value: str, param: str, maximum: int | None = None) -> int:
     return number
 
 
-def _pad_high_time(value: str) -> str:
+def pad_high_time(value: str) -> str:
     """The last instant a partial TM denotes: '10' is up to 10:59:59.999999."""
     full = "235959.999999"
     if "." in value:
@@ -223,7 +223,7 @@ def _combine_date_times(conditions: list[Condition]) -> tuple[list[Condition], l
         if d is None or t is None:
             continue
         low = (d.values[0], t.values[0] or "000000") if d.values[0] else None
-        high = (d.values[1], _pad_high_time(t.values[1] or "")) if d.values[1] else None
+        high = (d.values[1], pad_high_time(t.values[1] or "")) if d.values[1] else None
         combined.append(DateTimeRange(date_tag, time_tag, low, high))
         used |= {d.path, t.path}
     return [c for c in conditions if c.path not in used], combined

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import gzip
 
 import pydicom
 import pytest
@@ -104,7 +103,6 @@ def test_metadata_levels_etag_gzip_and_proxy_headers(archive: Archive, stored: d
         "https://pacs.example/img/dicom-web/studies/"
     )
     assert proxied.headers["ETag"] != etag
-    assert gzip.decompress(gzip.compress(b"x")) == b"x"
 
 
 def test_instances_as_stored_and_by_dicomweb_client(archive: Archive, stored: dict) -> None:
