@@ -24,6 +24,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path("pictor-data")
     dimse_port: int = 11112
     dimse_ae_title: str = "PICTOR"
+    #: Known DIMSE peers, ``AET@host:port`` separated by commas: the only C-MOVE
+    #: destinations, and the only calling AE titles accepted when ``dimse_restrict`` is on.
+    dimse_peers: str = ""
+    #: Accept associations only from the AE titles in ``dimse_peers`` (PS3.8 A-ASSOCIATE-RJ
+    #: reason "calling AE title not recognized" otherwise). Off for a first run.
+    dimse_restrict: bool = False
+    #: Origins allowed to read responses in a browser (Fetch standard CORS), comma
+    #: separated; ``*`` only when asked for. Empty: no other origin.
+    cors_origins: str = ""
     #: ``postgresql://...``; empty means "run a private PostgreSQL under data_dir".
     database_url: str = ""
     #: Base URL written into RetrieveURL / BulkDataURI, e.g. ``https://pacs.example.org/dicom-web``.
@@ -49,6 +58,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.data_dir / "pg"
 
     @property
+    def peers(self) -> dict[str, tuple[str, int]]:
+        """``dimse_peers`` parsed: AE title -> (host, port)."""
+        return parse_peers(self.dimse_peers)
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+
+    @property
     def worker_count(self) -> int:
         return self.workers or min(8, 2 * (os.cpu_count() or 1))
 
@@ -60,6 +78,9 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_DATA_DIR": "data_dir",
     "PICTOR_DIMSE_PORT": "dimse_port",
     "PICTOR_AE_TITLE": "dimse_ae_title",
+    "PICTOR_DIMSE_PEERS": "dimse_peers",
+    "PICTOR_DIMSE_RESTRICT": "dimse_restrict",
+    "PICTOR_CORS_ORIGINS": "cors_origins",
     "DATABASE_URL": "database_url",
     "PICTOR_PUBLIC_BASE_URL": "public_base_url",
     "PICTOR_ON_DUPLICATE": "on_duplicate",
@@ -70,6 +91,24 @@ ENVIRONMENT: dict[str, str] = {
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
+
+
+def parse_peers(text: str) -> dict[str, tuple[str, int]]:
+    """Parse ``AET@host:port[,AET@host:port...]`` (IPv6 hosts in brackets)."""
+    peers: dict[str, tuple[str, int]] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        aet, at, address = item.partition("@")
+        host, colon, port = address.rpartition(":")
+        host = host.strip("[]")
+        if not at or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"DIMSE peer {item!r} is not AET@host:port")
+        aet = aet.strip()
+        if not 0 < len(aet) <= 16:
+            raise ConfigError(f"DIMSE peer {item!r}: the AE title must have 1 to 16 characters")
+        peers[aet] = (host, int(port))
+    return peers
 
 
 def load_settings(
@@ -97,6 +136,7 @@ def load_settings(
         raise ConfigError("ports must be between 1 and 65535 (DIMSE port 0 turns DIMSE off)")
     if not 0 < len(settings.dimse_ae_title.strip()) <= 16:
         raise ConfigError("the AE title must have 1 to 16 characters (PS3.5 6.2, VR AE)")
+    parse_peers(settings.dimse_peers)
     return msgspec.structs.replace(
         settings,
         data_dir=settings.data_dir.expanduser().resolve(),
