@@ -8,6 +8,7 @@
     │   ├── NotFound               404
     │   ├── NotAcceptable          406: nothing offered matches Accept
     │   ├── Conflict               409
+    │   ├── RangeNotSatisfiable    416: a Range outside the value (RFC 9110 15.5.17)
     │   └── UnsupportedMediaType   415: Content-Type not accepted (PS3.18 10.5.3.1)
     ├── InstanceRejected           one SOP Instance cannot be stored; carries the
     │                              PS3.18 Annex I.2.2 Failure Reason (0008,1197)
@@ -50,6 +51,11 @@ class PictorError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra response headers the error calls for."""
+        return {}
+
 
 class RequestError(PictorError):
     status_code = 400
@@ -69,6 +75,21 @@ class NotAcceptable(RequestError):
 
 class Conflict(RequestError):
     status_code = 409
+
+
+class RangeNotSatisfiable(RequestError):
+    status_code = 416
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        return (type(self), (self.message, self.size))
 
 
 class UnsupportedMediaType(RequestError):

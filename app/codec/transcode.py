@@ -1,25 +1,67 @@
-"""Decoding stored frames to native pixel data (PS3.5 8.2, Explicit VR Little Endian).
+"""Transcoding stored pixel data between transfer syntaxes (PS3.5 8 and Annex A).
 
 Runs in worker processes (:mod:`app.codec.pool`). pydicom 3 decodes with the installed
 plugins: pylibjpeg-libjpeg (JPEG, JPEG-LS), pylibjpeg-openjpeg (JPEG 2000, HTJ2K),
-pylibjpeg-rle / pydicom (RLE), and its own code for deflate and big endian.
+pylibjpeg-rle / pydicom (RLE), and its own code for deflate and big endian. It encodes
+RLE Lossless (pylibjpeg-rle or its own), JPEG-LS (pyjpegls) and JPEG 2000
+(pylibjpeg-openjpeg); JPEG Baseline for 8-bit data is written with Pillow's libjpeg.
+
+The functions that the server process calls before it starts a response
+(:func:`can_decode`, :func:`can_encode`) only look at what the index knows; the rest
+open the stored file and run in a worker.
 """
 
 from __future__ import annotations
 
+import functools
+import io
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
+from PIL import Image
+from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
 from pydicom.pixels.utils import pixel_array
+from pydicom.uid import UID
+
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
+J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+J2K = "1.2.840.10008.1.2.4.91"
 
 _NATIVE = {
     "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
+    EXPLICIT_VR_LE,
     "1.2.840.10008.1.2.2",
     "1.2.840.10008.1.2.1.99",
 }
+
+#: Compressed syntaxes this archive can produce. Lossy ones use fixed, documented
+#: settings: JPEG-LS near-lossless with an error bound of 2 (PS3.5 A.4.3), JPEG 2000 at
+#: 10:1, JPEG Baseline at quality 90.
+ENCODABLE = (
+    RLE_LOSSLESS,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
+    J2K_LOSSLESS,
+    J2K,
+    JPEG_BASELINE,
+)
+LOSSY = {JPEG_LS_NEAR_LOSSLESS: "ISO_14495_1", J2K: "ISO_15444_1", JPEG_BASELINE: "ISO_10918_1"}
+JLS_ERROR = 2
+J2K_RATIO = 10.0
+JPEG_QUALITY = 90
+
+
+class TranscodeError(ValueError):
+    """The pixel data cannot be converted as asked (and nothing was sent yet)."""
 
 
 def can_decode(transfer_syntax: str) -> bool:
@@ -32,12 +74,86 @@ def can_decode(transfer_syntax: str) -> bool:
         return False
 
 
-def decode_frame(path: str, index: int) -> bytes:
-    """Frame ``index`` (0-based) of the stored file as native little endian pixel bytes.
+@functools.cache
+def _encoder_available(target: str) -> bool:
+    if target == JPEG_BASELINE:
+        return True  # Pillow
+    try:
+        return bool(get_encoder(target).is_available)
+    except (NotImplementedError, ValueError):
+        return False
 
-    Colour frames stored as YCbCr in JPEG come out as RGB (pydicom's default), as a
-    decoder would show them; native colour keeps its Planar Configuration (0028,0006).
+
+def can_encode(
+    target: str,
+    *,
+    bits_allocated: int | None,
+    bits_stored: int | None,
+    samples: int | None,
+    photometric: str | None,
+) -> bool:
+    """Whether pixel data with these attributes can be encoded in ``target`` here.
+
+    The limits are the transfer syntaxes' (PS3.5 8.2) and the encoders': RLE 8 or 16
+    bits, JPEG-LS 2 to 16 bits, JPEG 2000 up to 16 here, JPEG Baseline 8 bits only; one
+    or three samples per pixel; no lossy compression of palette indices.
     """
+    if target not in ENCODABLE or not _encoder_available(target):
+        return False
+    if samples not in (1, 3) or bits_allocated is None:
+        return False
+    if target in LOSSY and photometric == "PALETTE COLOR":
+        return False
+    stored = bits_stored or bits_allocated
+    if target == RLE_LOSSLESS:
+        return bits_allocated in (8, 16)
+    if target == JPEG_BASELINE:
+        return bits_allocated == 8 and stored == 8
+    if target in (JPEG_LS_LOSSLESS, JPEG_LS_NEAR_LOSSLESS):
+        return bits_allocated in (8, 16) and 2 <= stored <= 16
+    return bits_allocated in (8, 16) and stored <= 16  # JPEG 2000
+
+
+@dataclass(frozen=True)
+class PixelInfo:
+    """The Image Pixel module (PS3.3 C.7.6.3) of a stored file, as a decoder leaves it."""
+
+    rows: int
+    columns: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric: str
+    planar: bool
+    syntax: str
+
+    @property
+    def decoded_photometric(self) -> str:
+        """What decoded frames are: pydicom turns YCbCr (YBR_*) into RGB."""
+        if self.samples == 3 and self.photometric.startswith("YBR"):
+            return "RGB"
+        return self.photometric
+
+
+@functools.lru_cache(maxsize=256)
+def pixel_info(path: str) -> PixelInfo:
+    """Read once per worker: stored files never change (a replacement gets a new key)."""
+    ds = pydicom.dcmread(Path(path), stop_before_pixels=True)
+    return PixelInfo(
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        samples=int(ds.get("SamplesPerPixel", 1)),
+        bits_allocated=int(ds.BitsAllocated),
+        bits_stored=int(ds.get("BitsStored", ds.BitsAllocated)),
+        pixel_representation=int(ds.get("PixelRepresentation", 0)),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        planar=int(ds.get("PlanarConfiguration", 0)) == 1,
+        syntax=str(ds.file_meta.TransferSyntaxUID),
+    )
+
+
+def _frame_array(path: str, index: int) -> np.ndarray:
     try:
         array = pixel_array(path, index=index)
     except (AttributeError, ValueError, NotImplementedError):
@@ -45,34 +161,142 @@ def decode_frame(path: str, index: int) -> bytes:
         array = pixel_array(pydicom.dcmread(Path(path)), index=index)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    if array.ndim == 3 and _planar(path):
+    return array
+
+
+def decode_frame(path: str, index: int) -> bytes:
+    """Frame ``index`` (0-based) of the stored file as native little endian pixel bytes.
+
+    Colour frames stored as YCbCr in JPEG come out as RGB (pydicom's default), as a
+    decoder would show them; native colour keeps its Planar Configuration (0028,0006).
+    """
+    array = _frame_array(path, index)
+    info = pixel_info(path)
+    if array.ndim == 3 and info.planar and info.syntax in _NATIVE:
         array = array.transpose(2, 0, 1)  # colour-by-plane, as the metadata says
     return np.ascontiguousarray(array).tobytes()
 
 
-def _planar(path: str) -> bool:
-    ds = pydicom.dcmread(Path(path), stop_before_pixels=True)
-    syntax = ds.file_meta.TransferSyntaxUID
-    return not syntax.is_compressed and ds.get("PlanarConfiguration", 0) == 1
+def _jpeg_baseline(array: np.ndarray, photometric: str) -> bytes:
+    """One frame as a JPEG Baseline (ISO 10918-1 process 1) codestream. Colour is stored
+    as YCbCr 4:2:2 (PS3.5 8.2.1: Photometric Interpretation YBR_FULL_422)."""
+    if array.dtype != np.uint8:
+        raise TranscodeError("JPEG Baseline needs unsigned 8-bit pixel data")
+    out = io.BytesIO()
+    if array.ndim == 2:
+        Image.fromarray(array, mode="L").save(out, "JPEG", quality=JPEG_QUALITY)
+    elif photometric == "RGB":
+        # subsampling 1 = 4:2:2
+        Image.fromarray(array, mode="RGB").save(out, "JPEG", quality=JPEG_QUALITY, subsampling=1)
+    else:
+        raise TranscodeError(f"JPEG Baseline from {photometric} colour is not supported")
+    return out.getvalue()
 
 
-def to_explicit_le(path: str) -> bytes:
-    """The stored instance re-encoded as Explicit VR Little Endian, pixel data native
-    (PS3.18 8.7.3.5.2: the default transfer syntax of application/dicom)."""
-    import io
+def _encode_options(info: PixelInfo, photometric: str, target: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "rows": info.rows,
+        "columns": info.columns,
+        "number_of_frames": 1,
+        "samples_per_pixel": info.samples,
+        "bits_allocated": info.bits_allocated,
+        "bits_stored": info.bits_stored,
+        "pixel_representation": info.pixel_representation,
+        "photometric_interpretation": photometric,
+        "planar_configuration": 0,
+    }
+    if target == JPEG_LS_NEAR_LOSSLESS:
+        options["jls_error"] = JLS_ERROR
+    elif target == J2K:
+        options["j2k_cr"] = [J2K_RATIO]
+    if target in (J2K, J2K_LOSSLESS):
+        options["use_mct"] = False  # colour stays RGB: what the metadata's readers expect
+    return options
 
+
+def encoded_photometric(info: PixelInfo, target: str) -> str:
+    """Photometric Interpretation of frames encoded in ``target`` (PS3.5 8.2): the
+    decoded one, except that JPEG Baseline colour is YCbCr 4:2:2."""
+    if target == JPEG_BASELINE and info.samples == 3:
+        return "YBR_FULL_422"
+    return info.decoded_photometric
+
+
+def _encode_array(array: np.ndarray, info: PixelInfo, target: str) -> bytes:
+    photometric = info.decoded_photometric
+    if target == JPEG_BASELINE:
+        if photometric.startswith("YBR"):
+            from pydicom.pixels.processing import convert_color_space
+
+            array = convert_color_space(array, photometric, "RGB")
+        return _jpeg_baseline(array, "RGB" if info.samples == 3 else photometric)
+    try:
+        return bytes(
+            get_encoder(target).encode(
+                np.ascontiguousarray(array), **_encode_options(info, photometric, target)
+            )
+        )
+    except (ValueError, RuntimeError, NotImplementedError) as exc:
+        raise TranscodeError(f"cannot encode as {UID(target).name}: {exc}") from exc
+
+
+def encode_frame(path: str, index: int, target: str) -> bytes:
+    """Frame ``index`` (0-based) of the stored file, decoded and encoded in ``target``
+    (one encapsulated frame, PS3.5 A.4; its media type per PS3.18 Table 8.7.3-5)."""
+    if target == EXPLICIT_VR_LE:
+        return decode_frame(path, index)
+    return _encode_array(_frame_array(path, index), pixel_info(path), target)
+
+
+def transcode_instance(path: str, target: str) -> bytes:
+    """The stored instance re-encoded in ``target`` (a Part 10 file).
+
+    Explicit VR Little Endian is the default of application/dicom (PS3.18 8.7.3.5.2). For
+    compressed targets every frame is decoded and encoded again; lossy targets mark the
+    data set with Lossy Image Compression "01" and the method (PS3.3 C.7.6.1.1.5). The
+    SOP Instance UID is kept: the object sent is the one the archive holds, in another
+    encoding, as a retrieve (not a new derived object).
+    """
     from pydicom.uid import ExplicitVRLittleEndian
 
+    if target != EXPLICIT_VR_LE and target not in ENCODABLE:
+        raise TranscodeError(f"cannot encode instances in {target}")
     ds = pydicom.dcmread(Path(path))
     syntax = ds.file_meta.TransferSyntaxUID
-    if syntax.is_compressed:
-        ds.decompress()  # native pixels; photometric interpretation updated (e.g. to RGB)
-    elif not syntax.is_little_endian and "PixelData" in ds:
-        array = ds.pixel_array  # colour comes out interleaved (R1 G1 B1 R2 ...)
-        ds.PixelData = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"))).tobytes()
-        if "PlanarConfiguration" in ds:
-            ds.PlanarConfiguration = 0
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if "PixelData" in ds and target != str(syntax):
+        info = pixel_info(path)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if target == EXPLICIT_VR_LE:
+            if syntax.is_compressed:
+                ds.decompress()  # native pixels; photometric updated (e.g. to RGB)
+            elif not syntax.is_little_endian:
+                array = ds.pixel_array  # colour comes out interleaved (R1 G1 B1 R2 ...)
+                ds.PixelData = np.ascontiguousarray(
+                    array.astype(array.dtype.newbyteorder("<"))
+                ).tobytes()
+                if "PlanarConfiguration" in ds:
+                    ds.PlanarConfiguration = 0
+        else:
+            encoded = [encode_frame(path, i, target) for i in range(frames)]
+            ds.PixelData = encapsulate(encoded)
+            ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = True
+            ds.PhotometricInterpretation = encoded_photometric(info, target)
+            if info.samples == 3:
+                ds.PlanarConfiguration = 0
+            if target in LOSSY:
+                ds.LossyImageCompression = "01"
+                old = ds.get("LossyImageCompressionMethod") or []
+                methods = [old] if isinstance(old, str) else list(old)
+                ds.LossyImageCompressionMethod = [*methods, LOSSY[target]]
+    if "PixelData" not in ds:
+        target = ExplicitVRLittleEndian  # nothing to compress: the default encoding
+    ds.file_meta.TransferSyntaxUID = UID(target)
     out = io.BytesIO()
     pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, force_encoding=True)
     return out.getvalue()
+
+
+def to_explicit_le(path: str) -> bytes:
+    """The stored instance as Explicit VR Little Endian with native pixel data."""
+    return transcode_instance(path, EXPLICIT_VR_LE)

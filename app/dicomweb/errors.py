@@ -12,20 +12,20 @@ from litestar.response import Response
 from app.errors import PictorError
 
 
-def _response(status: int, message: str) -> Response[bytes]:
+def _response(status: int, message: str, headers: dict[str, str] | None = None) -> Response[bytes]:
     body = msgspec.json.encode({"status": status, "message": message})
     clean = message.replace('"', "'").replace("\r", " ").replace("\n", " ")[:300]
     return Response(
         body,
         status_code=status,
         media_type="application/json",
-        headers={"Warning": f'299 pictor "{clean}"'},  # PS3.18 8.4.4
+        headers={"Warning": f'299 pictor "{clean}"', **(headers or {})},  # PS3.18 8.4.4
     )
 
 
 def pictor_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, PictorError)
-    return _response(exc.status_code, exc.message)
+    return _response(exc.status_code, exc.message, exc.headers)
 
 
 def http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -39,6 +39,24 @@ FRAME_MEDIA_TYPES: dict[str, str] = {
 }
 
 
+#: newer name of the RLE media type (PS3.18 2020+); both are offered
+RLE_MEDIA_TYPES = ("image/x-dicom-rle", "image/dicom-rle")
+
+#: a media type asked for without a transfer-syntax parameter means its default syntax
+#: (PS3.18 8.7.3.5, Tables 8.7.3-3 and 8.7.3-5)
+DEFAULT_SYNTAX: dict[str, str] = {
+    "application/dicom": EXPLICIT_VR_LE,
+    "application/octet-stream": EXPLICIT_VR_LE,
+    "image/jpeg": "1.2.840.10008.1.2.4.70",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/jphc": "1.2.840.10008.1.2.4.201",
+    "image/x-dicom-rle": "1.2.840.10008.1.2.5",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+}
+
+
 def native_pixel_syntax(ts: str) -> str:
     """The transfer syntax that labels native frame bytes: implicit VR LE pixel bytes are
     exactly those of explicit VR LE (PS3.5 8.2), so they are offered as the latter."""
@@ -51,9 +69,28 @@ class Offer:
 
     media_type: str
     transfer_syntax: str
+    #: the archive holds this pixel data only in this lossy form: it answers a request
+    #: for the media type's default syntax too (PS3.18 8.7.3)
+    only_lossy: bool = False
 
     def header(self) -> str:
         return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
+
+
+#: lossy compressed transfer syntaxes (PS3.5 Table A-1 / 8.2)
+LOSSY_SYNTAXES = frozenset(
+    "1.2.840.10008.1.2.4." + n for n in ("50", "51", "81", "91", "93", "203")
+)
+
+
+def frame_offers(ts: str, *, stored: bool = False) -> list[Offer]:
+    """How frames encoded in transfer syntax ``ts`` can be labelled (PS3.18 8.7.3-5).
+    ``stored``: the archive's own copy is in ``ts``."""
+    media = FRAME_MEDIA_TYPES[ts]
+    lossy = stored and ts in LOSSY_SYNTAXES
+    if media == RLE_MEDIA_TYPES[0]:
+        return [Offer(m, ts) for m in RLE_MEDIA_TYPES]
+    return [Offer(media, native_pixel_syntax(ts), lossy)]
 
 
 def negotiate_multipart(
@@ -64,8 +101,9 @@ def negotiate_multipart(
     Accepts ``multipart/related; type="X"; transfer-syntax=Y``, bare ``X`` types, and
     wildcards; ``transfer-syntax=*`` takes any offer, whatever X says. A type without
     ``transfer-syntax`` means the type's default syntax (``default_syntax``), e.g.
-    Explicit VR Little Endian for application/octet-stream and application/dicom
-    (PS3.18 8.7.3.5).
+    Explicit VR Little Endian for application/octet-stream and application/dicom,
+    JPEG Lossless SV1 for image/jpeg (PS3.18 8.7.3, Tables 8.7.3-2 and 8.7.3-5), unless
+    the archive holds the pixel data only in lossy form (``Offer.only_lossy``).
     """
     best: tuple[float, int, Offer] | None = None
     for media, params, q in parse_accept(accept):
@@ -86,7 +124,14 @@ def negotiate_multipart(
             ):
                 continue
             if syntax is None:
-                fits = default_syntax.get(offer.media_type) in (None, offer.transfer_syntax)
+                # a named type without the parameter means its default syntax; a
+                # wildcard leaves the choice to the server (stored form first)
+                named = wanted == offer.media_type
+                fits = (
+                    not named
+                    or offer.only_lossy
+                    or default_syntax.get(wanted) in (None, offer.transfer_syntax)
+                )
             else:
                 fits = syntax in ("*", offer.transfer_syntax)
             if fits:
@@ -100,6 +145,5 @@ def negotiate_multipart(
         )
         raise NotAcceptable(
             f"cannot produce what Accept asks for ({accept}); available: {available}"
-            " (transcoding between transfer syntaxes is not available yet)"
         )
     return best[2]

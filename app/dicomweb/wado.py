@@ -4,17 +4,21 @@ Metadata comes from the DICOM JSON stored at ingest, never from the files; frame
 bulk data are read from the byte ranges recorded at ingest; instances are sent as
 stored. Responses stream: memory does not grow with the size of a study.
 
-Instances and frames can also be decoded on the fly to native Explicit VR Little Endian,
-the default syntax (in worker processes). Not yet here (issue #4): encoding to
-compressed syntaxes, rendered images, thumbnails and ZIP archives. A request that needs
-them gets 406 naming what is offered.
+Instances and frames can also be transcoded on the fly (in worker processes): decoded
+to native Explicit VR Little Endian, the default syntax, or encoded again as RLE,
+JPEG-LS, JPEG 2000 or JPEG Baseline (:mod:`app.codec.transcode`). A request for
+something that cannot be produced gets 406 naming what is offered. Studies and series
+also come as one ``application/zip`` archive, streamed.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import secrets
+import time
+import zipfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,25 +27,31 @@ from litestar import Request, get
 from litestar.response import Response, Stream
 
 from app.codec import pool
-from app.codec.transcode import can_decode, decode_frame, to_explicit_le
+from app.codec.transcode import (
+    ENCODABLE,
+    TranscodeError,
+    can_decode,
+    can_encode,
+    encode_frame,
+    transcode_instance,
+)
 from app.dicom.json_model import BASE_MARKER
 from app.dicom.uids import uid_problem
 from app.dicomweb.media import (
+    DEFAULT_SYNTAX,
     EXPLICIT_VR_LE,
     FRAME_MEDIA_TYPES,
     Offer,
+    frame_offers,
     native_pixel_syntax,
     negotiate_multipart,
 )
-from app.dicomweb.negotiation import SEARCH_MEDIA_TYPES, choose
+from app.dicomweb.negotiation import SEARCH_MEDIA_TYPES, choose, parse_accept
 from app.dicomweb.urls import request_base_url
-from app.errors import BadRequest, NotAcceptable, NotFound
+from app.errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
 from app.index import retrieve
 from app.index.retrieve import Scope, StoredInstance
 from app.storage import FileBlobStore
-
-#: with no transfer-syntax parameter these types mean Explicit VR Little Endian (PS3.18 8.7.3.5)
-DEFAULT_SYNTAX = {"application/dicom": EXPLICIT_VR_LE, "application/octet-stream": EXPLICIT_VR_LE}
 
 
 def target_scope(request: Request[Any, Any, Any]) -> Scope:
@@ -123,31 +133,129 @@ def multipart_stream(
 # -- instances --------------------------------------------------------------------------
 
 
+def _targets(inst: StoredInstance) -> list[str]:
+    """Transfer syntaxes this instance can be transcoded to, default syntax first."""
+    if not can_decode(inst.transfer_syntax):
+        return []
+    targets = [EXPLICIT_VR_LE] if inst.transfer_syntax != EXPLICIT_VR_LE else []
+    if inst.number_of_frames:
+        targets += [
+            t
+            for t in ENCODABLE
+            if t != inst.transfer_syntax
+            and can_encode(
+                t,
+                bits_allocated=inst.bits_allocated,
+                bits_stored=inst.bits_stored,
+                samples=inst.samples_per_pixel,
+                photometric=inst.photometric,
+            )
+        ]
+    return targets
+
+
+def wants_zip(accept: str | None) -> bool:
+    """Whether Accept prefers ``application/zip`` (PS3.18 10.4.1.1.1, Table 8.7.4-1) over
+    multipart/related: it is named, with a q-value no lower than any named DICOM type."""
+    zip_q = other_q = 0.0
+    for media, _, q in parse_accept(accept):
+        if media == "application/zip":
+            zip_q = max(zip_q, q)
+        elif media in ("multipart/related", "application/dicom"):
+            other_q = max(other_q, q)
+    return zip_q > 0 and zip_q >= other_q
+
+
+class _Sink(io.RawIOBase):
+    """A write-only, unseekable file: zipfile then writes data descriptors and never
+    goes back, so the archive can be sent while it is written."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self.chunks)
+        self.chunks.clear()
+        return out
+
+
+async def zip_body(store: FileBlobStore, stored: list[StoredInstance]) -> AsyncIterator[bytes]:
+    """The instances as stored, in a ZIP archive (stored entries, ZIP64 where needed),
+    named ``study/series/sop.dcm``; memory holds one chunk at a time."""
+    sink = _Sink()
+    now = time.localtime()[:6]
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for inst in stored:
+            entry = zipfile.ZipInfo(
+                f"{inst.file_key.rsplit('/', 1)[0]}/{inst.sop_instance_uid}.dcm", now
+            )
+            entry.file_size = inst.file_size
+            with archive.open(entry, "w") as out:
+                async for chunk in store.read_range(inst.file_key):
+                    out.write(chunk)
+                    yield sink.take()
+            yield sink.take()
+    yield sink.take()
+
+
 async def _instances(request: Request[Any, Any, Any]) -> Stream:
-    """Retrieve instances (PS3.18 10.4.1.1.1) in multipart/related: as stored, or, where
-    the client asks for the default Explicit VR Little Endian, re-encoded in a worker."""
+    """Retrieve instances (PS3.18 10.4.1.1.1) in multipart/related: as stored, or
+    transcoded in a worker to the transfer syntax the client asks for (Explicit VR
+    Little Endian when it names none); or as one application/zip archive."""
     scope = target_scope(request)
     state = request.app.state
     stored = await retrieve.instances(state.pool, scope)
     accept = request.headers.get("accept")
+    store: FileBlobStore = state.store
+    if wants_zip(accept):
+        name = (scope.series or scope.study) + ".zip"
+        return Stream(
+            zip_body(store, stored),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
     chosen = {}
     for inst in stored:
+        # no only_lossy here: application/dicom without a parameter gets Explicit VR
+        # Little Endian even for lossy originals, which every reader can decode
         offers = [Offer("application/dicom", inst.transfer_syntax)]
-        if inst.transfer_syntax != EXPLICIT_VR_LE and can_decode(inst.transfer_syntax):
-            offers.append(Offer("application/dicom", EXPLICIT_VR_LE))
+        offers += [Offer("application/dicom", t) for t in _targets(inst)]
         chosen[inst.sop_instance_uid] = negotiate_multipart(accept, offers, DEFAULT_SYNTAX)
-    store: FileBlobStore = state.store
 
-    async def converted(path: str) -> AsyncIterator[bytes]:
-        yield await pool.run(to_explicit_le, path)
+    async def convert(path: str, target: str) -> bytes:
+        try:
+            return await pool.run(transcode_instance, path, target)
+        except TranscodeError as exc:
+            raise NotAcceptable(str(exc)) from exc
+
+    # the first conversion runs before the response starts, so that an instance the
+    # codecs cannot handle gets a status code; a later failure ends the stream early
+    first: bytes | None = None
+    head = stored[0]
+    if chosen[head.sop_instance_uid].transfer_syntax != head.transfer_syntax:
+        target = chosen[head.sop_instance_uid].transfer_syntax
+        first = await convert(str(store.path(head.file_key)), target)
+
+    async def once(data: bytes) -> AsyncIterator[bytes]:
+        yield data
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
-        for inst in stored:
+        for i, inst in enumerate(stored):
             offer = chosen[inst.sop_instance_uid]
             if offer.transfer_syntax == inst.transfer_syntax:
                 yield offer.header(), store.read_range(inst.file_key)
+            elif i == 0 and first is not None:
+                yield offer.header(), once(first)
             else:
-                yield offer.header(), converted(str(store.path(inst.file_key)))
+                data = await convert(str(store.path(inst.file_key)), offer.transfer_syntax)
+                yield offer.header(), once(data)
 
     return multipart_stream(parts(), "application/dicom")
 
@@ -191,7 +299,9 @@ def parse_frame_list(text: str, count: int) -> list[int]:
 )
 async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream:
     """Retrieve frames (PS3.18 10.4.1.1.4): each frame as one part, as stored (byte
-    ranges recorded at ingest) or decoded to native Explicit VR Little Endian."""
+    ranges recorded at ingest), or transcoded in a worker: decoded to native Explicit VR
+    Little Endian, or encoded as RLE, JPEG-LS, JPEG 2000 or JPEG Baseline, with the
+    media type of PS3.18 Table 8.7.3-5."""
     scope = target_scope(request)
     state = request.app.state
     (inst,) = await retrieve.instances(state.pool, scope)
@@ -203,10 +313,10 @@ async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream:
     stored = native_pixel_syntax(inst.transfer_syntax)
     offers = []
     if addressable and inst.transfer_syntax in FRAME_MEDIA_TYPES:
-        offers.append(Offer(FRAME_MEDIA_TYPES[inst.transfer_syntax], stored))
-    if (not addressable or stored != EXPLICIT_VR_LE) and can_decode(inst.transfer_syntax):
-        # decoded on the fly to the default syntax (PS3.18 8.7.3.5)
-        offers.append(Offer("application/octet-stream", EXPLICIT_VR_LE))
+        offers += frame_offers(inst.transfer_syntax, stored=True)
+    for target in _targets(inst):
+        if target != stored or not addressable:
+            offers += frame_offers(target)
     if not offers:
         raise NotAcceptable(f"frames in transfer syntax {inst.transfer_syntax} cannot be served")
     chosen = negotiate_multipart(request.headers.get("accept"), offers, DEFAULT_SYNTAX)
@@ -214,17 +324,26 @@ async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream:
     path = str(store.path(inst.file_key))
     as_stored = addressable and chosen.transfer_syntax == stored
 
-    async def frame(number: int) -> AsyncIterator[bytes]:
+    async def encoded(number: int) -> bytes:
+        try:
+            return await pool.run(encode_frame, path, number - 1, chosen.transfer_syntax)
+        except TranscodeError as exc:
+            raise NotAcceptable(f"frame {number}: {exc}") from exc
+
+    # the first frame is transcoded before the response starts: a failure gets a status
+    first = None if as_stored else await encoded(numbers[0])
+
+    async def frame(i: int, number: int) -> AsyncIterator[bytes]:
         if not as_stored:
-            yield await pool.run(decode_frame, path, number - 1)
+            yield first if i == 0 and first is not None else await encoded(number)
             return
         for offset, length in inst.frame_ranges(number):
             async for chunk in store.read_range(inst.file_key, offset, length):
                 yield chunk
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
-        for number in numbers:
-            yield chosen.header(), frame(number)
+        for i, number in enumerate(numbers):
+            yield chosen.header(), frame(i, number)
 
     return multipart_stream(parts(), chosen.media_type)
 
@@ -239,29 +358,77 @@ def _bulk_range(inst: StoredInstance, path: str) -> tuple[int, int]:
     raise NotFound(f"no bulk data {path!r} in instance {inst.sop_instance_uid}")
 
 
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """A single ``bytes=first-last`` / ``bytes=first-`` / ``bytes=-suffix`` range (RFC 9110
+    14.1.2) as (offset, length); None to send everything (no header, or several ranges,
+    which RFC 9110 14.2 lets a server ignore). 416 when it lies outside the value."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_text, dash, last_text = spec.strip().partition("-")
+    if not dash or not (first_text + last_text).isdigit():
+        raise RangeNotSatisfiable(f"malformed Range header {header!r}", size)
+    if not first_text:  # suffix: the last N bytes
+        length = min(int(last_text), size)
+        if length == 0:
+            raise RangeNotSatisfiable(f"Range {header!r} selects nothing", size)
+        return size - length, length
+    first = int(first_text)
+    last = min(int(last_text), size - 1) if last_text else size - 1
+    if first >= size or last < first:
+        raise RangeNotSatisfiable(f"Range {header!r} is outside the {size}-byte value", size)
+    return first, last - first + 1
+
+
 @get(
     "/studies/{study:str}/series/{series:str}/instances/{instance:str}/bulk/{path:path}",
     name="wado-bulk",
 )
 async def retrieve_bulk(request: Request[Any, Any, Any]) -> Stream:
     """Retrieve bulk data (PS3.18 10.4.1.1.5): the value a BulkDataURI in the metadata
-    points at, as application/octet-stream in multipart/related."""
+    points at, in multipart/related, or as a single ``application/octet-stream`` body
+    when that is what Accept names. ``Range: bytes=...`` selects part of the value
+    (206 Partial Content, with Content-Range), for large values such as video."""
     scope = target_scope(request)
     state = request.app.state
     (inst,) = await retrieve.instances(state.pool, scope)
     path = request.path_params["path"].strip("/")
     offset, length = _bulk_range(inst, path)
-    negotiate_multipart(
-        request.headers.get("accept"),
+    accept = request.headers.get("accept")
+    offer = negotiate_multipart(
+        accept,
         [Offer("application/octet-stream", native_pixel_syntax(inst.transfer_syntax))],
         {},
     )
+    single = any(
+        media == "application/octet-stream" and q > 0 for media, _, q in parse_accept(accept)
+    ) and not any(media == "multipart/related" and q > 0 for media, _, q in parse_accept(accept))
+    wanted = parse_range(request.headers.get("range"), length)
+    headers = {"Accept-Ranges": "bytes"}
+    status = 200
+    if wanted is not None:
+        start, size = wanted
+        headers["Content-Range"] = f"bytes {start}-{start + size - 1}/{length}"
+        offset, length, status = offset + start, size, 206
     store: FileBlobStore = state.store
+    if single:
+        headers["Content-Length"] = str(length)
+        return Stream(
+            store.read_range(inst.file_key, offset, length),
+            media_type=offer.media_type,
+            status_code=status,
+            headers=headers,
+        )
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         yield "application/octet-stream", store.read_range(inst.file_key, offset, length)
 
-    return multipart_stream(parts(), "application/octet-stream")
+    response = multipart_stream(parts(), "application/octet-stream")
+    response.status_code = status
+    response.headers.update(headers)
+    return response
 
 
 ROUTES = [

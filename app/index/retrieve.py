@@ -40,6 +40,9 @@ class StoredInstance:
     frame_first: list[int] | None
     bits_allocated: int | None
     bulk: bytes
+    bits_stored: int | None = None
+    samples_per_pixel: int | None = None
+    photometric: str | None = None
 
     def frame_ranges(self, number: int) -> list[tuple[int, int]]:
         """Byte ranges of frame ``number`` (1-based, PS3.18 10.4.1.1.4) in the stored file."""
@@ -86,7 +89,8 @@ async def instances(pool: asyncpg.Pool, scope: Scope) -> list[StoredInstance]:
         pool,
         f"""SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_key,
                    i.file_size, i.file_sha256, i.number_of_frames, i.frame_offsets,
-                   i.frame_lengths, i.frame_first, i.bits_allocated, i.bulk, se.series_uid
+                   i.frame_lengths, i.frame_first, i.bits_allocated, i.bulk, se.series_uid,
+                   i.bits_stored, i.samples_per_pixel, i.photometric_interpretation
             FROM {_FROM} WHERE {_WHERE} ORDER BY {_ORDER}""",
         scope,
     )
@@ -105,6 +109,9 @@ async def instances(pool: asyncpg.Pool, scope: Scope) -> list[StoredInstance]:
             frame_first=list(r[9]) if r[9] is not None else None,
             bits_allocated=r[10],
             bulk=bytes(r[11]),
+            bits_stored=r[13],
+            samples_per_pixel=r[14],
+            photometric=r[15],
         )
         for r in rows
     ]
