@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.config import ConfigError, Settings, load_settings
+from app.viewer import OHIF_VERSION
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -18,6 +19,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "data_dir": getattr(args, "data_dir", None),
         "dimse_port": getattr(args, "dimse_port", None),
         "workers": getattr(args, "workers", None),
+        "cors_origins": getattr(args, "cors_origins", None),
+        "viewer_dir": getattr(args, "viewer_dir", None),
     }
     try:
         return load_settings(overrides)
@@ -79,6 +82,18 @@ def import_(args: argparse.Namespace) -> int:
     return run_import(settings, [Path(p) for p in args.paths], jobs=args.jobs)
 
 
+def viewer_install(args: argparse.Namespace) -> int:
+    """Fetch OHIF from the npm registry into the viewer directory (served at /viewer)."""
+    from app.viewer import ViewerError, install
+
+    settings = _settings(args)
+    try:
+        install(settings.viewer_path, args.version)
+    except ViewerError as exc:
+        sys.exit(f"pictor: {exc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pictor", description="Pictor imaging archive")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--dimse-port", type=int, help="DIMSE port (env PICTOR_DIMSE_PORT; default 11112)"
     )
+    s.add_argument(
+        "--cors-origins",
+        help="web origins allowed to read responses, comma separated, '*' for any "
+        "(env PICTOR_CORS_ORIGINS; default none)",
+    )
+    s.add_argument(
+        "--viewer-dir",
+        help="OHIF bundle served at /viewer (env PICTOR_VIEWER_DIR; default DATA_DIR/viewer)",
+    )
     common(s)
     s.set_defaults(func=serve)
 
@@ -107,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(i)
     i.set_defaults(func=import_)
+
+    v = sub.add_parser("viewer", help="the built-in web viewer (OHIF) served at /viewer")
+    vsub = v.add_subparsers(dest="action", required=True)
+    vi = vsub.add_parser("install", help="install OHIF from the npm registry (needs npm)")
+    vi.add_argument("--version", default=OHIF_VERSION, help=f"@ohif/app version ({OHIF_VERSION})")
+    vi.add_argument(
+        "--viewer-dir", help="where to put it (env PICTOR_VIEWER_DIR; default DATA_DIR/viewer)"
+    )
+    vi.add_argument(
+        "--data-dir", help="data directory (env PICTOR_DATA_DIR; default ./pictor-data)"
+    )
+    vi.set_defaults(func=viewer_install)
     return parser
 
 

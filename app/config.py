@@ -9,6 +9,7 @@ Precedence: command-line flag > environment variable > default.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Origins allowed to read responses in a browser (Fetch standard CORS), comma
     #: separated; ``*`` only when asked for. Empty: no other origin.
     cors_origins: str = ""
+    #: Where ``pictor viewer install`` puts the OHIF bundle that ``/viewer`` serves;
+    #: empty means ``<data_dir>/viewer``.
+    viewer_dir: str = ""
     #: ``postgresql://...``; empty means "run a private PostgreSQL under data_dir".
     database_url: str = ""
     #: Base URL written into RetrieveURL / BulkDataURI, e.g. ``https://pacs.example.org/dicom-web``.
@@ -64,7 +68,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
-        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+        """``cors_origins`` as serialized origins (Fetch standard, "origin"): lower case,
+        no trailing slash, default ports dropped, as browsers send them in ``Origin``."""
+        return tuple(normalize_origin(o) for o in self.cors_origins.split(",") if o.strip())
+
+    @property
+    def viewer_path(self) -> Path:
+        return Path(self.viewer_dir) if self.viewer_dir else self.data_dir / "viewer"
 
     @property
     def worker_count(self) -> int:
@@ -81,6 +91,7 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_DIMSE_PEERS": "dimse_peers",
     "PICTOR_DIMSE_RESTRICT": "dimse_restrict",
     "PICTOR_CORS_ORIGINS": "cors_origins",
+    "PICTOR_VIEWER_DIR": "viewer_dir",
     "DATABASE_URL": "database_url",
     "PICTOR_PUBLIC_BASE_URL": "public_base_url",
     "PICTOR_ON_DUPLICATE": "on_duplicate",
@@ -111,6 +122,28 @@ def parse_peers(text: str) -> dict[str, tuple[str, int]]:
     return peers
 
 
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^/?#@\s\[\]:]+)(:[0-9]{1,5})?")
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def normalize_origin(text: str) -> str:
+    """One allowed CORS origin from the settings, as a browser serializes it in its
+    ``Origin`` header (``scheme://host[:port]``), or ``*`` / ``null``."""
+    origin = text.strip().rstrip("/").lower()
+    if origin in ("*", "null"):
+        return origin
+    if not _ORIGIN.fullmatch(origin):
+        raise ConfigError(
+            f"CORS origin {text.strip()!r} is not scheme://host[:port] (e.g. "
+            f"https://viewer.example.org), '*' or 'null'"
+        )
+    scheme = origin.partition("://")[0]
+    default = _DEFAULT_PORTS.get(scheme)
+    if default and origin.endswith(default):
+        origin = origin[: -len(default)]
+    return origin
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -137,10 +170,13 @@ def load_settings(
     if not 0 < len(settings.dimse_ae_title.strip()) <= 16:
         raise ConfigError("the AE title must have 1 to 16 characters (PS3.5 6.2, VR AE)")
     parse_peers(settings.dimse_peers)
+    viewer_dir = settings.viewer_dir.strip()
     return msgspec.structs.replace(
         settings,
         data_dir=settings.data_dir.expanduser().resolve(),
         public_base_url=settings.public_base_url.rstrip("/"),
+        cors_origins=",".join(settings.cors_origin_list),  # ConfigError when malformed
+        viewer_dir=str(Path(viewer_dir).expanduser().resolve()) if viewer_dir else "",
     )
 
 

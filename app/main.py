@@ -13,7 +13,8 @@ from litestar.response import Response
 
 from app.codec import pool as codec_pool
 from app.config import Settings
-from app.dicomweb import qido, rendered, wado
+from app.dicomweb import qido, rendered, viewer, wado
+from app.dicomweb.cors import CrossOriginMiddleware
 from app.dicomweb.errors import EXCEPTION_HANDLERS
 from app.dicomweb.stow import store_instances
 from app.dicomweb.urls import DICOMWEB_PREFIX
@@ -94,11 +95,14 @@ def create_app(settings: Settings) -> Litestar:
         path=DICOMWEB_PREFIX,
         route_handlers=[store_instances, *qido.ROUTES, *wado.ROUTES, *rendered.ROUTES],
     )
-    return Litestar(
-        route_handlers=[dicomweb, health],
+    app = Litestar(
+        route_handlers=[dicomweb, health, *viewer.ROUTES],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=None,
         openapi_config=None,
         debug=False,
     )
+    # outermost, outside the exception handlers: error answers carry CORS headers too
+    app.asgi_handler = CrossOriginMiddleware(app.asgi_handler, settings.cors_origin_list)
+    return app
