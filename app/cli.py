@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +21,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "port": getattr(args, "port", None),
         "data_dir": getattr(args, "data_dir", None),
         "dimse_port": getattr(args, "dimse_port", None),
+        "dimse_ae_title": getattr(args, "dimse_ae_title", None),
         "workers": getattr(args, "workers", None),
         "cors_origins": getattr(args, "cors_origins", None),
         "viewer_dir": getattr(args, "viewer_dir", None),
@@ -45,6 +49,7 @@ def serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     embedded: EmbeddedPostgres | None = None
+    dimse: subprocess.Popen[bytes] | None = None
     try:
         if not settings.database_url:
             embedded = EmbeddedPostgres(settings.pg_dir)
@@ -52,6 +57,8 @@ def serve(args: argparse.Namespace) -> int:
         asyncio.run(prepare(settings, settings.database_url))
         # server processes read their settings from the environment
         os.environ.update(to_environment(settings))
+        if settings.dimse_port:
+            dimse = _start_dimse(settings)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         print(f"Pictor DICOMweb at http://{host}:{settings.port}/dicom-web", flush=True)
         print(f"Data directory: {settings.data_dir}", flush=True)
@@ -69,9 +76,38 @@ def serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=10,
         )
     finally:
+        if dimse is not None:
+            _stop_dimse(dimse)
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _start_dimse(settings: Settings, timeout: float = 30) -> subprocess.Popen[bytes]:
+    """Start the DIMSE process (``python -m app.dimse``, settings from the environment)
+    and wait until it accepts connections, so a ready server is ready on both doors."""
+    proc = subprocess.Popen([sys.executable, "-m", "app.dimse"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"pictor: the DIMSE process exited ({proc.returncode}); see above")
+        try:
+            with socket.create_connection((settings.host, settings.dimse_port), timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    _stop_dimse(proc)
+    sys.exit(f"pictor: the DIMSE process did not listen on port {settings.dimse_port}")
+
+
+def _stop_dimse(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()  # SIGTERM: open associations are aborted, the pool closed
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def import_(args: argparse.Namespace) -> int:
@@ -106,12 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--workers", type=int, help="worker processes for parsing (env PICTOR_WORKERS)"
         )
 
-    s = sub.add_parser("serve", help="run the archive (DICOMweb over HTTP)")
+    s = sub.add_parser("serve", help="run the archive (DICOMweb over HTTP, DIMSE)")
     s.add_argument("--host", help="bind address (env PICTOR_HOST; default 127.0.0.1)")
     s.add_argument("--port", type=int, help="HTTP port (env PICTOR_PORT; default 8042)")
     s.add_argument(
-        "--dimse-port", type=int, help="DIMSE port (env PICTOR_DIMSE_PORT; default 11112)"
+        "--dimse-port",
+        type=int,
+        help="DIMSE port (env PICTOR_DIMSE_PORT; default 11112; 0 turns DIMSE off)",
     )
+    s.add_argument("--dimse-ae-title", help="DIMSE AE title (env PICTOR_AE_TITLE; default PICTOR)")
     s.add_argument(
         "--cors-origins",
         help="web origins allowed to read responses, comma separated, '*' for any "

@@ -1,0 +1,168 @@
+"""The DIMSE process: one pynetdicom Application Entity next to one event loop.
+
+``pictor serve`` starts this process (``python -m app.dimse``) before its HTTP workers,
+with the same settings in the environment, and stops it when it stops. The main thread
+runs the asyncio event loop, owning the one asyncpg pool, the blob store and ingest;
+pynetdicom's acceptor runs associations on their own threads (PS3.8: several
+associations at once) and reaches the loop through :class:`app.dimse.bridge.Bridge`.
+
+Presentation contexts supported (PS3.8 9.3.3.2, PS3.7 annexes for the roles):
+
+* Verification (PS3.4 A), every storage SOP class pynetdicom knows (PS3.4 B.5) and the
+  Patient / Study Root Query/Retrieve FIND, MOVE and GET classes (PS3.4 C.6);
+* every transfer syntax of PS3.5 Annex A, preferring, when a requestor offers several
+  in one context, the encapsulated (compressed) ones, so an instance is kept as the
+  modality encoded it, then deflated, then Explicit and Implicit VR Little Endian;
+* storage classes also in the SCP role for the requestor (SCP/SCU Role Selection,
+  PS3.7 D.3.3.4), which C-GET needs to send instances back on the same association.
+
+Calling AE titles may be restricted to the configured peers (``dimse_restrict``): others
+get A-ASSOCIATE-RJ, "calling AE title not recognized" (PS3.8 9.3.4), and so do requests
+to another called AE title.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from pydicom.uid import UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+from app.config import ConfigError, Settings, load_settings
+from app.dimse.bridge import Bridge
+from app.dimse.find import MODELS, Find
+from app.dimse.resources import Resources
+from app.dimse.retrieve import VERIFICATION, Retrieve
+from app.dimse.status import SUCCESS
+from app.dimse.store import Storage
+from app.index.database import create_pool
+from app.ingest import Ingest
+from app.storage import FileBlobStore
+
+log = logging.getLogger("pictor.dimse")
+
+#: associations served at once (each has its own thread)
+MAX_ASSOCIATIONS = 32
+#: largest P-DATA PDU received (PS3.8 D.1): fewer, larger PDUs for big instances
+MAX_PDU = 1 << 20
+
+#: storage SOP classes of PS3.4 B.5 / PS3.6 Annex A that pynetdicom does not list
+#: (retired and trial classes a legacy modality may still send, DICOS, eddy current)
+EXTRA_STORAGE = (
+    "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.5",  # Nuclear Medicine Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.12.3",  # X-Ray Angiographic Bi-Plane Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.77.1",  # VL Image Storage - Trial (Retired)
+    "1.2.840.10008.5.1.4.1.1.77.2",  # VL Multi-frame Image Storage - Trial (Retired)
+    "1.2.840.10008.5.1.4.1.1.88.1",  # Text SR Storage - Trial (Retired)
+    "1.2.840.10008.5.1.4.1.1.88.2",  # Audio SR Storage - Trial (Retired)
+    "1.2.840.10008.5.1.4.1.1.88.3",  # Detail SR Storage - Trial (Retired)
+    "1.2.840.10008.5.1.4.1.1.88.4",  # Comprehensive SR Storage - Trial (Retired)
+    "1.2.840.10008.5.1.4.1.1.501.1",  # DICOS CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.501.2.1",  # DICOS Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.501.2.2",  # DICOS Digital X-Ray Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.501.3",  # DICOS Threat Detection Report Storage
+    "1.2.840.10008.5.1.4.1.1.501.4",  # DICOS 2D AIT Storage
+    "1.2.840.10008.5.1.4.1.1.501.5",  # DICOS 3D AIT Storage
+    "1.2.840.10008.5.1.4.1.1.501.6",  # DICOS Quadrupole Resonance (QR) Storage
+    "1.2.840.10008.5.1.4.1.1.601.1",  # Eddy Current Image Storage
+    "1.2.840.10008.5.1.4.1.1.601.2",  # Eddy Current Multi-frame Image Storage
+)
+
+
+def _preference(syntax: str) -> int:
+    uid = UID(syntax)
+    if uid.is_encapsulated:
+        return 0
+    if uid.is_deflated:
+        return 1
+    return {"1.2.840.10008.1.2.1": 2, "1.2.840.10008.1.2": 3}.get(syntax, 4)
+
+
+#: the acceptor takes, of a context's transfer syntaxes, the first of this list it finds
+TRANSFER_SYNTAXES = sorted(ALL_TRANSFER_SYNTAXES, key=_preference)
+
+
+def build_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.dimse_ae_title)
+    ae.maximum_associations = MAX_ASSOCIATIONS
+    ae.maximum_pdu_size = MAX_PDU
+    ae.add_supported_context(VERIFICATION)
+    storage = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    for sop_class in storage + [c for c in EXTRA_STORAGE if c not in storage]:
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for sop_class in MODELS:  # Patient / Study Root FIND, MOVE, GET
+        ae.add_supported_context(sop_class)
+    if settings.dimse_restrict:
+        peers = sorted(settings.peers)
+        if not peers:
+            raise ConfigError(
+                "PICTOR_DIMSE_RESTRICT is on but PICTOR_DIMSE_PEERS is empty: "
+                "no calling AE title could associate"
+            )
+        ae.require_calling_aet = peers
+        ae.require_called_aet = True
+    return ae
+
+
+def handlers(res: Resources) -> list[Any]:
+    storage, find, retrieve = Storage(res.ingest, res.bridge), Find(res), Retrieve(res)
+    return [
+        (evt.EVT_C_ECHO, lambda event: SUCCESS),  # PS3.7 9.1.5: Verification
+        (evt.EVT_C_STORE, storage.handle),
+        (evt.EVT_C_FIND, find.handle),
+        (evt.EVT_C_MOVE, retrieve.handle_move),
+        (evt.EVT_C_GET, retrieve.handle_get),
+    ]
+
+
+async def serve(settings: Settings) -> None:
+    """Accept associations until SIGTERM / SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ae = build_ae(settings)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    try:
+        store = FileBlobStore(settings.storage_dir, settings.tmp_dir)
+        res = Resources(settings, pool, store, Ingest(settings, pool, store), Bridge(loop))
+        ae.start_server(
+            (settings.host, settings.dimse_port), block=False, evt_handlers=handlers(res)
+        )
+        print(
+            f"Pictor DIMSE {settings.dimse_ae_title} at {settings.host}:{settings.dimse_port}",
+            flush=True,
+        )
+        try:
+            await stop.wait()
+        finally:
+            # associations still running finish their work on the loop while it turns
+            await asyncio.to_thread(ae.shutdown)
+    finally:
+        await pool.close()
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+        if not settings.database_url:
+            raise ConfigError("the DIMSE process needs DATABASE_URL (pictor serve sets it)")
+        level = settings.log_level.upper()
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+        import uvloop
+
+        uvloop.run(serve(settings))
+    except ConfigError as exc:
+        print(f"pictor dimse: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the port is taken
+        print(f"pictor dimse: {exc}", file=sys.stderr)
+        return 1
+    return 0
