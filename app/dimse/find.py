@@ -129,7 +129,7 @@ def parse_identifier(identifier: Dataset, model: Model, *, retrieve: bool = Fals
         if tag in (QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET) or _ignored(elem):
             continue
         returned.add(tag)
-        name = f"{tag:08X}"
+        name = keyword(tag)  # the parser takes keywords or tags; comments read better
         if elem.VR == "SQ":
             matching = _sequence_params(elem, name)
         else:
@@ -147,7 +147,7 @@ def parse_identifier(identifier: Dataset, model: Model, *, retrieve: bool = Fals
         if level == "PATIENT" and tag >> 16 != 0x0010:
             raise IdentifierError(f"{keyword(tag)} is not a Patient level key", offending=tag)
         params.extend(matching)
-    if retrieve and not any(int(name[:8], 16) == UNIQUE_KEYS[level] for name, _ in params):
+    if retrieve and keyword(UNIQUE_KEYS[level]) not in (name for name, _ in params):
         key = UNIQUE_KEYS[level]
         raise IdentifierError(f"the {level} level needs a {keyword(key)} value", offending=key)
     try:
@@ -224,7 +224,7 @@ def _sequence_params(elem: DataElement, name: str) -> list[tuple[str, str]]:
     for sub in items[0] if items else []:
         if _ignored(sub):
             continue
-        path = f"{name}.{int(sub.tag):08X}"
+        path = f"{name}.{keyword(int(sub.tag))}"
         if sub.VR == "SQ":
             params.extend(_sequence_params(sub, path))
         elif (value := _text(sub)) not in ("", "*"):

@@ -12,7 +12,9 @@ transfer syntax when the peer accepted that syntax for its SOP class; an uncompr
 little endian one may go in any other uncompressed little endian syntax the peer took
 (pynetdicom re-encodes the data set); otherwise it is decoded and sent as Explicit VR
 Little Endian (:func:`app.codec.transcode.to_explicit_le`) if the peer took an
-uncompressed syntax, or the sub-operation fails. pynetdicom counts the sub-operations
+uncompressed syntax, else re-encoded in a lossless syntax the peer took and the codecs
+can write (JPEG 2000 lossless, JPEG-LS lossless, RLE; never a lossy one), or the
+sub-operation fails. pynetdicom counts the sub-operations
 and sends the pending responses and the final one: success, B000H warning when some
 failed, A702H when all did, with the Failed SOP Instance UID List (C.4.2.1.4).
 """
@@ -35,7 +37,15 @@ from pydicom.uid import (
 from pynetdicom import build_context, evt
 from pynetdicom.presentation import PresentationContext
 
-from app.codec.transcode import to_explicit_le
+from app.codec.transcode import (
+    J2K_LOSSLESS,
+    JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
+    can_encode,
+    pixel_info,
+    to_explicit_le,
+    transcode_instance,
+)
 from app.dimse.find import MODELS, SERIES_UID, SOP_INSTANCE_UID, STUDY_UID, parse_identifier
 from app.dimse.find import search_all as search_all_pages
 from app.dimse.resources import Resources
@@ -57,9 +67,14 @@ MAX_CONTEXTS = 128
 Offered = dict[str, frozenset[str]]
 
 
+#: lossless syntaxes an instance may be re-encoded in, most preferred first
+LOSSLESS_TARGETS = (J2K_LOSSLESS, JPEG_LS_LOSSLESS, RLE_LOSSLESS)
+
+
 class Plan(Enum):
     AS_STORED = "as stored"
     TRANSCODE = "decoded to Explicit VR Little Endian"
+    ENCODE = "re-encoded in a lossless syntax the peer accepted"
 
 
 def plan(stored: str, offered: frozenset[str]) -> Plan | None:
@@ -68,6 +83,23 @@ def plan(stored: str, offered: frozenset[str]) -> Plan | None:
         return Plan.AS_STORED
     if offered & NATIVE_LE:
         return Plan.TRANSCODE
+    if any(t in offered for t in LOSSLESS_TARGETS):
+        return Plan.ENCODE
+    return None
+
+
+def lossless_target(path: str, offered: frozenset[str]) -> str | None:
+    """A lossless syntax of ``offered`` the codecs can encode this instance's pixels in."""
+    info = pixel_info(path)
+    for target in LOSSLESS_TARGETS:
+        if target in offered and can_encode(
+            target,
+            bits_allocated=info.bits_allocated,
+            bits_stored=info.bits_stored,
+            samples=info.samples,
+            photometric=info.photometric,
+        ):
+            return target
     return None
 
 
@@ -115,6 +147,14 @@ async def locate(res: Resources, query: Query, level: str) -> list[StoredInstanc
         except NotFound:
             continue  # deleted or replaced since the search
     return list(found.values())
+
+
+def _same_instance(ds: Dataset, inst: StoredInstance) -> Dataset:
+    """A retrieve sends the instance the archive holds, in another encoding: its SOP
+    Instance UID stays (pydicom's ``decompress`` makes up a new one by default)."""
+    ds.SOPInstanceUID = inst.sop_instance_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = inst.sop_instance_uid
+    return ds
 
 
 def _uid(row: dict[str, Any], tag: int) -> str:
@@ -191,7 +231,11 @@ class Retrieve:
             if how is Plan.AS_STORED:
                 return dcmread(path)
             if how is Plan.TRANSCODE:
-                return dcmread(io.BytesIO(to_explicit_le(str(path))))
+                return _same_instance(dcmread(io.BytesIO(to_explicit_le(str(path)))), inst)
+            target = lossless_target(str(path), offered) if how is Plan.ENCODE else None
+            if target is not None:
+                encoded = transcode_instance(str(path), target)
+                return _same_instance(dcmread(io.BytesIO(encoded)), inst)
         except Exception:  # noqa: BLE001 - one failed sub-operation, the others go on
             log.exception("instance %s could not be prepared", inst.sop_instance_uid)
         else:

@@ -30,7 +30,15 @@ import sys
 from typing import Any
 
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    evt,
+    register_uid,
+)
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 
 from app.config import ConfigError, Settings, load_settings
 from app.dimse.bridge import Bridge
@@ -52,27 +60,37 @@ MAX_PDU = 1 << 20
 
 #: storage SOP classes of PS3.4 B.5 / PS3.6 Annex A that pynetdicom does not list
 #: (retired and trial classes a legacy modality may still send, DICOS, eddy current)
-EXTRA_STORAGE = (
-    "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image Storage (Retired)
-    "1.2.840.10008.5.1.4.1.1.5",  # Nuclear Medicine Image Storage (Retired)
-    "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image Storage (Retired)
-    "1.2.840.10008.5.1.4.1.1.12.3",  # X-Ray Angiographic Bi-Plane Image Storage (Retired)
-    "1.2.840.10008.5.1.4.1.1.77.1",  # VL Image Storage - Trial (Retired)
-    "1.2.840.10008.5.1.4.1.1.77.2",  # VL Multi-frame Image Storage - Trial (Retired)
-    "1.2.840.10008.5.1.4.1.1.88.1",  # Text SR Storage - Trial (Retired)
-    "1.2.840.10008.5.1.4.1.1.88.2",  # Audio SR Storage - Trial (Retired)
-    "1.2.840.10008.5.1.4.1.1.88.3",  # Detail SR Storage - Trial (Retired)
-    "1.2.840.10008.5.1.4.1.1.88.4",  # Comprehensive SR Storage - Trial (Retired)
-    "1.2.840.10008.5.1.4.1.1.501.1",  # DICOS CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.501.2.1",  # DICOS Digital X-Ray Image Storage - For Presentation
-    "1.2.840.10008.5.1.4.1.1.501.2.2",  # DICOS Digital X-Ray Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.501.3",  # DICOS Threat Detection Report Storage
-    "1.2.840.10008.5.1.4.1.1.501.4",  # DICOS 2D AIT Storage
-    "1.2.840.10008.5.1.4.1.1.501.5",  # DICOS 3D AIT Storage
-    "1.2.840.10008.5.1.4.1.1.501.6",  # DICOS Quadrupole Resonance (QR) Storage
-    "1.2.840.10008.5.1.4.1.1.601.1",  # Eddy Current Image Storage
-    "1.2.840.10008.5.1.4.1.1.601.2",  # Eddy Current Multi-frame Image Storage
-)
+EXTRA_STORAGE = {
+    "1.2.840.10008.5.1.4.1.1.3": "UltrasoundMultiFrameImageStorageRetired",
+    "1.2.840.10008.5.1.4.1.1.5": "NuclearMedicineImageStorageRetired",
+    "1.2.840.10008.5.1.4.1.1.6": "UltrasoundImageStorageRetired",
+    "1.2.840.10008.5.1.4.1.1.12.3": "XRayAngiographicBiPlaneImageStorage",
+    "1.2.840.10008.5.1.4.1.1.77.1": "VLImageStorageTrial",
+    "1.2.840.10008.5.1.4.1.1.77.2": "VLMultiFrameImageStorageTrial",
+    "1.2.840.10008.5.1.4.1.1.88.1": "TextSRStorageTrial",
+    "1.2.840.10008.5.1.4.1.1.88.2": "AudioSRStorageTrial",
+    "1.2.840.10008.5.1.4.1.1.88.3": "DetailSRStorageTrial",
+    "1.2.840.10008.5.1.4.1.1.88.4": "ComprehensiveSRStorageTrial",
+    "1.2.840.10008.5.1.4.1.1.501.1": "DICOSCTImageStorage",
+    "1.2.840.10008.5.1.4.1.1.501.2.1": "DICOSDigitalXRayImageStorageForPresentation",
+    "1.2.840.10008.5.1.4.1.1.501.2.2": "DICOSDigitalXRayImageStorageForProcessing",
+    "1.2.840.10008.5.1.4.1.1.501.3": "DICOSThreatDetectionReportStorage",
+    "1.2.840.10008.5.1.4.1.1.501.4": "DICOS2DAITStorage",
+    "1.2.840.10008.5.1.4.1.1.501.5": "DICOS3DAITStorage",
+    "1.2.840.10008.5.1.4.1.1.501.6": "DICOSQuadrupoleResonanceStorage",
+    "1.2.840.10008.5.1.4.1.1.601.1": "EddyCurrentImageStorage",
+    "1.2.840.10008.5.1.4.1.1.601.2": "EddyCurrentMultiFrameImageStorage",
+}
+
+
+def storage_sop_classes() -> list[str]:
+    """pynetdicom's storage SOP classes and :data:`EXTRA_STORAGE`, registered with its
+    Storage service class so that C-STOREs of them are handled."""
+    known = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    for uid, name in EXTRA_STORAGE.items():
+        if uid not in known and uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, name, StorageServiceClass)
+    return known + [uid for uid in EXTRA_STORAGE if uid not in known]
 
 
 def _preference(syntax: str) -> int:
@@ -93,8 +111,7 @@ def build_ae(settings: Settings) -> AE:
     ae.maximum_associations = MAX_ASSOCIATIONS
     ae.maximum_pdu_size = MAX_PDU
     ae.add_supported_context(VERIFICATION)
-    storage = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
-    for sop_class in storage + [c for c in EXTRA_STORAGE if c not in storage]:
+    for sop_class in storage_sop_classes():
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     for sop_class in MODELS:  # Patient / Study Root FIND, MOVE, GET
         ae.add_supported_context(sop_class)
