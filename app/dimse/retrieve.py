@@ -30,6 +30,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -153,7 +154,7 @@ def _same_instance(ds: Dataset, inst: StoredInstance) -> Dataset:
     """A retrieve sends the instance the archive holds, in another encoding: its SOP
     Instance UID stays (pydicom's ``decompress`` makes up a new one by default)."""
     ds.SOPInstanceUID = inst.sop_instance_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = inst.sop_instance_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(inst.sop_instance_uid)
     return ds
 
 
