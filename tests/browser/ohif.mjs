@@ -1,0 +1,227 @@
+// Drives OHIF, served by Pictor at /viewer, in Debian's headless Chromium through
+// playwright-core, as a person would: study list, filter, open studies, upload, an IHE
+// Invoke Image Display link; and, from a page of another origin, cross-origin fetches.
+//
+// Usage: node ohif.mjs <scenario.json>. The scenario names the server, the studies to
+// expect, the file to upload, the artifacts directory and the CORS pages. The script
+// takes screenshots, records what it saw (texts, requests, statuses) and prints one
+// JSON object on its last line; tests/browser/test_ohif.py asserts on it (and on the
+// screenshots' pixels). Steps fail fast with a screenshot of where they stopped.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const scenario = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+const artifacts = scenario.artifacts;
+fs.mkdirSync(artifacts, { recursive: true });
+const result = { steps: {}, requests: [], console: [], missing: [] };
+
+const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pictor-chromium-'));
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: scenario.chromium || '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+  viewport: { width: 1280, height: 800 },
+});
+context.setDefaultTimeout(30000);
+// OHIF's first-visit notices cover part of the viewport: hide them as a returning user
+// would have (the investigational-use notice once per session; the guided tours)
+await context.addInitScript(() => {
+  try { sessionStorage.setItem('investigationalUseDialog', 'hidden'); } catch (e) { /* opaque origins */ }
+});
+
+const page = context.pages()[0] || (await context.newPage());
+page.on('console', (m) => {
+  if (m.type() === 'error') result.console.push(m.text().slice(0, 300));
+});
+page.on('response', (r) => {
+  const req = r.request();
+  if (r.status() >= 400 && !r.url().includes('/dicom-web/')) result.missing.push(`${r.status()} ${r.url()} (page ${page.url()})`);
+  if (!r.url().includes('/dicom-web/')) return;
+  result.requests.push({
+    method: req.method(),
+    url: r.url(),
+    status: r.status(),
+    accept: req.headers()['accept'] || '',
+    contentType: req.headers()['content-type'] || '',
+  });
+});
+
+async function shot(name, locator) {
+  const file = path.join(artifacts, `${name}.png`);
+  await (locator || page).screenshot({ path: file });
+  return file;
+}
+
+async function dismissNotices() {
+  for (const name of ['Skip all', 'Confirm and hide']) {
+    const button = page.getByRole('button', { name, exact: true });
+    if (await button.isVisible().catch(() => false)) await button.click().catch(() => {});
+    const text = page.getByText(name, { exact: true });
+    if (await text.isVisible().catch(() => false)) await text.click().catch(() => {});
+  }
+}
+
+async function step(name, fn) {
+  const started = Date.now();
+  try {
+    result.steps[name] = { ok: true, ...(await fn()) };
+  } catch (error) {
+    result.steps[name] = { ok: false, error: String(error && error.stack || error).slice(0, 2000) };
+    await shot(`failed-${name}`).catch(() => {});
+  }
+  result.steps[name].seconds = (Date.now() - started) / 1000;
+}
+
+async function rowText(name) {
+  const row = page.locator('tr', { hasText: name }).first();
+  await row.waitFor();
+  return (await row.innerText()).replace(/\s+/g, ' ');
+}
+
+// The share of clearly lit pixels in the middle of a screenshot (the corners hold OHIF's
+// text overlays), computed by the browser's own PNG decoder
+async function litFraction(png) {
+  return page.evaluate(async (b64) => {
+    const bitmap = await createImageBitmap(await (await fetch(`data:image/png;base64,${b64}`)).blob());
+    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    const context = canvas.getContext('2d');
+    context.drawImage(bitmap, 0, 0);
+    const [x, y, w, h] = [bitmap.width / 5, bitmap.height / 5, (bitmap.width * 3) / 5, (bitmap.height * 3) / 5];
+    const data = context.getImageData(x, y, w, h).data;
+    let lit = 0;
+    for (let i = 0; i < data.length; i += 4) if (data[i] + data[i + 1] + data[i + 2] > 120) lit++;
+    return lit / (data.length / 4);
+  }, png.toString('base64'));
+}
+
+// The frames of a study drawn in the viewport: wait for OHIF to ask for frames, for all
+// of them to be answered, then for the canvas to settle.
+async function openStudy(name, url, { omitQuotation = true } = {}) {
+  if (!omitQuotation) {
+    await page.route('**/viewer/app-config.js', async (route) => {
+      const response = await route.fetch();
+      const body = (await response.text()).replace(
+        '"omitQuotationForMultipartRequest": true', '"omitQuotationForMultipartRequest": false');
+      await route.fulfill({ response, body });
+    });
+  }
+  const before = result.requests.length;
+  await page.goto(url);
+  await page.waitForURL(/\/viewer\/viewer\?/);
+  const canvas = page.locator('canvas.cornerstone-canvas').first();
+  await canvas.waitFor();
+  // (the first frames may be answered before the canvas appears)
+  await page.waitForFunction(() => performance.getEntriesByType('resource')
+    .some((e) => e.name.includes('/frames/') && e.responseEnd > 0), null, { timeout: 45000 });
+  await page.waitForLoadState('networkidle').catch(() => {});
+  await dismissNotices();
+  // decoding runs in web workers: wait (a while) for the picture to appear
+  let lit = 0;
+  for (let i = 0; i < 40 && lit < 0.02; i++) {
+    await page.waitForTimeout(500);
+    lit = await litFraction(await canvas.screenshot());
+  }
+  if (!omitQuotation) await page.unroute('**/viewer/app-config.js');
+  const requests = result.requests.slice(before);
+  return {
+    url: page.url(),
+    lit,
+    screenshot: await shot(`${name}-viewport`, canvas),
+    page: await shot(`${name}-page`),
+    text: (await page.locator('body').innerText()).replace(/\s+/g, ' ').slice(0, 3000),
+    frames: requests.filter((r) => r.url.includes('/frames/')),
+    thumbnails: requests.filter((r) => r.url.includes('/thumbnail')),
+    metadata: requests.filter((r) => r.url.endsWith('/metadata')),
+  };
+}
+
+const base = scenario.base; // http://127.0.0.1:PORT
+
+await step('study_list', async () => {
+  await page.goto(`${base}/viewer/`);
+  const rows = {};
+  for (const study of scenario.studies) rows[study.name] = await rowText(study.name);
+  await dismissNotices();
+  return { rows, screenshot: await shot('study-list') };
+});
+
+await step('filter', async () => {
+  const qidoBefore = result.requests.length;
+  // the patient name filter is the first text box of the list; OHIF adds its wildcards
+  const box = page.locator('thead input, input').first();
+  await box.fill(scenario.filter.text);
+  await page.waitForResponse((r) => r.url().includes('/dicom-web/studies?') && r.url().includes('PatientName'));
+  await page.locator('tr', { hasText: scenario.filter.hidden }).first().waitFor({ state: 'detached' });
+  await page.locator('tr', { hasText: scenario.filter.shown }).first().waitFor();
+  const queries = result.requests.slice(qidoBefore).filter((r) => r.url.includes('PatientName'));
+  const rows = await page.locator('tr').evaluateAll((els) => els.map((e) => e.innerText.replace(/\s+/g, ' ')));
+  return { queries, rows, screenshot: await shot('study-list-filtered') };
+});
+
+for (const study of scenario.studies) {
+  await step(`open_${study.key}`, async () =>
+    openStudy(study.key, `${base}/viewer?StudyInstanceUIDs=${study.uid}`, {
+      omitQuotation: study.omitQuotation !== false,
+    }));
+}
+
+await step('upload', async () => {
+  await page.goto(`${base}/viewer/`);
+  await page.locator('tr').nth(1).waitFor();
+  await dismissNotices();
+  await page.getByText('Upload', { exact: true }).first().click();
+  const dialog = page.locator('[role=dialog]');
+  await dialog.waitFor();
+  const stored = page.waitForResponse(
+    (r) => r.request().method() === 'POST' && r.url().includes('/dicom-web/studies'), { timeout: 60000 });
+  await dialog.locator('input[type=file]:not([webkitdirectory])').setInputFiles(scenario.upload);
+  const response = await stored;
+  await page.waitForTimeout(1000);
+  return {
+    status: response.status(),
+    contentType: response.request().headers()['content-type'] || '',
+    dialog: (await dialog.innerText()).replace(/\s+/g, ' ').slice(0, 500),
+    screenshot: await shot('upload'),
+  };
+});
+
+await step('iid', async () =>
+  openStudy('iid', `${base}/IHEInvokeImageDisplay?requestType=STUDY&accessionNumber=${encodeURIComponent(scenario.iid.accessionNumber)}`));
+
+// CORS: the same little page served under two origins, one allowed, one not
+for (const [key, origin] of Object.entries(scenario.cors || {})) {
+  await step(`cors_${key}`, async () => {
+    await page.goto(`${origin}/`);
+    return await page.evaluate(async (dicomweb) => {
+      const attempt = async (url, init) => {
+        try {
+          const r = await fetch(url, init);
+          return { ok: true, status: r.status, warning: r.headers.get('warning'), body: (await r.text()).slice(0, 200) };
+        } catch (error) {
+          return { ok: false, error: String(error) };
+        }
+      };
+      return {
+        origin: location.origin,
+        // a simple request (no preflight)
+        simple: await attempt(`${dicomweb}/studies`),
+        // preflighted: a bearer token is not CORS-safelisted
+        preflighted: await attempt(`${dicomweb}/studies`, {
+          headers: { Accept: 'application/dicom+json', Authorization: 'Bearer x' },
+        }),
+        // an error answer: its status and Warning header are readable when allowed
+        error: await attempt(`${dicomweb}/studies?limit=nope`, { headers: { Accept: 'application/dicom+json' } }),
+      };
+    }, `${base}/dicom-web`);
+  });
+}
+
+await context.close();
+fs.rmSync(userDataDir, { recursive: true, force: true });
+console.log(JSON.stringify(result));
