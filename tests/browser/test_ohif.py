@@ -31,6 +31,7 @@ import pytest
 from PIL import Image
 
 from app.viewer import installed
+
 from conftest import content_type, multipart
 from corpus import get_ref
 from server import PictorProcess, free_port
@@ -97,9 +98,7 @@ def _drawn(png: str) -> bool:
 
 
 @pytest.mark.slow
-def test_ohif_against_pictor(
-    browser_tools: None, other_origin: int, tmp_path: Path
-) -> None:
+def test_ohif_against_pictor(browser_tools: None, other_origin: int, tmp_path: Path) -> None:
     allowed = f"http://127.0.0.1:{other_origin}"
     refused = f"http://localhost:{other_origin}"
     port = free_port()
@@ -127,8 +126,15 @@ def test_ohif_against_pictor(
         up_study, up_series = new_uids()
         upload = tmp_path / "upload.dcm"
         upload.write_bytes(
-            ct_slice(up_study, up_series, 0, rows=128, cols=128, patient_id="UP1",
-                     patient_name="UPLOAD^VIA^OHIF")
+            ct_slice(
+                up_study,
+                up_series,
+                0,
+                rows=128,
+                cols=128,
+                patient_id="UP1",
+                patient_name="UPLOAD^VIA^OHIF",
+            )
         )
         scenario = {
             "base": process.base,
@@ -178,7 +184,9 @@ def test_ohif_against_pictor(
             assert len(opened["frames"]) >= 1
             assert len({r["url"] for r in opened["frames"]}) <= frames
             assert all(r["status"] == 200 for r in opened["frames"]), opened["frames"][:3]
-            assert all("transfer-syntax=*" in r["accept"].replace('"', "") for r in opened["frames"])
+            assert all(
+                "transfer-syntax=*" in r["accept"].replace('"', "") for r in opened["frames"]
+            )
             assert opened["thumbnails"] and all(r["status"] == 200 for r in opened["thumbnails"])
             assert _drawn(opened["screenshot"]), f"{key}: the viewport is blank"
         # OHIF's two spellings of the same Accept (PS3.18 8.7.3.5: quoted parameters)
@@ -186,7 +194,9 @@ def test_ohif_against_pictor(
             'type="application/octet-stream"; transfer-syntax="*"' in r["accept"]
             for r in steps["open_us"]["frames"]
         )
-        assert all("type=application/octet-stream" in r["accept"] for r in steps["open_ct"]["frames"])
+        assert all(
+            "type=application/octet-stream" in r["accept"] for r in steps["open_ct"]["frames"]
+        )
         assert "CT CHEST SYNTHETIC" in steps["open_ct"]["text"]
 
         # the upload went through STOW-RS and is in the archive
