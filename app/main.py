@@ -104,5 +104,6 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     # outermost, outside the exception handlers: error answers carry CORS headers too
-    app.asgi_handler = CrossOriginMiddleware(app.asgi_handler, settings.cors_origin_list)
+    methods = {route.path_format: route.methods for route in app.routes}
+    app.asgi_handler = CrossOriginMiddleware(app.asgi_handler, settings.cors_origin_list, methods)
     return app

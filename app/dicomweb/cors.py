@@ -22,14 +22,15 @@ no cookies, so ``Access-Control-Allow-Credentials`` is never sent).
 
 It wraps the whole application, outside the exception handlers, so error answers (4xx,
 5xx, unknown routes) carry the same headers and a viewer can read their ``Warning``.
-Preflights reach the route's own ``OPTIONS`` handler, whose ``Allow`` list becomes
-``Access-Control-Allow-Methods``: the answer names what that resource really serves,
-and a preflight for a path that does not exist fails with its 404.
+Preflights reach the route's own ``OPTIONS`` handler; ``Access-Control-Allow-Methods``
+names the methods of that route (from the application's route table: litestar's ``Allow``
+misses methods of handlers merged into one path), and a preflight for a path that does
+not exist fails with its 404.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 # ASGI types kept loose: any ASGI server or framework (litestar's own aliases included)
@@ -118,9 +119,17 @@ def _with_vary_origin(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
 class CrossOriginMiddleware:
     """Pure ASGI middleware adding the Fetch standard's CORS response headers."""
 
-    def __init__(self, app: ASGIApp, origins: Sequence[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, origins: Sequence[str], methods: Mapping[str, Iterable[str]]
+    ) -> None:
+        """``methods``: the methods of each route, by the path template that the router
+        leaves in the ASGI scope (``path_template``)."""
         self.app = app
         self.policy = OriginPolicy(origins)
+        self.methods = {
+            path: ", ".join(sorted(m for m in ms if m not in ("OPTIONS", "HEAD")))
+            for path, ms in methods.items()
+        }
         self.exposed = ", ".join(EXPOSED_RESPONSE_HEADERS).encode()
         self.allowed_headers = ", ".join(ALLOWED_REQUEST_HEADERS).encode()
 
@@ -154,7 +163,8 @@ class CrossOriginMiddleware:
                         (b"access-control-allow-origin", self.policy.allow_origin(origin).encode())
                     )
                     if preflight:
-                        headers.extend(self._preflight_headers(headers, private_network))
+                        methods = self.methods.get(scope.get("path_template", ""), "")
+                        headers.extend(self._preflight_headers(methods, private_network))
                     else:
                         headers.append((b"access-control-expose-headers", self.exposed))
                 elif self.policy.any:
@@ -164,13 +174,9 @@ class CrossOriginMiddleware:
 
         await self.app(scope, receive, send_with_cors)
 
-    def _preflight_headers(
-        self, headers: list[tuple[bytes, bytes]], private_network: bool
-    ) -> list[tuple[bytes, bytes]]:
-        allow = next((v for k, v in headers if k.lower() == b"allow"), b"")
-        methods = [m.strip() for m in allow.split(b",") if m.strip() and m.strip() != b"OPTIONS"]
+    def _preflight_headers(self, methods: str, private_network: bool) -> list[tuple[bytes, bytes]]:
         out = [
-            (b"access-control-allow-methods", b", ".join(methods)),
+            (b"access-control-allow-methods", methods.encode()),
             (b"access-control-allow-headers", self.allowed_headers),
             (b"access-control-max-age", str(MAX_AGE).encode()),
         ]

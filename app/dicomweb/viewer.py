@@ -114,10 +114,11 @@ async def viewer_root(request: Request[Any, Any, Any]) -> Response[Any]:
         if viewer.installed(settings.viewer_path) is None:
             return _not_installed(settings.viewer_path)
         return _index(settings.viewer_path, "/")
-    if query:
+    if any(k.lower() == "studyinstanceuids" for k, _ in parse_qsl(query)):
         # OHIF's study route is "viewer" under its base "/viewer"
         return Redirect(f"viewer/viewer?{query}", status_code=302)
-    return Redirect("viewer/", status_code=302)
+    # the study list, with its filters (OHIF itself writes them as /viewer?patientName=)
+    return Redirect(f"viewer/?{query}" if query else "viewer/", status_code=302)
 
 
 @get("/viewer/{path:path}", name="viewer", include_in_schema=False)
