@@ -49,6 +49,7 @@ from app.codec.transcode import (
 )
 from app.dimse.find import MODELS, SERIES_UID, SOP_INSTANCE_UID, STUDY_UID, parse_identifier
 from app.dimse.find import search_all as search_all_pages
+from app.dimse.network import no_delay
 from app.dimse.resources import Resources
 from app.dimse.status import CANCEL, PENDING, Service, failure
 from app.errors import NotFound
@@ -195,7 +196,10 @@ class Retrieve:
             return
         options = {
             "contexts": store_contexts(found),
-            "evt_handlers": [(evt.EVT_ACCEPTED, lambda e: store_assoc.append(e.assoc))],
+            "evt_handlers": [
+                (evt.EVT_CONN_OPEN, no_delay),
+                (evt.EVT_ACCEPTED, lambda e: store_assoc.append(e.assoc)),
+            ],
         }
         yield address[0], address[1], options
         yield len(found)

@@ -43,6 +43,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from app.config import ConfigError, Settings, load_settings
 from app.dimse.bridge import Bridge
 from app.dimse.find import MODELS, Find
+from app.dimse.network import no_delay
 from app.dimse.resources import Resources
 from app.dimse.retrieve import VERIFICATION, Retrieve
 from app.dimse.status import SUCCESS
@@ -130,6 +131,7 @@ def build_ae(settings: Settings) -> AE:
 def handlers(res: Resources) -> list[Any]:
     storage, find, retrieve = Storage(res.ingest, res.bridge), Find(res), Retrieve(res)
     return [
+        (evt.EVT_CONN_OPEN, no_delay),
         (evt.EVT_C_ECHO, lambda event: SUCCESS),  # PS3.7 9.1.5: Verification
         (evt.EVT_C_STORE, storage.handle),
         (evt.EVT_C_FIND, find.handle),
