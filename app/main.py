@@ -83,7 +83,11 @@ def create_app(settings: Settings) -> Litestar:
             app.state.pool = pool
             app.state.store = store
             app.state.ingest = Ingest(settings, pool, store)
+            codec_pool.configure(settings.worker_count)
+            # started in the background: serving does not wait for the codec workers
+            warming = asyncio.get_running_loop().create_task(codec_pool.warm_up())
             yield
+            warming.cancel()
         finally:
             codec_pool.shutdown()
             if pool is not None:
@@ -105,5 +109,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     # outermost, outside the exception handlers: error answers carry CORS headers too
     methods = {route.path_format: route.methods for route in app.routes}
-    app.asgi_handler = CrossOriginMiddleware(app.asgi_handler, settings.cors_origin_list, methods)
+    app.asgi_handler = CrossOriginMiddleware(
+        wado.FramesFastPath(app, app.asgi_handler), settings.cors_origin_list, methods
+    )
     return app

@@ -64,6 +64,7 @@ class TranscodeError(ValueError):
     """The pixel data cannot be converted as asked (and nothing was sent yet)."""
 
 
+@functools.cache
 def can_decode(transfer_syntax: str) -> bool:
     """Whether frames of this transfer syntax can be decoded here."""
     if transfer_syntax in _NATIVE:

@@ -6,6 +6,8 @@ wildcards) is matched against it. Nothing acceptable: 406 naming what is offered
 
 from __future__ import annotations
 
+import functools
+
 from app.dicomweb.multipart import parse_media_type
 from app.errors import NotAcceptable
 
@@ -13,10 +15,13 @@ from app.errors import NotAcceptable
 SEARCH_MEDIA_TYPES = ("application/dicom+json", "application/json")
 
 
-def parse_accept(header: str | None) -> list[tuple[str, dict[str, str], float]]:
-    """Media ranges of an Accept header with their parameters and q-values."""
+@functools.lru_cache(maxsize=256)
+def parse_accept(header: str | None) -> tuple[tuple[str, dict[str, str], float], ...]:
+    """Media ranges of an Accept header with their parameters and q-values. Cached: a
+    viewer sends the same few headers thousands of times (callers must not modify the
+    parameter dicts)."""
     if header is None or not header.strip():
-        return [("*/*", {}, 1.0)]
+        return (("*/*", {}, 1.0),)
     ranges = []
     for item in _split(header):
         media, params = parse_media_type(item)
@@ -27,7 +32,7 @@ def parse_accept(header: str | None) -> list[tuple[str, dict[str, str], float]]:
         except ValueError:
             q = 0.0
         ranges.append((media, params, q))
-    return ranges
+    return tuple(ranges)
 
 
 def _split(header: str) -> list[str]:

@@ -13,17 +13,20 @@ also come as one ``application/zip`` archive, streamed.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
+import itertools
+import re
 import secrets
 import time
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
-from litestar import Request, get
+from litestar import Litestar, Request, get
 from litestar.response import Response, Stream
 
 from app.codec import pool
@@ -47,8 +50,8 @@ from app.dicomweb.media import (
     negotiate_multipart,
 )
 from app.dicomweb.negotiation import SEARCH_MEDIA_TYPES, choose, parse_accept
-from app.dicomweb.urls import request_base_url
-from app.errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
+from app.dicomweb.urls import DICOMWEB_PREFIX, request_base_url
+from app.errors import BadRequest, NotAcceptable, NotFound, PictorError, RangeNotSatisfiable
 from app.index import retrieve
 from app.index.retrieve import Scope, StoredInstance
 from app.storage import FileBlobStore
@@ -120,12 +123,40 @@ async def multipart_body(
     yield f"\r\n--{boundary}--\r\n".encode()
 
 
+_BOUNDARY_PREFIX = secrets.token_hex(12)
+_BOUNDARY_COUNTER = itertools.count()
+
+#: responses up to this size are built whole and sent with a Content-Length (one send,
+#: no chunked framing); larger ones stream
+SMALL_RESPONSE = 8 << 20
+
+
+def _boundary() -> str:
+    """Random per process, unique per response: cheaper than fresh randomness each time
+    and as unlikely to occur inside a part."""
+    return f"{_BOUNDARY_PREFIX}{next(_BOUNDARY_COUNTER):x}"
+
+
 def multipart_stream(
     parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]], part_type: str
 ) -> Stream:
-    boundary = secrets.token_hex(16)
+    boundary = _boundary()
     return Stream(
         multipart_body(parts, boundary),
+        media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
+    )
+
+
+def multipart_response(parts: list[tuple[str, bytes]], part_type: str) -> Response[bytes]:
+    """multipart/related built whole, for small answers (a frame or a few)."""
+    boundary = _boundary()
+    pieces = []
+    for content_type, body in parts:
+        pieces.append(f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode())
+        pieces.append(body)
+    pieces.append(f"\r\n--{boundary}--\r\n".encode())
+    return Response(
+        b"".join(pieces),
         media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
     )
 
@@ -133,25 +164,44 @@ def multipart_stream(
 # -- instances --------------------------------------------------------------------------
 
 
-def _targets(inst: StoredInstance) -> list[str]:
+def _targets(inst: StoredInstance) -> tuple[str, ...]:
     """Transfer syntaxes this instance can be transcoded to, default syntax first."""
-    if not can_decode(inst.transfer_syntax):
-        return []
-    targets = [EXPLICIT_VR_LE] if inst.transfer_syntax != EXPLICIT_VR_LE else []
-    if inst.number_of_frames:
+    return _targets_for(
+        inst.transfer_syntax,
+        bool(inst.number_of_frames),
+        inst.bits_allocated,
+        inst.bits_stored,
+        inst.samples_per_pixel,
+        inst.photometric,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _targets_for(
+    syntax: str,
+    frames: bool,
+    bits_allocated: int | None,
+    bits_stored: int | None,
+    samples: int | None,
+    photometric: str | None,
+) -> tuple[str, ...]:
+    if not can_decode(syntax):
+        return ()
+    targets = [EXPLICIT_VR_LE] if syntax != EXPLICIT_VR_LE else []
+    if frames:
         targets += [
             t
             for t in ENCODABLE
-            if t != inst.transfer_syntax
+            if t != syntax
             and can_encode(
                 t,
-                bits_allocated=inst.bits_allocated,
-                bits_stored=inst.bits_stored,
-                samples=inst.samples_per_pixel,
-                photometric=inst.photometric,
+                bits_allocated=bits_allocated,
+                bits_stored=bits_stored,
+                samples=samples,
+                photometric=photometric,
             )
         ]
-    return targets
+    return tuple(targets)
 
 
 def wants_zip(accept: str | None) -> bool:
@@ -293,21 +343,9 @@ def parse_frame_list(text: str, count: int) -> list[int]:
     return numbers
 
 
-@get(
-    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/frames/{frames:str}",
-    name="wado-frames",
-)
-async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream:
-    """Retrieve frames (PS3.18 10.4.1.1.4): each frame as one part, as stored (byte
-    ranges recorded at ingest), or transcoded in a worker: decoded to native Explicit VR
-    Little Endian, or encoded as RLE, JPEG-LS, JPEG 2000 or JPEG Baseline, with the
-    media type of PS3.18 Table 8.7.3-5."""
-    scope = target_scope(request)
-    state = request.app.state
-    (inst,) = await retrieve.instances(state.pool, scope)
-    if not inst.number_of_frames:
-        raise NotFound(f"{scope.describe()} has no pixel data frames")
-    numbers = parse_frame_list(request.path_params["frames"], inst.number_of_frames)
+def _frame_choice(inst: StoredInstance, accept: str | None) -> tuple[Offer, bool]:
+    """What to send for frames of ``inst`` (PS3.18 8.7.3-5, 8.7.4), and whether that is
+    the stored bytes themselves."""
     # frames lie in the stored file unless the data set is deflated (or oddly encoded)
     addressable = inst.frame_offsets is not None
     stored = native_pixel_syntax(inst.transfer_syntax)
@@ -319,10 +357,57 @@ async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream:
             offers += frame_offers(target)
     if not offers:
         raise NotAcceptable(f"frames in transfer syntax {inst.transfer_syntax} cannot be served")
-    chosen = negotiate_multipart(request.headers.get("accept"), offers, DEFAULT_SYNTAX)
+    chosen = negotiate_multipart(accept, offers, DEFAULT_SYNTAX)
+    return chosen, addressable and chosen.transfer_syntax == stored
+
+
+async def _stored_frames(
+    store: FileBlobStore, inst: StoredInstance, numbers: list[int], chosen: Offer
+) -> tuple[str, bytearray] | None:
+    """Stored frames as one multipart body (its media type and bytes), read straight into
+    it; None when they are too large to build whole (they are streamed then)."""
+    ranges = [inst.frame_ranges(number) for number in numbers]
+    size = sum(length for r in ranges for _, length in r)
+    if size > SMALL_RESPONSE:
+        return None
+    boundary = _boundary()
+    head = f"\r\n--{boundary}\r\nContent-Type: {chosen.header()}\r\n\r\n".encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    body = bytearray(size + len(head) * len(ranges) + len(tail))
+    view = memoryview(body)
+    targets = []
+    at = 0
+    for r in ranges:
+        view[at : at + len(head)] = head
+        at += len(head)
+        for offset, length in r:
+            targets.append((offset, view[at : at + length]))
+            at += length
+    view[at:] = tail
+    await store.read_into(inst.file_key, targets)
+    return f'multipart/related; type="{chosen.media_type}"; boundary={boundary}', body
+
+
+@get(
+    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/frames/{frames:str}",
+    name="wado-frames",
+)
+async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream | Response[bytes]:
+    """Retrieve frames (PS3.18 10.4.1.1.4): each frame as one part, as stored (byte
+    ranges recorded at ingest), or transcoded in a worker: decoded to native Explicit VR
+    Little Endian, or encoded as RLE, JPEG-LS, JPEG 2000 or JPEG Baseline, with the
+    media type of PS3.18 Table 8.7.3-5. (Stored frames usually leave through
+    :class:`FramesFastPath` before reaching this handler.)"""
+    scope = target_scope(request)
+    state = request.app.state
+    inst = await retrieve.instance(state.pool, scope)
+    if not inst.number_of_frames:
+        raise NotFound(f"{scope.describe()} has no pixel data frames")
+    numbers = parse_frame_list(request.path_params["frames"], inst.number_of_frames)
+    chosen, as_stored = _frame_choice(inst, request.headers.get("accept"))
     store: FileBlobStore = state.store
     path = str(store.path(inst.file_key))
-    as_stored = addressable and chosen.transfer_syntax == stored
+    header = chosen.header()
 
     async def encoded(number: int) -> bytes:
         try:
@@ -330,12 +415,20 @@ async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream:
         except TranscodeError as exc:
             raise NotAcceptable(f"frame {number}: {exc}") from exc
 
-    # the first frame is transcoded before the response starts: a failure gets a status
-    first = None if as_stored else await encoded(numbers[0])
+    if as_stored:
+        whole = await _stored_frames(store, inst, numbers, chosen)
+        if whole is not None:
+            return Response(bytes(whole[1]), media_type=whole[0])
+    else:
+        # the first frame is transcoded before the response starts: a failure gets a
+        # status; a single frame goes out whole
+        first = await encoded(numbers[0])
+        if len(numbers) == 1:
+            return multipart_response([(header, first)], chosen.media_type)
 
     async def frame(i: int, number: int) -> AsyncIterator[bytes]:
         if not as_stored:
-            yield first if i == 0 and first is not None else await encoded(number)
+            yield first if i == 0 else await encoded(number)
             return
         for offset, length in inst.frame_ranges(number):
             async for chunk in store.read_range(inst.file_key, offset, length):
@@ -343,9 +436,70 @@ async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream:
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         for i, number in enumerate(numbers):
-            yield chosen.header(), frame(i, number)
+            yield header, frame(i, number)
 
     return multipart_stream(parts(), chosen.media_type)
+
+
+_FRAMES_PATH = re.compile(
+    "^"
+    + re.escape(DICOMWEB_PREFIX)
+    + "/studies/([^/]+)/series/([^/]+)/instances/([^/]+)/frames/([^/]+)$"
+)
+
+
+class FramesFastPath:
+    """The request a viewer makes most (one per frame: OHIF's ``transfer-syntax=*``),
+    answered below the framework: a stored frame is one index probe, one read and one
+    send. Anything else (transcoding, large answers, every error) goes on to the
+    ``wado-frames`` route, which gives the same answers for those (and the errors'
+    status codes and messages). Sits inside the CORS middleware."""
+
+    def __init__(self, app: Litestar, inner: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+        self.inner = inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            match = _FRAMES_PATH.match(scope["path"])
+            if match is not None:
+                answer = await self._stored(match, scope)
+                if answer is not None:
+                    media_type, body = answer
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [
+                                (b"content-type", media_type.encode()),
+                                (b"content-length", str(len(body)).encode()),
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.inner(scope, receive, send)
+
+    async def _stored(self, match: re.Match[str], scope: Any) -> tuple[str, bytearray] | None:
+        study, series, instance, frames = match.groups()
+        if any(uid_problem(uid) is not None for uid in (study, series, instance)):
+            return None
+        accept = None
+        for name, value in scope["headers"]:
+            if name == b"accept":
+                accept = value.decode("latin-1")
+        state = self.app.state
+        try:
+            inst = await retrieve.instance(state.pool, Scope(study, series, instance))
+            if not inst.number_of_frames:
+                return None
+            numbers = parse_frame_list(frames, inst.number_of_frames)
+            chosen, as_stored = _frame_choice(inst, accept)
+            if not as_stored:
+                return None
+            return await _stored_frames(state.store, inst, numbers, chosen)
+        except PictorError:
+            return None  # the route says what was wrong
 
 
 # -- bulk data --------------------------------------------------------------------------

@@ -96,16 +96,27 @@ async def json_codecs(conn: asyncpg.Connection) -> None:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # QIDO statements are prepared with parameters; a generic plan cannot use a prefix
-    # index for "LIKE $1", so plan each execution with its values
-    await conn.execute("SET plan_cache_mode = force_custom_plan")
     await json_codecs(conn)
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """On release to the pool: end a transaction left open, nothing else. asyncpg's
+    default reset sends ``RESET ALL; CLOSE ALL; UNLISTEN *; ...``: a round trip per
+    query for state this code never leaves behind (session-level advisory locks are
+    taken only by the migrations, which unlock them)."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            reset=_reset_connection,
+            command_timeout=60,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise ServiceUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc

@@ -84,34 +84,54 @@ async def metadata(pool: asyncpg.Pool, scope: Scope) -> list[tuple[bytes, str]]:
     return [(bytes(r[0]), str(r[1])) for r in rows]
 
 
-async def instances(pool: asyncpg.Pool, scope: Scope) -> list[StoredInstance]:
-    rows = await _fetch(
-        pool,
-        f"""SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_key,
-                   i.file_size, i.file_sha256, i.number_of_frames, i.frame_offsets,
-                   i.frame_lengths, i.frame_first, i.bits_allocated, i.bulk, se.series_uid,
-                   i.bits_stored, i.samples_per_pixel, i.photometric_interpretation
-            FROM {_FROM} WHERE {_WHERE} ORDER BY {_ORDER}""",
-        scope,
+_COLUMNS = """i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_key,
+    i.file_size, i.file_sha256, i.number_of_frames, i.frame_offsets, i.frame_lengths,
+    i.frame_first, i.bits_allocated, i.bulk, se.series_uid, i.bits_stored,
+    i.samples_per_pixel, i.photometric_interpretation"""
+
+
+def _stored(r: asyncpg.Record) -> StoredInstance:
+    return StoredInstance(
+        sop_instance_uid=r[0],
+        series_uid=r[12],
+        sop_class_uid=r[1],
+        transfer_syntax=r[2],
+        file_key=r[3],
+        file_size=r[4],
+        file_sha256=r[5],
+        number_of_frames=r[6],
+        frame_offsets=list(r[7]) if r[7] is not None else None,
+        frame_lengths=list(r[8]) if r[8] is not None else None,
+        frame_first=list(r[9]) if r[9] is not None else None,
+        bits_allocated=r[10],
+        bulk=bytes(r[11]),
+        bits_stored=r[13],
+        samples_per_pixel=r[14],
+        photometric=r[15],
     )
-    return [
-        StoredInstance(
-            sop_instance_uid=r[0],
-            series_uid=r[12],
-            sop_class_uid=r[1],
-            transfer_syntax=r[2],
-            file_key=r[3],
-            file_size=r[4],
-            file_sha256=r[5],
-            number_of_frames=r[6],
-            frame_offsets=list(r[7]) if r[7] is not None else None,
-            frame_lengths=list(r[8]) if r[8] is not None else None,
-            frame_first=list(r[9]) if r[9] is not None else None,
-            bits_allocated=r[10],
-            bulk=bytes(r[11]),
-            bits_stored=r[13],
-            samples_per_pixel=r[14],
-            photometric=r[15],
+
+
+async def instances(pool: asyncpg.Pool, scope: Scope) -> list[StoredInstance]:
+    if scope.instance is not None and scope.series is not None:
+        return [await instance(pool, scope)]
+    rows = await _fetch(
+        pool, f"SELECT {_COLUMNS} FROM {_FROM} WHERE {_WHERE} ORDER BY {_ORDER}", scope
+    )
+    return [_stored(r) for r in rows]
+
+
+async def instance(pool: asyncpg.Pool, scope: Scope) -> StoredInstance:
+    """One instance (frames, bulk data, rendered): found by its SOP Instance UID alone
+    (a unique index), then checked against the study and series of the URL."""
+    try:
+        row = await pool.fetchrow(
+            f"""SELECT {_COLUMNS}, st.study_uid FROM instance i
+                JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = i.study_pk
+                WHERE i.sop_instance_uid = $1""",
+            scope.instance,
         )
-        for r in rows
-    ]
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ServiceUnavailable(f"the index could not be read: {exc}") from exc
+    if row is None or row[12] != scope.series or row[16] != scope.study:
+        raise NotFound(f"no {scope.describe()} is stored here")
+    return _stored(row)

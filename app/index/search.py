@@ -23,7 +23,12 @@ class SearchResult:
 async def search(pool: asyncpg.Pool, query: Query, base_url: str) -> SearchResult:
     compiled = compile_query(query, base_url)
     try:
-        rows = await pool.fetch(compiled.sql, *compiled.args)
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            # searches are prepared with parameters, and a generic plan cannot use a
+            # prefix index for "LIKE $1": plan each one with its values (only here;
+            # WADO's lookups by UID keep their cached generic plans)
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            rows = await conn.fetch(compiled.sql, *compiled.args)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise ServiceUnavailable(f"the index could not be searched: {exc}") from exc
     more = len(rows) > query.limit
