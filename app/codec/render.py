@@ -63,10 +63,7 @@ def _voi(
     return (values - low) / max(high - low, 1e-9)
 
 
-def render_frame(path: str, index: int, options: RenderOptions) -> bytes:
-    """Frame ``index`` (0-based) of the stored instance, rendered."""
-    ds = pydicom.dcmread(Path(path))
-    array = pixel_array(ds, index=index)
+def _image(ds: pydicom.Dataset, array: np.ndarray, options: RenderOptions) -> Image.Image:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         # pydicom has converted YCbCr to RGB already (as_rgb)
@@ -85,10 +82,52 @@ def render_frame(path: str, index: int, options: RenderOptions) -> bytes:
         image = Image.fromarray(np.round(scaled * 255).astype(np.uint8), "L")
     if options.viewport is not None:
         image.thumbnail(options.viewport, Image.Resampling.LANCZOS)
+    return image
+
+
+def render_frame(path: str, index: int, options: RenderOptions) -> bytes:
+    """Frame ``index`` (0-based) of the stored instance, rendered."""
+    ds = pydicom.dcmread(Path(path))
+    image = _image(ds, pixel_array(ds, index=index), options)
     out = io.BytesIO()
     fmt = FORMATS[options.media_type]
     if fmt == "JPEG":
         image.save(out, fmt, quality=options.quality)
     else:
         image.save(out, fmt)
+    return out.getvalue()
+
+
+#: frames at most in one animated GIF
+MAX_ANIMATION_FRAMES = 1000
+
+
+def _frame_time_ms(ds: pydicom.Dataset) -> int:
+    """Display time of one frame: Frame Time (0018,1063), else Cine Rate (0018,0040),
+    else Recommended Display Frame Rate (0008,2144); 100 ms if none (PS3.3 C.7.6.5)."""
+    try:
+        if "FrameTime" in ds and float(ds.FrameTime) > 0:
+            return max(20, round(float(ds.FrameTime)))
+        for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
+            if keyword in ds and float(ds[keyword].value) > 0:
+                return max(20, round(1000 / float(ds[keyword].value)))
+    except (TypeError, ValueError):
+        pass
+    return 100
+
+
+def render_animation(path: str, indices: list[int], options: RenderOptions) -> bytes:
+    """Several frames (0-based) of a multi-frame instance as one animated GIF, played at
+    the instance's own frame rate (the multi-frame rendered form of PS3.18 8.3.5)."""
+    ds = pydicom.dcmread(Path(path))
+    images = [_image(ds, pixel_array(ds, index=i), options) for i in indices[:MAX_ANIMATION_FRAMES]]
+    out = io.BytesIO()
+    images[0].save(
+        out,
+        "GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=_frame_time_ms(ds),
+        loop=0,
+    )
     return out.getvalue()

@@ -20,7 +20,7 @@ from litestar import Request, get
 from litestar.response import Response, Stream
 
 from app.codec import pool
-from app.codec.render import FORMATS, RenderOptions, render_frame
+from app.codec.render import FORMATS, RenderOptions, render_animation, render_frame
 from app.dicomweb.negotiation import choose
 from app.dicomweb.wado import multipart_stream, parse_frame_list, target_scope
 from app.errors import BadRequest, NotFound
@@ -91,6 +91,13 @@ async def _render_all(
     request: Request[Any, Any, Any], stored: list[StoredInstance], frames: list[int] | None = None
 ) -> Response[bytes] | Stream:
     options = render_options(request)
+    if options.media_type == "image/gif" and len(stored) == 1:
+        # a multi-frame instance (or several of its frames) as one animated GIF
+        count = stored[0].number_of_frames or 1
+        indices = [n - 1 for n in frames] if frames else list(range(count))
+        if len(indices) > 1:
+            data = await pool.run(render_animation, _path(request, stored[0]), indices, options)
+            return _image(data, options.media_type)
     targets = [(inst, n - 1) for inst in stored for n in (frames or [1])]
     if len(targets) == 1:
         inst, index = targets[0]

@@ -136,3 +136,31 @@ def test_bad_rendering_parameters(
 def test_unacceptable_type_is_406(archive: Archive, ct: pydicom.Dataset) -> None:
     r = archive.http.get(url(ct, "/rendered"), headers={"Accept": "image/webp"})
     assert r.status_code == 406 and "image/jpeg" in r.json()["message"]
+
+
+def test_multiframe_instance_as_an_animated_gif(archive: Archive, ct: pydicom.Dataset) -> None:
+    """image/gif of a multi-frame instance: one animated GIF with every frame (or the
+    frames asked for), each the frame's own rendering (PS3.18 8.3.5)."""
+    mr = pydicom.dcmread(get_ref("emri_small_jpeg_ls_lossless.dcm").path)
+    count = int(mr.NumberOfFrames)
+    r = archive.http.get(url(mr, "/rendered"), headers={"Accept": "image/gif"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
+    gif = Image.open(io.BytesIO(r.content))
+    assert gif.is_animated and gif.n_frames == count
+    frames = []
+    for k in range(count):
+        gif.seek(k)
+        frames.append(np.asarray(gif.convert("L"), dtype=float))
+    # the frames differ as the stored ones do: each is its own frame, in order
+    stored = mr.pixel_array.astype(float)
+    for k in (0, count // 2, count - 1):
+        single = archive.http.get(
+            url(mr, f"/frames/{k + 1}/rendered"), headers={"Accept": "image/png"}
+        )
+        assert np.abs(frames[k] - image(single).astype(float)).mean() < 2
+    assert np.corrcoef(frames[0].ravel(), stored[0].ravel())[0, 1] > 0.9
+    r = archive.http.get(url(mr, "/frames/1,3/rendered"), headers={"Accept": "image/gif"})
+    assert Image.open(io.BytesIO(r.content)).n_frames == 2
+    # a single-frame CT stays a plain GIF
+    r = archive.http.get(url(ct, "/rendered"), headers={"Accept": "image/gif"})
+    assert not getattr(Image.open(io.BytesIO(r.content)), "is_animated", False)
