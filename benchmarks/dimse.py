@@ -168,7 +168,7 @@ async def pick_values(dsn: str, rng: random.Random, n: int) -> dict[str, list[di
         rows = await conn.fetch(
             "SELECT patient_id, patient_name, study_date FROM study"
             " WHERE patient_id IS NOT NULL AND patient_name IS NOT NULL AND study_date IS NOT NULL"
-            " ORDER BY random() LIMIT $1",
+            " ORDER BY md5(study_uid) LIMIT $1",
             n,
         )
     finally:
@@ -232,6 +232,7 @@ def find_latency(args: argparse.Namespace, seed_root: Path) -> dict[str, Any]:
                 matches: list[int] = []
                 for n, keys in enumerate(values[key]):
                     query = Dataset()
+                    query.SpecificCharacterSet = "ISO_IR 192"  # names like MÜL*
                     query.QueryRetrieveLevel = "STUDY"
                     for k in FIND_KEYS:
                         setattr(query, k, "")
