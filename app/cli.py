@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "workers": getattr(args, "workers", None),
         "cors_origins": getattr(args, "cors_origins", None),
         "viewer_dir": getattr(args, "viewer_dir", None),
+        "log_format": getattr(args, "log_format", None),
     }
     try:
         return load_settings(overrides)
@@ -43,14 +45,18 @@ def serve(args: argparse.Namespace) -> int:
     from app.config import to_environment
     from app.index.database import EmbeddedPostgres
     from app.main import prepare
+    from app.observability import MULTIPROC_VARIABLE, setup_logging, uvicorn_log_config
 
     settings = _settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format)
     embedded: EmbeddedPostgres | None = None
     dimse: subprocess.Popen[bytes] | None = None
     try:
+        # every process counts into its own files here; /metrics adds them up
+        metrics_dir = settings.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ[MULTIPROC_VARIABLE] = str(metrics_dir)
         if not settings.database_url:
             embedded = EmbeddedPostgres(settings.pg_dir)
             settings = msgspec.structs.replace(settings, database_url=embedded.start())
@@ -60,8 +66,15 @@ def serve(args: argparse.Namespace) -> int:
         if settings.dimse_port:
             dimse = _start_dimse(settings)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        print(f"Pictor DICOMweb at http://{host}:{settings.port}/dicom-web", flush=True)
-        print(f"Data directory: {settings.data_dir}", flush=True)
+        banner = [
+            f"Pictor DICOMweb at http://{host}:{settings.port}/dicom-web",
+            f"Data directory: {settings.data_dir}",
+        ]
+        for line in banner:
+            if settings.log_format == "json":
+                logging.getLogger("pictor").info(line)
+            else:
+                print(line, flush=True)
         uvicorn.run(
             "app.main:app_from_environment",
             factory=True,
@@ -72,7 +85,8 @@ def serve(args: argparse.Namespace) -> int:
             http="httptools",
             lifespan="on",
             log_level=settings.log_level,
-            access_log=False,
+            log_config=uvicorn_log_config(settings.log_level, settings.log_format),
+            access_log=False,  # Pictor's own (PICTOR_ACCESS_LOG) has the route and timing
             timeout_graceful_shutdown=10,
         )
     finally:
@@ -159,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--viewer-dir",
         help="OHIF bundle served at /viewer (env PICTOR_VIEWER_DIR; default DATA_DIR/viewer)",
+    )
+    s.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text, or JSON lines for log collectors (env PICTOR_LOG_FORMAT; default text)",
     )
     common(s)
     s.set_defaults(func=serve)

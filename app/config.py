@@ -48,6 +48,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: modality's STOW client) land unevenly on the processes.
     workers: int = 0
     log_level: str = "info"
+    #: ``text`` for people, ``json`` (one object per line) for log collectors
+    log_format: Literal["text", "json"] = "text"
+    #: one log line per HTTP request (logger ``pictor.access``: method, path, status,
+    #: duration, client)
+    access_log: bool = False
 
     @property
     def storage_dir(self) -> Path:
@@ -97,6 +102,8 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_ON_DUPLICATE": "on_duplicate",
     "PICTOR_WORKERS": "workers",
     "PICTOR_LOG_LEVEL": "log_level",
+    "PICTOR_LOG_FORMAT": "log_format",
+    "PICTOR_ACCESS_LOG": "access_log",
 }
 
 

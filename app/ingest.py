@@ -28,6 +28,7 @@ from app.config import Settings
 from app.dicom.analysis import Analysis, analyse_file
 from app.errors import FailureReason, InstanceRejected, ServiceUnavailable
 from app.index import instances as index
+from app.observability import record_ingest
 from app.storage import FileBlobStore, TempBlob, instance_key
 from app.storage.fs import Publication
 
@@ -223,7 +224,11 @@ class Ingest:
         for i, part in enumerate(parts):
             if i not in new:
                 part.temp.discard()
-        return [o if o is not None else Outcome(status=FAILED, reason=0x0110) for o in outcomes]
+        final = [o if o is not None else Outcome(status=FAILED, reason=0x0110) for o in outcomes]
+        for i, o in enumerate(final):
+            stored = o.status == STORED
+            record_ingest(o.status, parts[i].temp.size if stored else 0)
+        return final
 
     async def _store(
         self,

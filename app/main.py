@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Router, get
 from litestar.response import Response
 
@@ -22,6 +25,12 @@ from app.errors import ServiceUnavailable
 from app.index.database import EmbeddedPostgres, apply_migrations, create_pool
 from app.index.instances import referenced_keys
 from app.ingest import Ingest
+from app.observability import (
+    METRICS_CONTENT_TYPE,
+    MetricsMiddleware,
+    metrics_text,
+    setup_logging,
+)
 from app.storage import FileBlobStore
 
 log = logging.getLogger("pictor")
@@ -29,20 +38,50 @@ log = logging.getLogger("pictor")
 
 @get("/health", name="health")
 async def health(request: Any) -> Response[bytes]:
-    """Liveness and readiness: the index answers and the storage directory is writable."""
+    """Liveness and readiness: the index answers a query and the storage directories
+    take a new file (created, synced and removed); 503 naming what fails otherwise."""
     state = request.app.state
+    settings: Settings = state.settings
     try:
         await state.pool.fetchval("SELECT 1")
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
         raise ServiceUnavailable(f"index unreachable: {exc}") from exc
-    return Response(b'{"status":"ok"}', media_type="application/json")
+    try:
+        free = await asyncio.to_thread(_storage_probe, settings.tmp_dir, settings.storage_dir)
+    except OSError as exc:
+        raise ServiceUnavailable(f"storage not writable: {exc}") from exc
+    body = msgspec.json.encode(
+        {"status": "ok", "database": "ok", "storage": {"writable": True, "free_bytes": free}}
+    )
+    return Response(body, media_type="application/json")
+
+
+def _storage_probe(tmp: Path, storage: Path) -> int:
+    probe = tmp / f".health-{os.getpid()}"
+    with open(probe, "wb") as f:
+        f.write(b"ok")
+        os.fsync(f.fileno())
+    probe.unlink()
+    if not os.access(storage, os.W_OK):
+        raise OSError(f"{storage} is not writable")
+    stat = os.statvfs(storage)
+    return stat.f_bavail * stat.f_frsize
+
+
+@get("/metrics", name="metrics")
+async def metrics() -> Response[bytes]:
+    """Prometheus text exposition format: request counts and latencies per route, ingest
+    counts and bytes, all server processes together (see app.observability)."""
+    return Response(await asyncio.to_thread(metrics_text), media_type=METRICS_CONTENT_TYPE)
 
 
 def app_from_environment() -> Litestar:
     """Factory for server worker processes: settings come from the environment."""
     from app.config import load_settings
 
-    return create_app(load_settings())
+    settings = load_settings()
+    setup_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
 
 
 async def prepare(settings: Settings, dsn: str) -> None:
@@ -100,16 +139,19 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[store_instances, *qido.ROUTES, *wado.ROUTES, *rendered.ROUTES],
     )
     app = Litestar(
-        route_handlers=[dicomweb, health, *viewer.ROUTES],
+        route_handlers=[dicomweb, health, metrics, *viewer.ROUTES],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=None,
         openapi_config=None,
+        logging_config=None,  # logging is set up once per process (app.observability)
         debug=False,
     )
     # outermost, outside the exception handlers: error answers carry CORS headers too
     methods = {route.path_format: route.methods for route in app.routes}
-    app.asgi_handler = CrossOriginMiddleware(
+    cors = CrossOriginMiddleware(
         wado.FramesFastPath(app, app.asgi_handler), settings.cors_origin_list, methods
     )
+    # counts and times everything, preflights and errors included
+    app.asgi_handler = MetricsMiddleware(cors, settings.access_log)
     return app

@@ -15,6 +15,7 @@ from litestar import Request, get
 from litestar.response import Response
 
 from app.dicom.uids import uid_problem
+from app.dicomweb.errors import warning_header
 from app.dicomweb.negotiation import SEARCH_MEDIA_TYPES, choose
 from app.dicomweb.urls import request_base_url
 from app.errors import BadRequest
@@ -25,13 +26,6 @@ from app.index.search import search
 def _check_uid(value: str | None, what: str) -> None:
     if value is not None and (problem := uid_problem(value)) is not None:
         raise BadRequest(f"the {what} in the URL {problem}")
-
-
-def _warning(texts: list[str]) -> str:
-    return ", ".join(
-        '299 pictor "' + t.replace('"', "'").replace("\r", " ").replace("\n", " ") + '"'
-        for t in texts
-    )
 
 
 async def _search(
@@ -54,7 +48,7 @@ async def _search(
             f"There are additional results that can be requested: the limit is {query.limit}; "
             f"use offset={query.offset + query.limit} for the next page"
         )
-    headers = {"Warning": _warning(warnings)} if warnings else {}
+    headers = {"Warning": warning_header(warnings)} if warnings else {}
     return Response(result.body, media_type=media, headers=headers)
 
 

@@ -21,6 +21,7 @@ from litestar.response import Response
 from msgspec.json import encode
 
 from app.dicom.uids import uid_problem
+from app.dicomweb.errors import warning_header
 from app.dicomweb.multipart import (
     MultipartError,
     MultipartParser,
@@ -132,15 +133,6 @@ def store_response(
     return status, body, warnings
 
 
-def _warning_header(texts: list[str]) -> str:
-    # RFC 7234 5.5: warn-code 299 "Miscellaneous persistent warning"; PS3.18 8.4.4
-    quoted = []
-    for text in texts[:10]:
-        clean = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
-        quoted.append(f'299 pictor "{clean[:300]}"')
-    return ", ".join(quoted)
-
-
 class _Upload:
     """State of one STOW request: the part being written, parts awaiting commit."""
 
@@ -247,5 +239,5 @@ async def store_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
         request.app.state.settings.public_base_url, request.headers, request.url
     )
     status, body, warnings = store_response(upload.outcomes, base, study, failure)
-    headers = {"Warning": _warning_header(warnings)} if warnings else {}
+    headers = {"Warning": warning_header(warnings)} if warnings else {}
     return Response(encode(body), status_code=status, media_type=DICOM_JSON, headers=headers)

@@ -54,6 +54,7 @@ from app.dicomweb.urls import DICOMWEB_PREFIX, request_base_url
 from app.errors import BadRequest, NotAcceptable, NotFound, PictorError, RangeNotSatisfiable
 from app.index import retrieve
 from app.index.retrieve import Scope, StoredInstance
+from app.observability import ROUTE_KEY
 from app.storage import FileBlobStore
 
 
@@ -465,6 +466,7 @@ class FramesFastPath:
             if match is not None:
                 answer = await self._stored(match, scope)
                 if answer is not None:
+                    scope[ROUTE_KEY] = "wado-frames"
                     media_type, body = answer
                     await send(
                         {

@@ -190,6 +190,10 @@ def _condition(
     return Condition(path, vr, "single", (value,), fuzzy=is_pn_fuzzy)
 
 
+#: far beyond any index (PostgreSQL's OFFSET takes a 64-bit integer)
+MAX_OFFSET = 2**31 - 1
+
+
 def _integer(value: str, param: str) -> int:
     try:
         return int(value)
@@ -264,7 +268,7 @@ def parse_query(
         elif lower == "limit":
             limit = _non_negative(value, "limit", MAX_LIMIT)
         elif lower == "offset":
-            offset = _non_negative(value, "offset")
+            offset = _non_negative(value, "offset", MAX_OFFSET)
         elif lower == "includefield":
             for item in value.split(","):
                 item = item.strip()
