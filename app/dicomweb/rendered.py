@@ -32,9 +32,11 @@ THUMBNAIL_SIZE = (128, 128)
 
 
 def render_options(request: Request[Any, Any, Any], *, thumbnail: bool = False) -> RenderOptions:
-    """PS3.18 8.3.5.1 query parameters; 400 naming a malformed one."""
-    media = choose(request.headers.get("accept"), RENDERED_TYPES)
+    """PS3.18 8.3.5.1 query parameters; 400 naming a malformed one. An ``accept`` query
+    parameter takes precedence over the Accept header (PS3.18 8.3.3.1): OHIF asks for
+    thumbnails with ``?accept=image/jpeg`` and a multipart Accept header."""
     query = request.query_params
+    media = choose(query.get("accept") or request.headers.get("accept"), RENDERED_TYPES)
     window = None
     if "window" in query:
         parts = query["window"].split(",")

@@ -164,3 +164,17 @@ def test_multiframe_instance_as_an_animated_gif(archive: Archive, ct: pydicom.Da
     # a single-frame CT stays a plain GIF
     r = archive.http.get(url(ct, "/rendered"), headers={"Accept": "image/gif"})
     assert not getattr(Image.open(io.BytesIO(r.content)), "is_animated", False)
+
+
+def test_accept_query_parameter_wins_over_the_header(archive: Archive, ct: pydicom.Dataset) -> None:
+    """PS3.18 8.3.3.1: ``accept=`` in the query takes precedence; OHIF's thumbnail
+    request sends a multipart Accept header with ``?accept=image/jpeg``."""
+    multipart_accept = 'multipart/related; type="application/octet-stream"'
+    r = archive.http.get(
+        url(ct, "/thumbnail"), params={"accept": "image/jpeg"}, headers={"Accept": multipart_accept}
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    r = archive.http.get(url(ct, "/rendered"), params={"accept": "image/png"})
+    assert r.headers["content-type"] == "image/png"
+    r = archive.http.get(url(ct, "/thumbnail"), headers={"Accept": multipart_accept})
+    assert r.status_code == 406
