@@ -39,8 +39,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
-import aiofiles
-
 _HOST = socket.gethostname().replace("-", "_")
 _PART_BUFFER = 4 << 20  # one in-memory buffer per part being received
 _BLOCK = 4096  # direct I/O alignment (covers 512-byte and 4K logical blocks)
@@ -378,19 +376,39 @@ class FileBlobStore:
         await loop.run_in_executor(None, self._read_into, key, targets, 0)
 
     async def read_range(
-        self, key: str, offset: int = 0, length: int | None = None, chunk: int = 1 << 20
+        self, key: str, offset: int = 0, length: int | None = None, chunk: int = 4 << 20
     ) -> AsyncIterator[bytes]:
-        async with aiofiles.open(self.path(key), "rb") as f:
-            await f.seek(offset)
-            remaining = length
-            while remaining is None or remaining > 0:
-                n = chunk if remaining is None else min(chunk, remaining)
-                data = await f.read(n)
-                if not data:
+        """The file's bytes from ``offset`` (``length`` of them, or to the end) in chunks:
+        each read in the event loop when the page cache holds it (``RWF_NOWAIT``), else in
+        an I/O thread. One descriptor for the whole range."""
+        loop = asyncio.get_running_loop()
+        fd = await loop.run_in_executor(None, os.open, self.path(key), os.O_RDONLY)
+        try:
+            end = None if length is None else offset + length
+            position = offset
+            while end is None or position < end:
+                size = chunk if end is None else min(chunk, end - position)
+                buffer = bytearray(size)
+                n = self._nowait_read(fd, buffer, position)
+                if n is None:
+                    n = await loop.run_in_executor(None, os.preadv, fd, [buffer], position)
+                if n == 0:
                     break
-                if remaining is not None:
-                    remaining -= len(data)
-                yield data
+                position += n
+                yield bytes(buffer) if n == size else bytes(buffer[:n])
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _nowait_read(fd: int, buffer: bytearray, position: int) -> int | None:
+        """Bytes read without waiting for the disk, or None (not cached, or only part)."""
+        if not _RWF_NOWAIT:
+            return None
+        try:
+            n = os.preadv(fd, [buffer], position, _RWF_NOWAIT)
+        except OSError:
+            return None
+        return n if n == len(buffer) else None
 
     # -- recovery ------------------------------------------------------------------------
 
