@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from app.dicom import levels
 from app.dicom.dictionary import keyword
+from app.dicom.json_model import BASE_MARKER
 from app.dicom.levels import name_words
 from app.errors import BadRequest
 from app.index.query import Condition, DateTimeRange, Level, Query, pad_high_time
@@ -289,6 +290,47 @@ class Compiled:
     args: list[object]
 
 
+def _select(level: Level, wanted: frozenset[int] | None, base: str) -> str:
+    """The SQL of one result's JSON object: ``wanted`` tags (None: all of them) from the
+    stored fragments of the result's rows and the archive's computed attributes."""
+
+    def instance_level(tag: int) -> bool:
+        return not levels.is_study_level(tag) and not levels.is_series_level(tag)
+
+    stored: list[tuple[str, Callable[[int], bool]]] = [("st.attrs", levels.is_study_level)]
+    if level is not Level.STUDY:
+        stored.append(("se.attrs", levels.is_series_level))
+    if level is Level.INSTANCE:
+        stored.append(("i.attrs", instance_level))
+    computed = _computed(level, wanted, base)
+    if wanted is None:
+        sources = [source for source, _ in stored]
+        if level is Level.INSTANCE:
+            sources.append("(i.metadata::jsonb)")
+        return " || ".join(sources + [_object(computed, binary=True)])
+    all_computed = levels.STUDY_COMPUTED | levels.SERIES_COMPUTED | levels.INSTANCE_COMPUTED
+    pairs = list(computed)
+    for source, belongs in stored:
+        for tag in sorted(t for t in wanted if belongs(t) and t not in all_computed):
+            if source == "i.attrs" and tag not in levels.INSTANCE_TAGS:
+                pairs.append((tag, f"(i.metadata::jsonb)->'{tag:08X}'"))
+            else:
+                pairs.append((tag, f"{source}->'{tag:08X}'"))
+    return _object(pairs, binary=False)
+
+
+#: what a study search returns when it names nothing more (PS3.18 Table 10.6.3-3)
+STUDY_DEFAULT_SET = frozenset(levels.STUDY_DEFAULTS)
+
+
+def study_fragment_sql(*, all_attributes: bool) -> str:
+    """SQL (over a study row ``st``) of the study's QIDO object with the default return
+    attributes, or all of them, RetrieveURL under :data:`BASE_MARKER`: what the
+    fragments trigger stores and what a search sends."""
+    wanted = None if all_attributes else STUDY_DEFAULT_SET
+    return _select(Level.STUDY, wanted, f"'{BASE_MARKER}'::text")
+
+
 def compile_query(query: Query, base_url: str) -> Compiled:
     """The SQL of a QIDO query: one ``json`` text column per result row, in a stable order,
     at most ``limit + 1`` rows (the extra row tells that more results exist)."""
@@ -312,33 +354,15 @@ def compile_query(query: Query, base_url: str) -> Compiled:
     for dt in query.date_times:
         where.append(_date_time_sql(dt, args))
 
-    base = args.add(base_url) + "::text"
     wanted = query.returned
-
-    def instance_level(tag: int) -> bool:
-        return not levels.is_study_level(tag) and not levels.is_series_level(tag)
-
-    stored: list[tuple[str, Callable[[int], bool]]] = [("st.attrs", levels.is_study_level)]
-    if level is not Level.STUDY:
-        stored.append(("se.attrs", levels.is_series_level))
-    if level is Level.INSTANCE:
-        stored.append(("i.attrs", instance_level))
-    computed = _computed(level, wanted, base)
-    if wanted is None:
-        sources = [source for source, _ in stored]
-        if level is Level.INSTANCE:
-            sources.append("(i.metadata::jsonb)")
-        select = " || ".join(sources + [_object(computed, binary=True)])
+    if level is Level.STUDY and wanted in (None, STUDY_DEFAULT_SET):
+        # precomputed at ingest (app/index/fragments.py); RetrieveURL carries the base
+        # marker, which the search replaces in the whole answer at once
+        stored_answer = "qido_all" if wanted is None else "qido"
+        fallback = study_fragment_sql(all_attributes=wanted is None)
+        select = f"COALESCE(st.{stored_answer}, ({fallback})::text)"
     else:
-        all_computed = levels.STUDY_COMPUTED | levels.SERIES_COMPUTED | levels.INSTANCE_COMPUTED
-        pairs = list(computed)
-        for source, belongs in stored:
-            for tag in sorted(t for t in wanted if belongs(t) and t not in all_computed):
-                if source == "i.attrs" and tag not in levels.INSTANCE_TAGS:
-                    pairs.append((tag, f"(i.metadata::jsonb)->'{tag:08X}'"))
-                else:
-                    pairs.append((tag, f"{source}->'{tag:08X}'"))
-        select = _object(pairs, binary=False)
+        select = _select(level, wanted, args.add(base_url) + "::text")
 
     order_parts = []
     aliases = {Level.STUDY: {"st"}, Level.SERIES: {"st", "se"}, Level.INSTANCE: {"st", "se", "i"}}

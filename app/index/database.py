@@ -75,6 +75,10 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path | None = No
                     path.name,
                 )
             applied.append(version)
+        if directory is None:
+            from app.index import fragments  # the compiler's SQL, kept out of import time
+
+            await fragments.install(conn)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from app.dicom.json_model import BASE_MARKER
 from app.errors import ServiceUnavailable
 from app.index.compiler import compile_query
 from app.index.query import Query
@@ -18,6 +19,9 @@ class SearchResult:
     count: int
     #: more results exist beyond the limit
     more: bool
+
+
+_MARKER = f'"{BASE_MARKER}/'.encode()
 
 
 async def search(pool: asyncpg.Pool, query: Query, base_url: str) -> SearchResult:
@@ -35,4 +39,6 @@ async def search(pool: asyncpg.Pool, query: Query, base_url: str) -> SearchResul
     if more:
         rows = rows[: query.limit]
     body = b"[" + b",".join(row[0].encode() for row in rows) + b"]"
+    # precomputed study answers carry RetrieveURL under the base marker
+    body = body.replace(_MARKER, b'"' + base_url.encode() + b"/")
     return SearchResult(body, len(rows), more)

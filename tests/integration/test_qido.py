@@ -9,6 +9,7 @@ marker unique to this test run, so the rest of the shared test archive cannot in
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -425,3 +426,50 @@ def test_dicomweb_client_searches(fixture_archive: Archive) -> None:
     )
     assert len(instances) == 3
     assert client.search_for_series(search_filters={"Modality": "PR", "PatientID": f"QP{RUN}-2"})
+
+
+def test_stored_study_answers_stay_equal_to_freshly_built_ones(archive: Archive) -> None:
+    """The precomputed study answers (trigger, app/index/fragments.py) equal what the
+    compiler builds from the row now, after ingest has changed the study's aggregates;
+    a new trigger definition rebuilds every study once."""
+    import asyncio
+
+    import asyncpg
+
+    from app.index import fragments
+    from app.index.compiler import study_fragment_sql
+
+    from conftest import embedded_dsn
+
+    study, series = new_uids()
+    assert (
+        archive.stow(multipart([ct_slice(study, series, 0, rows=16, cols=16)])).status_code == 200
+    )
+    _, series2 = new_uids()
+    assert (
+        archive.stow(multipart([ct_slice(study, series2, 1, rows=16, cols=16)])).status_code == 200
+    )
+    stale = archive.query(
+        f"""SELECT count(*) FROM study st
+            WHERE st.qido IS NULL OR st.qido::jsonb IS DISTINCT FROM
+                  ({study_fragment_sql(all_attributes=False)})::jsonb
+               OR st.qido_all::jsonb IS DISTINCT FROM
+                  ({study_fragment_sql(all_attributes=True)})::jsonb"""
+    )[0][0]
+    assert stale == 0
+    row = archive.query("SELECT qido::jsonb AS q FROM study WHERE study_uid = $1", study)[0]
+    assert json.loads(row["q"])["00201206"]["Value"] == [2]  # the second series counted
+    # the answer over HTTP: RetrieveURL under the request's base URL
+    (found,) = archive.http.get("/studies", params={"StudyInstanceUID": study}).json()
+    assert found["00081190"]["Value"] == [f"{archive.url}/studies/{study}"]
+
+    async def reinstall() -> int:
+        conn = await asyncpg.connect(embedded_dsn(archive.data_dir))
+        try:
+            await conn.execute("UPDATE pictor_setting SET value = 'old' WHERE name LIKE 'study%'")
+            return await fragments.install(conn)
+        finally:
+            await conn.close()
+
+    total = archive.query("SELECT count(*) FROM study")[0][0]
+    assert asyncio.run(reinstall()) == total
