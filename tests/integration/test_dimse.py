@@ -740,7 +740,10 @@ def test_restricted_calling_ae_titles(tmp_path: Path) -> None:
         },
     ).start()
     try:
-        pids = process.pids()
+        pids = [
+            pid for pid in process.pids() if "app.dimse" in " ".join(psutil.Process(pid).cmdline())
+        ]
+        assert len(pids) == 1
 
         def echo(aet: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
