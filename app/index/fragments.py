@@ -65,4 +65,7 @@ async def install(conn: asyncpg.Connection) -> int:
     rebuilt = int(status.split()[-1])
     if rebuilt:
         log.info("rebuilt the stored QIDO answers of %d studies", rebuilt)
+        # every row was rewritten: without a vacuum the visibility map is empty and the
+        # searches' index-only scans visit the table for every key until autovacuum runs
+        await conn.execute("VACUUM (ANALYZE) study")
     return rebuilt
