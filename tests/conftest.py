@@ -14,7 +14,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import pydicom  # noqa: E402
+from pydicom.filebase import DicomBytesIO  # noqa: E402
+
+from corpus import reference_files  # noqa: E402
 from server import PictorProcess  # noqa: E402
+from synth import ct_slice, new_uids  # noqa: E402
 
 BOUNDARY = "pictor-test-boundary"
 
@@ -88,3 +93,27 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     finally:
         archive.http.close()
         process.stop()
+
+
+# -- the WADO-RS test modules' corpus (test_wado.py, test_transcode.py) --
+
+
+@pytest.fixture(scope="module")
+def stored(archive: Archive) -> dict[str, object]:
+    study, series = new_uids()
+    files = [ct_slice(study, series, i) for i in range(3)]
+    corpus = [
+        r
+        for r in reference_files()
+        if r.number_of_frames > 0 and r.transfer_syntax != "1.2.840.10008.1.2.1.99"
+    ]
+    r = archive.stow(multipart(files + [r.path.read_bytes() for r in corpus]))
+    assert r.status_code == 200, r.text
+    datasets = [pydicom.dcmread(DicomBytesIO(f)) for f in files]
+    return {
+        "study": study,
+        "series": series,
+        "files": files,
+        "datasets": datasets,
+        "corpus": corpus,
+    }

@@ -269,7 +269,9 @@ def transcode_instance(path: str, target: str) -> bytes:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if target == EXPLICIT_VR_LE:
             if syntax.is_compressed:
-                ds.decompress()  # native pixels; photometric updated (e.g. to RGB)
+                # native pixels, photometric updated (e.g. to RGB); the same object, so
+                # the same SOP Instance UID (pydicom would make up a new one)
+                ds.decompress(generate_instance_uid=False)
             elif not syntax.is_little_endian:
                 array = ds.pixel_array  # colour comes out interleaved (R1 G1 B1 R2 ...)
                 ds.PixelData = np.ascontiguousarray(

@@ -362,7 +362,11 @@ def compile_query(query: Query, base_url: str) -> Compiled:
         fallback = study_fragment_sql(all_attributes=wanted is None)
         select = f"COALESCE(st.{stored_answer}, ({fallback})::text)"
     else:
-        select = _select(level, wanted, args.add(base_url) + "::text")
+        # the base URL is an argument only when RetrieveURL is returned: an unused
+        # parameter has no type and PostgreSQL refuses the statement
+        needs_base = wanted is None or levels.RETRIEVE_URL in wanted
+        base = args.add(base_url) + "::text" if needs_base else "NULL::text"
+        select = _select(level, wanted, base)
 
     order_parts = []
     aliases = {Level.STUDY: {"st"}, Level.SERIES: {"st", "se"}, Level.INSTANCE: {"st", "se", "i"}}

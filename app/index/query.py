@@ -144,8 +144,10 @@ def _condition(
             items.extend(v for v in re.split(r"[\\,]", value))
         else:
             items.append(value)
-    if len(items) == 1 and items[0] == "":
-        return None  # universal matching
+    if len(items) == 1 and (items[0] == "" or (items[0].strip("*") == "" and vr in WILDCARD_VRS)):
+        # universal matching: an empty value, or "*" alone, which PS3.4 C.2.2.2.4 makes
+        # equivalent to it (it also matches objects without the attribute)
+        return None
     if any(v == "" for v in items):
         raise BadRequest(f"query parameter {param!r}: an empty value in a list")
     if vr == "UI":

@@ -25,8 +25,7 @@ from pydicom.pixels import pixel_array
 from test_wado import parts
 
 from conftest import Archive, multipart
-from corpus import reference_files
-from synth import big_multiframe, ct_slice, new_uids
+from synth import big_multiframe
 
 RLE = "1.2.840.10008.1.2.5"
 JLS = "1.2.840.10008.1.2.4.80"
@@ -41,20 +40,6 @@ LOSSLESS_BY_DEFAULT = {"image/x-dicom-rle": RLE, "image/jls": JLS, "image/jp2": 
 LOSSY_STORED = {"image/jls": (JLS_NEAR,), "image/jp2": (J2K,)}
 #: openjpeg and CharLS refuse images this small (3 x 3 pixels): the archive says so (406)
 TOO_SMALL = {"SC_rgb_small_odd.dcm", "SC_rgb_small_odd_jpeg.dcm"}
-
-
-@pytest.fixture(scope="module")
-def stored(archive: Archive) -> dict[str, object]:
-    study, series = new_uids()
-    files = [ct_slice(study, series, i) for i in range(3)]
-    corpus = [
-        r
-        for r in reference_files()
-        if r.number_of_frames > 0 and r.transfer_syntax != "1.2.840.10008.1.2.1.99"
-    ]
-    r = archive.stow(multipart(files + [r.path.read_bytes() for r in corpus]))
-    assert r.status_code == 200, r.text
-    return {"study": study, "series": series, "files": files, "corpus": corpus}
 
 
 def instance_path(ds: Dataset) -> str:

@@ -12,9 +12,8 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.filebase import DicomBytesIO
 
-from conftest import Archive, multipart
-from corpus import expected_frames, reference_files
-from synth import ct_slice, new_uids
+from conftest import Archive
+from corpus import expected_frames
 
 STAR = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -32,27 +31,6 @@ def parts(response) -> list[tuple[str, bytes]]:  # type: ignore[no-untyped-def]
 def _params(part) -> str:  # type: ignore[no-untyped-def]
     ts = part.get_param("transfer-syntax")
     return f"; transfer-syntax={ts}" if ts else ""
-
-
-@pytest.fixture(scope="module")
-def stored(archive: Archive) -> dict[str, object]:
-    study, series = new_uids()
-    files = [ct_slice(study, series, i) for i in range(3)]
-    corpus = [
-        r
-        for r in reference_files()
-        if r.number_of_frames > 0 and r.transfer_syntax != "1.2.840.10008.1.2.1.99"
-    ]
-    r = archive.stow(multipart(files + [r.path.read_bytes() for r in corpus]))
-    assert r.status_code == 200, r.text
-    datasets = [pydicom.dcmread(DicomBytesIO(f)) for f in files]
-    return {
-        "study": study,
-        "series": series,
-        "files": files,
-        "datasets": datasets,
-        "corpus": corpus,
-    }
 
 
 def test_study_metadata_is_the_stored_json(archive: Archive, stored: dict) -> None:
@@ -260,6 +238,9 @@ def test_instances_default_to_explicit_vr_little_endian(archive: Archive, stored
         assert ctype == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
         got = pydicom.dcmread(DicomBytesIO(body))
         assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        # decoded, not a new object: the same SOP Instance UID
+        assert got.SOPInstanceUID == original.SOPInstanceUID, ref.name
+        assert got.file_meta.MediaStorageSOPInstanceUID == original.SOPInstanceUID, ref.name
         assert np.array_equal(got.pixel_array, original.pixel_array), ref.name
     jpeg = next(r for r in stored["corpus"] if r.transfer_syntax == "1.2.840.10008.1.2.4.50")
     original = pydicom.dcmread(jpeg.path)

@@ -36,7 +36,7 @@ def test_universal_matching_returns_the_attribute_without_a_condition() -> None:
 
 @pytest.mark.parametrize(
     "value, pattern",
-    [("DOE*", "DOE%"), ("D?E*", "D_E%"), ("*", "%"), ("A_B%C", None), ("50\\%*", "50\\\\\\%%")],
+    [("DOE*", "DOE%"), ("D?E*", "D_E%"), ("A_B%C", None), ("50\\%*", "50\\\\\\%%")],
 )
 def test_wildcards_c_2_2_2_4(value: str, pattern: str | None) -> None:
     clause, args = where(Level.STUDY, [("PatientName", value)])
@@ -223,3 +223,21 @@ def test_default_and_included_return_attributes_ps3_18_10_6_3_3() -> None:
     assert (
         "'00080016', i.attrs->'00080016'" in inst and "'/instances/' || i.sop_instance_uid" in inst
     )
+
+
+def test_a_lone_asterisk_is_universal_matching_ps3_4_c_2_2_2_4() -> None:
+    """"*" alone matches everything, objects without the attribute included: no
+    condition at all (a LIKE '%' would drop rows where the attribute is absent)."""
+    q = parse_query(Level.STUDY, [("StudyDescription", "*"), ("PatientName", "**")])
+    assert q.conditions == ()
+    assert 0x00081030 in (q.returned or ())  # still returned, as a matching key is
+
+
+def test_no_base_url_argument_without_retrieve_url() -> None:
+    """A query whose answer has no RetrieveURL must not carry an untyped parameter."""
+    from dataclasses import replace
+
+    q = parse_query(Level.STUDY, [("PatientID", "X")])
+    q = replace(q, returned=frozenset({0x00100020, 0x0020000D}))
+    compiled = compile_query(q, BASE)
+    assert BASE not in compiled.args
