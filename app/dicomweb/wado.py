@@ -22,6 +22,7 @@ import re
 import secrets
 import time
 import zipfile
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -456,9 +457,31 @@ class FramesFastPath:
     ``wado-frames`` route, which gives the same answers for those (and the errors'
     status codes and messages). Sits inside the CORS middleware."""
 
+    #: seconds a looked-up instance serves further frame requests (a cine loop, a slide's
+    #: tiles: many frames of one instance) without another index probe. A replaced
+    #: instance can be answered as it was for this long; a file gone since falls back
+    #: to the route.
+    TTL = 2.0
+    SIZE = 2048
+
     def __init__(self, app: Litestar, inner: Callable[..., Awaitable[None]]) -> None:
         self.app = app
         self.inner = inner
+        self._recent: OrderedDict[tuple[str, str, str], tuple[float, StoredInstance]] = (
+            OrderedDict()
+        )
+
+    async def _instance(self, key: tuple[str, str, str]) -> StoredInstance:
+        now = time.monotonic()
+        hit = self._recent.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        inst = await retrieve.instance(self.app.state.pool, Scope(*key))
+        self._recent[key] = (now + self.TTL, inst)
+        self._recent.move_to_end(key)
+        while len(self._recent) > self.SIZE:
+            self._recent.popitem(last=False)
+        return inst
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -490,18 +513,21 @@ class FramesFastPath:
         for name, value in scope["headers"]:
             if name == b"accept":
                 accept = value.decode("latin-1")
-        state = self.app.state
+        key = (study, series, instance)
         try:
-            inst = await retrieve.instance(state.pool, Scope(study, series, instance))
+            inst = await self._instance(key)
             if not inst.number_of_frames:
                 return None
             numbers = parse_frame_list(frames, inst.number_of_frames)
             chosen, as_stored = _frame_choice(inst, accept)
             if not as_stored:
                 return None
-            return await _stored_frames(state.store, inst, numbers, chosen)
+            return await _stored_frames(self.app.state.store, inst, numbers, chosen)
         except PictorError:
             return None  # the route says what was wrong
+        except FileNotFoundError:
+            self._recent.pop(key, None)  # replaced meanwhile: the route looks again
+            return None
 
 
 # -- bulk data --------------------------------------------------------------------------

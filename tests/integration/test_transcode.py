@@ -14,6 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -25,7 +26,7 @@ from pydicom.pixels import pixel_array
 from test_wado import parts
 
 from conftest import Archive, multipart
-from synth import big_multiframe
+from synth import big_multiframe, ct_slice, new_uids
 
 RLE = "1.2.840.10008.1.2.5"
 JLS = "1.2.840.10008.1.2.4.80"
@@ -265,3 +266,42 @@ def test_search_answers_while_workers_transcode(archive: Archive, tmp_path: Path
         t.join()
     assert r.status_code == 200 and len(finished) == 4
     assert answered < min(finished)
+
+
+def test_a_replaced_instance_is_never_served_from_the_old_file(tmp_path: Path) -> None:
+    """The frames fast path reuses a looked-up instance for later frames; after the
+    instance is replaced (PICTOR_ON_DUPLICATE=replace) the next frame is the new one."""
+    from server import PictorProcess
+
+    server = PictorProcess(tmp_path / "data", env={"PICTOR_ON_DUPLICATE": "replace"}).start()
+    try:
+        http = httpx.Client(base_url=server.dicomweb, timeout=60)
+        study, series = new_uids()
+        first = ct_slice(study, series, 0, rows=32, cols=32, seed=1)
+        second = ct_slice(study, series, 0, rows=32, cols=32, seed=2)
+        ds = pydicom.dcmread(DicomBytesIO(first))
+        star = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+        ctype = 'multipart/related; type="application/dicom"; boundary=pictor-test-boundary'
+        assert (
+            http.post(
+                "/studies", content=multipart([first]), headers={"Content-Type": ctype}
+            ).status_code
+            == 200
+        )
+        for _ in range(3):  # every server process has it now
+            r = http.get(f"{instance_path(ds)}/frames/1", headers={"Accept": star})
+            assert parts(r)[0][1] == ds.PixelData
+        assert (
+            http.post(
+                "/studies", content=multipart([second]), headers={"Content-Type": ctype}
+            ).status_code
+            == 200
+        )
+        new = pydicom.dcmread(DicomBytesIO(second)).PixelData
+        assert new != ds.PixelData
+        for _ in range(3):
+            r = http.get(f"{instance_path(ds)}/frames/1", headers={"Accept": star})
+            assert parts(r)[0][1] == new
+        http.close()
+    finally:
+        server.stop()
