@@ -22,7 +22,8 @@ def resolve(name: str) -> int:
     """
     if _TAG.fullmatch(name):
         return int(name, 16)
-    tag = tag_for_keyword(name)
+    # pydicom's dictionary has retired entries with an empty keyword: "" is no keyword
+    tag = tag_for_keyword(name) if name.isidentifier() else None
     if tag is None:
         raise UnknownAttribute(f"{name!r} is neither a DICOM keyword nor a tag (8 hex digits)")
     return int(tag)

@@ -128,6 +128,22 @@ def _check_range_value(vr: str, value: str, param: str) -> None:
         )
 
 
+INTEGER_VRS = frozenset({"IS", "SS", "US", "SL", "UL", "SV", "UV"})
+DECIMAL_VRS = frozenset({"DS", "FL", "FD"})
+
+
+def _check_number(vr: str, value: str, param: str) -> None:
+    """A value for a numeric attribute must be a number (400 otherwise, not a database
+    error later)."""
+    if vr in INTEGER_VRS:
+        _integer(value, param)
+    elif vr in DECIMAL_VRS:
+        try:
+            float(value)
+        except ValueError:
+            raise BadRequest(f"query parameter {param!r}: {value!r} is not a number") from None
+
+
 def _condition(
     path: tuple[int, ...], values: list[str], param: str, fuzzy: bool
 ) -> Condition | None:
@@ -157,9 +173,8 @@ def _condition(
     if len(items) > 1:
         if any("*" in v or "?" in v for v in items):
             raise BadRequest(f"query parameter {param!r}: wildcards cannot be used in a list")
-        if vr == "IS":
-            for v in items:
-                _integer(v, param)
+        for v in items:
+            _check_number(vr, v, param)
         return Condition(path, vr, "list", tuple(items))
     value = items[0]
     dt_with_offset = (
@@ -179,13 +194,7 @@ def _condition(
         return Condition(path, vr, "range", (low, high))
     if vr in RANGE_VRS:
         _check_range_value(vr, value, param)
-    if vr in ("IS", "SS", "US", "SL", "UL", "SV", "UV"):
-        _integer(value, param)
-    if vr == "DS":
-        try:
-            float(value)
-        except ValueError:
-            raise BadRequest(f"query parameter {param!r}: {value!r} is not a number") from None
+    _check_number(vr, value, param)
     is_pn_fuzzy = fuzzy and vr == "PN"
     if ("*" in value or "?" in value) and vr in WILDCARD_VRS:
         return Condition(path, vr, "wildcard", (value,), fuzzy=is_pn_fuzzy)

@@ -165,6 +165,8 @@ def test_level_must_allow_the_attribute() -> None:
         ([("limit", "ten")], "'limit'"),
         ([("offset", "x")], "'offset'"),
         ([("offset", "30572935527722351853568")], "'offset' must be at most"),  # schemathesis
+        ([("", "x")], "neither a DICOM keyword"),  # schemathesis: an empty name
+        ([("PatientWeight", "heavy")], "not a number"),
         ([("fuzzymatching", "yes")], "'fuzzymatching'"),
         ([("includefield", "Nope")], "includefield=Nope"),
         ([("orderby", "Nope")], "orderby=Nope"),
