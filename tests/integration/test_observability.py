@@ -120,7 +120,8 @@ def test_json_logs_access_log_and_a_database_outage(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("schemathesis") is None, reason="schemathesis not installed")
 def test_schemathesis_finds_no_server_error(archive: Archive, tmp_path: Path) -> None:
-    """Property-based requests generated from openapi.yaml (bounded): no 5xx anywhere."""
+    """Property-based requests generated from openapi.yaml: no 5xx anywhere. A fixed
+    seed and example budget (no time budget) make the run the same on every machine."""
     study, series = new_uids()
     assert (
         archive.stow(multipart([ct_slice(study, series, 0, rows=32, cols=32)])).status_code == 200
@@ -139,9 +140,7 @@ def test_schemathesis_finds_no_server_error(archive: Archive, tmp_path: Path) ->
             "--phases",
             "examples,coverage,fuzzing",
             "--max-examples",
-            "10",
-            "--max-time",
-            "90",
+            "40",
             "--workers",
             "2",
             "--seed",
