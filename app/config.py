@@ -53,6 +53,38 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: one log line per HTTP request (logger ``pictor.access``: method, path, status,
     #: duration, client)
     access_log: bool = False
+    # -- access control and audit (issue #8; see app/auth) --
+    #: require a bearer token (API token, OIDC JWT or study link) on every route but
+    #: /health, the viewer's static files and CORS preflights
+    auth: bool = False
+    #: allow listening on a non-loopback address without ``auth`` (logged loudly)
+    insecure_no_auth: bool = False
+    #: record accesses in the audit trail even without ``auth`` (with it: always)
+    audit: bool = False
+    #: OIDC / JWT access tokens (RFC 7519): expected ``iss`` and ``aud`` claims
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    #: where the issuer's signing keys are published (a JWK Set, RFC 7517) ...
+    oidc_jwks_url: str = ""
+    #: ... or a PEM file with the one public key that signs the tokens
+    oidc_public_key: str = ""
+    #: accepted JWS algorithms, comma separated; never ``none`` nor HMAC (HS*)
+    oidc_algorithms: str = "RS256,RS384,RS512,PS256,ES256,ES384,EdDSA"
+    #: the claim holding the granted scopes (space-separated string or list); ``scp``
+    #: is read too when this one is absent
+    oidc_scope_claim: str = "scope"
+    #: an optional claim with roles (a list, or a dotted path such as
+    #: ``realm_access.roles``); roles named read / write / admin grant those scopes
+    oidc_roles_claim: str = ""
+    #: HTTPS: certificate chain and private key (PEM files)
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: secret that signs study links (HMAC-SHA256); empty: ``<data_dir>/link-secret``,
+    #: generated once, shared by every process of the archive
+    link_secret: str = ""
+    #: seconds a verified API token or JWT is trusted without checking again (so a
+    #: revoked token stops working within this time)
+    auth_cache_seconds: float = 5.0
 
     @property
     def storage_dir(self) -> Path:
@@ -76,6 +108,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """``cors_origins`` as serialized origins (Fetch standard, "origin"): lower case,
         no trailing slash, default ports dropped, as browsers send them in ``Origin``."""
         return tuple(normalize_origin(o) for o in self.cors_origins.split(",") if o.strip())
+
+    @property
+    def audit_enabled(self) -> bool:
+        return self.audit or self.auth
+
+    @property
+    def link_secret_path(self) -> Path:
+        return self.data_dir / "link-secret"
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_jwks_url or self.oidc_public_key)
+
+    @property
+    def oidc_algorithm_list(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.oidc_algorithms.split(",") if a.strip())
 
     @property
     def viewer_path(self) -> Path:
@@ -104,6 +152,20 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_LOG_LEVEL": "log_level",
     "PICTOR_LOG_FORMAT": "log_format",
     "PICTOR_ACCESS_LOG": "access_log",
+    "PICTOR_AUTH": "auth",
+    "PICTOR_INSECURE_NO_AUTH": "insecure_no_auth",
+    "PICTOR_AUDIT": "audit",
+    "PICTOR_OIDC_ISSUER": "oidc_issuer",
+    "PICTOR_OIDC_AUDIENCE": "oidc_audience",
+    "PICTOR_OIDC_JWKS_URL": "oidc_jwks_url",
+    "PICTOR_OIDC_PUBLIC_KEY": "oidc_public_key",
+    "PICTOR_OIDC_ALGORITHMS": "oidc_algorithms",
+    "PICTOR_OIDC_SCOPE_CLAIM": "oidc_scope_claim",
+    "PICTOR_OIDC_ROLES_CLAIM": "oidc_roles_claim",
+    "PICTOR_TLS_CERT": "tls_cert",
+    "PICTOR_TLS_KEY": "tls_key",
+    "PICTOR_LINK_SECRET": "link_secret",
+    "PICTOR_AUTH_CACHE_SECONDS": "auth_cache_seconds",
 }
 
 
@@ -177,6 +239,7 @@ def load_settings(
     if not 0 < len(settings.dimse_ae_title.strip()) <= 16:
         raise ConfigError("the AE title must have 1 to 16 characters (PS3.5 6.2, VR AE)")
     parse_peers(settings.dimse_peers)
+    _check_access_settings(settings)
     viewer_dir = settings.viewer_dir.strip()
     return msgspec.structs.replace(
         settings,
@@ -184,6 +247,54 @@ def load_settings(
         public_base_url=settings.public_base_url.rstrip("/"),
         cors_origins=",".join(settings.cors_origin_list),  # ConfigError when malformed
         viewer_dir=str(Path(viewer_dir).expanduser().resolve()) if viewer_dir else "",
+    )
+
+
+#: JWS algorithms (RFC 7518) a verifier must never accept from a token's header: "none"
+#: (no signature) and HMAC (a public key used as a shared secret: key confusion)
+_UNSAFE_ALGORITHMS = ("none", "HS256", "HS384", "HS512")
+
+
+def _check_access_settings(settings: Settings) -> None:
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("HTTPS needs both a certificate (--tls-cert) and a key (--tls-key)")
+    for path in (settings.tls_cert, settings.tls_key, settings.oidc_public_key):
+        if path and not Path(path).expanduser().is_file():
+            raise ConfigError(f"no such file: {path}")
+    unsafe = [a for a in settings.oidc_algorithm_list if a.upper() in _UNSAFE_ALGORITHMS]
+    if unsafe:
+        raise ConfigError(f"JWT algorithms {unsafe} are not allowed (no signature / HMAC)")
+    if settings.oidc_jwks_url and settings.oidc_public_key:
+        raise ConfigError("give a JWKS URL or a public key for JWTs, not both")
+    if settings.oidc_enabled and not settings.oidc_issuer:
+        raise ConfigError("JWT verification needs the issuer (PICTOR_OIDC_ISSUER)")
+    if settings.auth_cache_seconds < 0:
+        raise ConfigError("PICTOR_AUTH_CACHE_SECONDS cannot be negative")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` exposes the server to this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(settings: Settings) -> str | None:
+    """Why these settings must not be served: a non-loopback address without access
+    control, unless ``insecure_no_auth`` says so explicitly."""
+    if settings.auth or settings.insecure_no_auth or is_loopback(settings.host):
+        return None
+    return (
+        f"refusing to listen on {settings.host} without access control: anyone who can "
+        "reach this address could read and store patient images. Turn on authentication "
+        "(--auth / PICTOR_AUTH=true, then create tokens with 'pictor token create'), or, "
+        "on a network you trust entirely, pass --insecure-no-auth "
+        "(PICTOR_INSECURE_NO_AUTH=true)"
     )
 
 

@@ -1,0 +1,110 @@
+"""Study links: signed, expiring grants to read one study, for EMR embedding.
+
+A link token is ``pl_`` + base64url(``STUDY_UID`` NUL ``expiry``) + ``.`` +
+base64url(HMAC-SHA256(secret, that payload)). Anyone holding it may read that study
+(the viewer, DICOMweb metadata, frames, rendered images) until it expires; it names no
+person, so the audit trail records it as ``link:STUDY_UID``. Changing the secret
+(``PICTOR_LINK_SECRET`` or the ``link-secret`` file of the data directory) invalidates
+every link issued.
+
+The link URL (``/link/TOKEN``) is answered by :mod:`app.auth.middleware`: it sets an
+``HttpOnly; SameSite=Strict`` cookie carrying the token and redirects to the viewer, since
+a browser (and OHIF) will not add an ``Authorization`` header by itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+import secrets
+import time
+from hashlib import sha256
+from pathlib import Path
+
+from app.config import Settings
+
+PREFIX = "pl_"
+COOKIE = "pictor_link"
+#: longest a link may live
+MAX_TTL = 30 * 86400
+
+
+class LinkError(ValueError):
+    """A link token that is malformed, tampered with or expired."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def load_secret(settings: Settings) -> bytes:
+    """The link signing secret: configured, or ``<data_dir>/link-secret`` (created once,
+    mode 0600, atomically: several processes may start at once and must agree)."""
+    if settings.link_secret:
+        return settings.link_secret.encode()
+    path = settings.link_secret_path
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".link-secret-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secrets.token_hex(32).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(temp, path)  # fails if another process won: then its secret is used
+    except FileExistsError:
+        pass
+    finally:
+        temp.unlink()
+    return Path(path).read_bytes().strip()
+
+
+def sign(secret: bytes, study: str, ttl: float, now: float | None = None) -> tuple[str, int]:
+    """A link token for ``study`` valid ``ttl`` seconds; returns (token, expiry epoch)."""
+    if not 0 < ttl <= MAX_TTL:
+        raise LinkError(f"a link lives between 1 second and {MAX_TTL // 86400} days")
+    expires = int((time.time() if now is None else now) + ttl)
+    payload = f"{study}\0{expires}".encode()
+    mac = hmac.new(secret, payload, sha256).digest()
+    return f"{PREFIX}{_b64(payload)}.{_b64(mac)}", expires
+
+
+def verify(secret: bytes, token: str, now: float | None = None) -> tuple[str, int]:
+    """(study UID, expiry) of a valid link token; :class:`LinkError` otherwise."""
+    if not token.startswith(PREFIX) or token.count(".") != 1:
+        raise LinkError("not a study link")
+    body, _, mac_text = token[len(PREFIX) :].partition(".")
+    try:
+        payload, mac = _unb64(body), _unb64(mac_text)
+    except (ValueError, TypeError) as exc:
+        raise LinkError("malformed study link") from exc
+    if not hmac.compare_digest(mac, hmac.new(secret, payload, sha256).digest()):
+        raise LinkError("the study link's signature does not match")
+    study, _, expires_text = payload.decode("utf-8", "replace").partition("\0")
+    if not expires_text.isdigit():
+        raise LinkError("malformed study link")
+    expires = int(expires_text)
+    if expires <= (time.time() if now is None else now):
+        raise LinkError("the study link has expired")
+    return study, expires
+
+
+def parse_ttl(text: str) -> int:
+    """``90s``, ``30m``, ``1h``, ``7d`` or plain seconds."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    factor = units.get(text[-1:], 0)
+    number = text[:-1] if factor else text
+    if not number.isdigit():
+        raise LinkError(f"TTL {text!r} is not a duration such as 30m, 1h or 7d")
+    return int(number) * (factor or 1)

@@ -1,0 +1,345 @@
+"""The access check of every HTTP request, and its audit event (one pure ASGI middleware).
+
+Placed inside the CORS middleware (so 401 / 403 answers carry CORS headers and
+preflights reach their handlers) and outside everything that reads data, the frames
+fast path included. Per request (:func:`app.auth.routes.classify` names what it asks
+for):
+
+* open: CORS preflights (``OPTIONS``), ``/health`` (load balancers), the viewer's static
+  bundle under ``/viewer`` (code and configuration, no patient data: every image and
+  attribute it shows comes through the guarded DICOMweb routes);
+* ``read``: QIDO-RS, WADO-RS (metadata, instances, frames, bulk data, rendered,
+  thumbnails), IHE Invoke Image Display; ``write``: STOW-RS; ``admin``: ``/admin/...``
+  (tokens, links) and ``/metrics``. A path it does not know needs ``read``.
+
+Credentials (RFC 6750): ``Authorization: Bearer TOKEN`` (2.1), else an ``access_token``
+(2.3) or ``token`` query parameter, else the study-link cookie. A token is an API token
+(``pt_...``), a study link (``pl_...``) or a JWT (:mod:`app.auth.oidc`). Answers
+(RFC 6750 3): no credentials: 401 with ``WWW-Authenticate: Bearer realm="pictor"``;
+bad credentials (unknown, revoked, expired, tampered, wrong issuer / audience): 401 with
+``error="invalid_token"``; a scope missing: 403 with ``error="insufficient_scope"``.
+Bodies are ``{"status": ..., "message": ...}`` as every other error of Pictor.
+
+A study link may read its study only: another study in the path answers 404 (not 403:
+the link must not confirm that a study exists); a search across the archive is
+confined to the study (the query string is rewritten to ``StudyInstanceUID=<linked>``,
+any other Study Instance UID the client gave dropped); writes and admin answer 403.
+
+``GET /link/TOKEN`` is the URL a study link is handed out as: it sets an ``HttpOnly;
+SameSite=Strict`` cookie with the token (lifetime: the link's) and redirects to the
+viewer showing the study; an expired or tampered link answers 401.
+
+Every guarded request, refused ones included, leaves one audit event
+(:class:`app.auth.audit.AuditLog`) after its answer has gone out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+from app.auth import links
+from app.auth.audit import AuditLog
+from app.auth.oidc import JwtError, JwtVerifier, looks_like_jwt
+from app.auth.principal import ANONYMOUS, AUDIT_UIDS_KEY, READ, Principal
+from app.auth.routes import Target, classify
+from app.auth.tokens import TokenVerifier, looks_like_token
+from app.observability import ROUTE_KEY
+
+REALM = 'Bearer realm="pictor"'
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+class Access:
+    """What the middleware needs, opened in the application's lifespan."""
+
+    def __init__(
+        self,
+        *,
+        enforce: bool,
+        tokens: TokenVerifier | None,
+        jwts: JwtVerifier | None,
+        link_secret: bytes,
+        audit: AuditLog | None,
+    ) -> None:
+        self.enforce = enforce
+        self.tokens = tokens
+        self.jwts = jwts
+        self.link_secret = link_secret
+        self.audit = audit
+
+
+class Denied(Exception):
+    def __init__(self, status: int, message: str, challenge: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.challenge = challenge
+
+
+def _quoted(text: str) -> str:
+    """A quoted-string for a header: visible ASCII, quotes and backslashes escaped."""
+    clean = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)[:200]
+    return clean.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _invalid(message: str) -> Denied:
+    return Denied(
+        401,
+        message,
+        f'{REALM}, error="invalid_token", error_description="{_quoted(message)}"',
+    )
+
+
+def _header(scope: Any, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _cookie(scope: Any, name: str) -> str | None:
+    raw = _header(scope, b"cookie")
+    if not raw:
+        return None
+    for item in raw.split(";"):
+        key, _, value = item.strip().partition("=")
+        if key == name:
+            return value.strip()
+    return None
+
+
+def _client(scope: Any) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+async def _answer(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_body(status: int, message: str) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode({"status": status, "message": message})
+
+
+class AccessMiddleware:
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        """``state``: where the lifespan leaves an :class:`Access` as ``access``."""
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        access: Access = self.state.access
+        path: str = scope["path"]
+        if path.startswith("/link/") and scope["method"] in ("GET", "HEAD"):
+            await self._open_link(access, scope, send, path[len("/link/") :])
+            return
+        target = classify(scope["method"], path)
+        if target.scope is None:
+            await self.app(scope, receive, send)
+            return
+        principal = ANONYMOUS
+        try:
+            if access.enforce:
+                principal = await self._authenticate(access, scope)
+                self._authorize(principal, target, scope)
+        except Denied as denied:
+            scope[ROUTE_KEY] = target.action
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"warning", f'299 pictor "{_quoted(denied.message)}"'.encode()),
+            ]
+            if denied.challenge:
+                headers.append((b"www-authenticate", denied.challenge.encode()))
+            await _answer(send, denied.status, _error_body(denied.status, denied.message), headers)
+            self._audit(access, scope, target, principal, denied.status)
+            return
+        if access.audit is None:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self._audit(access, scope, target, principal, status)
+
+    # -- who is asking -------------------------------------------------------------------
+
+    async def _authenticate(self, access: Access, scope: Any) -> Principal:
+        token = None
+        authorization = _header(scope, b"authorization")
+        if authorization:
+            kind, _, value = authorization.strip().partition(" ")
+            if kind.lower() == "bearer" and value.strip():
+                token = value.strip()
+        if token is None and b"token=" in scope.get("query_string", b""):
+            token = self._token_parameter(scope)
+        if token is None:
+            token = _cookie(scope, links.COOKIE)
+        if token is None:
+            raise Denied(401, "authentication required: send Authorization: Bearer TOKEN", REALM)
+        if token.startswith(links.PREFIX):
+            try:
+                study, _ = links.verify(access.link_secret, token)
+            except links.LinkError as exc:
+                raise _invalid(str(exc)) from exc
+            return Principal(f"link:{study}", frozenset((READ,)), study)
+        if looks_like_token(token):
+            principal = None if access.tokens is None else await access.tokens.verify(token)
+            if principal is None:
+                raise _invalid("unknown or revoked token")
+            return principal
+        if looks_like_jwt(token) and access.jwts is not None:
+            try:
+                return await access.jwts.verify(token)
+            except JwtError as exc:
+                raise _invalid(f"JWT not accepted: {exc}") from exc
+        raise _invalid("unrecognised token")
+
+    @staticmethod
+    def _token_parameter(scope: Any) -> str | None:
+        """The ``access_token`` (RFC 6750 2.3) or ``token`` parameter, taken out of the
+        query string (the DICOMweb routes would read it as a search key)."""
+        params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        token = None
+        kept = []
+        for key, value in params:
+            if key in ("access_token", "token") and token is None:
+                token = value
+            else:
+                kept.append((key, value))
+        if token is not None:
+            scope["query_string"] = urlencode(kept, quote_via=quote).encode()
+        return token
+
+    # -- may it? -------------------------------------------------------------------------
+
+    def _authorize(self, principal: Principal, target: Target, scope: Any) -> None:
+        assert target.scope is not None
+        if principal.study is not None:
+            self._confine(principal.study, target, scope)
+        if target.scope not in principal.scopes:
+            raise Denied(
+                403,
+                f"this token lacks the {target.scope!r} scope",
+                f'{REALM}, error="insufficient_scope", scope="{target.scope}"',
+            )
+
+    @staticmethod
+    def _confine(study: str, target: Target, scope: Any) -> None:
+        """A study link reads its own study and nothing else."""
+        if target.scope != READ:
+            raise Denied(403, "a study link only reads its study", "")
+        hidden = Denied(404, "not found", "")
+        if target.study is not None:
+            if target.study != study:
+                raise hidden
+            return
+        query = scope.get("query_string", b"").decode("latin-1")
+        if target.is_search_everywhere:
+            params = [
+                (k, v)
+                for k, v in parse_qsl(query, keep_blank_values=True)
+                if k.lower() not in ("studyinstanceuid", "0020000d")
+            ]
+            params.append(("StudyInstanceUID", study))
+            scope["query_string"] = urlencode(params, quote_via=quote).encode()
+            return
+        if target.action == "iid":
+            given = {k.lower(): v for k, v in parse_qsl(query)}
+            if (
+                given.get("requesttype", "").upper() == "STUDY"
+                and given.get("studyuid", "").strip() == study
+            ):
+                return
+        raise hidden
+
+    # -- study links -----------------------------------------------------------------------
+
+    async def _open_link(self, access: Access, scope: Any, send: Any, token: str) -> None:
+        scope[ROUTE_KEY] = "link-open"
+        target = Target("link-open", READ)
+        try:
+            study, expires = links.verify(access.link_secret, token)
+        except links.LinkError as exc:
+            message = f"{exc}: ask for a new link"
+            body = _error_body(401, message)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"www-authenticate", f'{REALM}, error="invalid_token"'.encode()),
+                (b"cache-control", b"no-store"),
+            ]
+            await _answer(send, 401, body, headers)
+            self._audit(access, scope, target, ANONYMOUS, 401)
+            return
+        secure = scope.get("scheme") == "https" or (
+            (_header(scope, b"x-forwarded-proto") or "").split(",")[0].strip() == "https"
+        )
+        cookie = (
+            f"{links.COOKIE}={token}; Path=/; Max-Age={max(1, expires - int(time.time()))}; "
+            "HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
+        )
+        location = "../viewer?" + urlencode({"StudyInstanceUIDs": study})
+        await _answer(
+            send,
+            303,
+            b"",
+            [
+                (b"location", location.encode()),
+                (b"set-cookie", cookie.encode()),
+                (b"cache-control", b"no-store"),
+                (b"referrer-policy", b"no-referrer"),
+            ],
+        )
+        principal = Principal(f"link:{study}", frozenset((READ,)), study)
+        self._audit(access, scope, Target("link-open", READ, study), principal, 303)
+
+    # -- audit -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(
+        access: Access, scope: Any, target: Target, principal: Principal, status: int
+    ) -> None:
+        if access.audit is None:
+            return
+        studies, series, instances = [target.study], [target.series], [target.instance]
+        for study, serie, instance in scope.get(AUDIT_UIDS_KEY, ()):
+            studies.append(study)
+            series.append(serie)
+            instances.append(instance)
+        query = None
+        if target.action.startswith("qido") or target.action == "iid":
+            query = scope.get("query_string", b"").decode("latin-1") or None
+        access.audit.record(
+            principal.who,
+            _client(scope),
+            target.action,
+            status,
+            method=scope["method"],
+            studies=[s for s in studies if s],
+            series=[s for s in series if s],
+            instances=[s for s in instances if s],
+            query=query,
+        )
