@@ -14,9 +14,14 @@ import msgspec
 from litestar import Litestar, Router, get
 from litestar.response import Response
 
+from app.auth import links
+from app.auth.audit import AuditLog
+from app.auth.middleware import Access, AccessMiddleware
+from app.auth.oidc import JwtVerifier
+from app.auth.tokens import TokenVerifier
 from app.codec import pool as codec_pool
 from app.config import Settings
-from app.dicomweb import qido, rendered, viewer, wado
+from app.dicomweb import admin, qido, rendered, viewer, wado
 from app.dicomweb.cors import CrossOriginMiddleware
 from app.dicomweb.errors import EXCEPTION_HANDLERS
 from app.dicomweb.stow import store_instances
@@ -122,11 +127,23 @@ def create_app(settings: Settings) -> Litestar:
             app.state.pool = pool
             app.state.store = store
             app.state.ingest = Ingest(settings, pool, store)
+            audit = AuditLog(pool) if settings.audit_enabled else None
+            app.state.access = Access(
+                enforce=settings.auth,
+                tokens=TokenVerifier(pool, settings.auth_cache_seconds),
+                jwts=JwtVerifier(settings) if settings.oidc_enabled else None,
+                link_secret=await asyncio.to_thread(links.load_secret, settings),
+                audit=audit,
+            )
+            if audit is not None:
+                audit.start()
             codec_pool.configure(settings.worker_count)
             # started in the background: serving does not wait for the codec workers
             warming = asyncio.get_running_loop().create_task(codec_pool.warm_up())
             yield
             warming.cancel()
+            if audit is not None:
+                await audit.stop()  # the last events are written before the pool closes
         finally:
             codec_pool.shutdown()
             if pool is not None:
@@ -139,7 +156,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[store_instances, *qido.ROUTES, *wado.ROUTES, *rendered.ROUTES],
     )
     app = Litestar(
-        route_handlers=[dicomweb, health, metrics, *viewer.ROUTES],
+        route_handlers=[dicomweb, health, metrics, *viewer.ROUTES, *admin.ROUTES],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=None,
@@ -149,9 +166,12 @@ def create_app(settings: Settings) -> Litestar:
     )
     # outermost, outside the exception handlers: error answers carry CORS headers too
     methods = {route.path_format: route.methods for route in app.routes}
-    cors = CrossOriginMiddleware(
-        wado.FramesFastPath(app, app.asgi_handler), settings.cors_origin_list, methods
-    )
+    inner: Any = wado.FramesFastPath(app, app.asgi_handler)
+    if settings.audit_enabled:  # auth on, or auditing asked for
+        # outside the fast path (which answers below the framework), inside CORS (401 /
+        # 403 answers carry CORS headers; preflights stay open): app.auth.middleware
+        inner = AccessMiddleware(inner, app.state)
+    cors = CrossOriginMiddleware(inner, settings.cors_origin_list, methods)
     # counts and times everything, preflights and errors included
     app.asgi_handler = MetricsMiddleware(cors, settings.access_log)
     return app

@@ -20,6 +20,7 @@ from litestar.exceptions import InternalServerException
 from litestar.response import Response
 from msgspec.json import encode
 
+from app.auth.principal import AUDIT_UIDS_KEY
 from app.dicom.uids import uid_problem
 from app.dicomweb.errors import warning_header
 from app.dicomweb.multipart import (
@@ -239,5 +240,8 @@ async def store_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
         request.app.state.settings.public_base_url, request.headers, request.url
     )
     status, body, warnings = store_response(upload.outcomes, base, study, failure)
+    request.scope[AUDIT_UIDS_KEY] = [  # type: ignore[literal-required]
+        (o.study_uid, o.series_uid, o.sop_instance_uid) for o in upload.outcomes if o.ok
+    ]
     headers = {"Warning": warning_header(warnings)} if warnings else {}
     return Response(encode(body), status_code=status, media_type=DICOM_JSON, headers=headers)

@@ -1,0 +1,115 @@
+"""The admin API (scope ``admin``, checked by :mod:`app.auth.middleware`): API tokens and
+study links, the same operations as ``pictor token`` and ``pictor link``.
+
+* ``POST /admin/links`` ``{"study": UID, "ttl": "1h"}``: a signed, expiring URL that opens
+  the study in the viewer and reads that study only (:mod:`app.auth.links`);
+* ``GET /admin/tokens``, ``POST /admin/tokens`` ``{"name": N, "scopes": ["read"]}`` (the
+  token is in the answer, once), ``DELETE /admin/tokens/{name}`` (revoke).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+from litestar import Request, delete, get, post
+from litestar.response import Response
+
+from app.auth import links, tokens
+from app.auth.principal import parse_scopes
+from app.dicom.uids import uid_problem
+from app.dicomweb.urls import DICOMWEB_PREFIX, request_base_url
+from app.errors import BadRequest
+from app.index import access
+
+
+class LinkRequest(msgspec.Struct, forbid_unknown_fields=True):
+    study: str
+    ttl: str | int = "1h"
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    scopes: list[str]
+
+
+def _json(value: Any, status: int = 200) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
+
+
+async def _body(request: Request[Any, Any, Any], kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(await request.body(), type=kind)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body: {exc}") from exc
+
+
+def root_url(request: Request[Any, Any, Any]) -> str:
+    """The server's public root (the DICOMweb base without its ``/dicom-web``)."""
+    settings = request.app.state.settings
+    base = request_base_url(settings.public_base_url, request.headers, request.url)
+    return base.removesuffix(DICOMWEB_PREFIX)
+
+
+def link_answer(root: str, study: str, token: str, expires: int) -> dict[str, Any]:
+    return {
+        "url": f"{root}/link/{token}",
+        "study": study,
+        "expires": dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(),
+        "token": token,
+    }
+
+
+@post("/admin/links", name="admin-links", status_code=201)
+async def create_link(request: Request[Any, Any, Any]) -> Response[bytes]:
+    wanted: LinkRequest = await _body(request, LinkRequest)
+    if (problem := uid_problem(wanted.study)) is not None:
+        raise BadRequest(f"study {problem}")
+    try:
+        ttl = wanted.ttl if isinstance(wanted.ttl, int) else links.parse_ttl(wanted.ttl)
+        token, expires = links.sign(request.app.state.access.link_secret, wanted.study, ttl)
+    except links.LinkError as exc:
+        raise BadRequest(str(exc)) from exc
+    return _json(link_answer(root_url(request), wanted.study, token, expires), 201)
+
+
+@get("/admin/tokens", name="admin-tokens")
+async def list_tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
+    async with request.app.state.pool.acquire() as conn:
+        rows = await access.list_tokens(conn)
+    return _json(
+        [
+            {
+                "name": r.name,
+                "scopes": list(r.scopes),
+                "created": r.created_at.isoformat(),
+                "revoked": r.revoked_at.isoformat() if r.revoked_at else None,
+            }
+            for r in rows
+        ]
+    )
+
+
+@post("/admin/tokens", name="admin-tokens-create", status_code=201)
+async def create_token(request: Request[Any, Any, Any]) -> Response[bytes]:
+    wanted: TokenRequest = await _body(request, TokenRequest)
+    try:
+        scopes = parse_scopes(",".join(wanted.scopes))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    if not wanted.name.strip():
+        raise BadRequest("a token needs a name")
+    token = tokens.new_token()
+    async with request.app.state.pool.acquire() as conn:
+        await access.create_token(conn, wanted.name.strip(), tokens.token_hash(token), scopes)
+    return _json({"name": wanted.name.strip(), "scopes": scopes, "token": token}, 201)
+
+
+@delete("/admin/tokens/{name:str}", name="admin-tokens-revoke", status_code=204)
+async def revoke_token(request: Request[Any, Any, Any], name: str) -> None:
+    async with request.app.state.pool.acquire() as conn:
+        await access.revoke_token(conn, name)
+
+
+ROUTES = [create_link, list_tokens, create_token, revoke_token]
