@@ -1,4 +1,4 @@
-"""``pictor``: the command line (serve, import)."""
+"""``pictor``: the command line (serve, import, viewer, token, link, audit)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from app.config import ConfigError, Settings, load_settings
 from app.viewer import OHIF_VERSION
+
+T = TypeVar("T")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -27,6 +30,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         "cors_origins": getattr(args, "cors_origins", None),
         "viewer_dir": getattr(args, "viewer_dir", None),
         "log_format": getattr(args, "log_format", None),
+        "auth": True if getattr(args, "auth", False) else None,
+        "insecure_no_auth": True if getattr(args, "insecure_no_auth", False) else None,
+        "tls_cert": getattr(args, "tls_cert", None),
+        "tls_key": getattr(args, "tls_key", None),
     }
     try:
         return load_settings(overrides)
@@ -42,13 +49,30 @@ def serve(args: argparse.Namespace) -> int:
     import msgspec
     import uvicorn
 
-    from app.config import to_environment
+    from app.auth.links import load_secret
+    from app.config import exposure_problem, to_environment
     from app.index.database import EmbeddedPostgres
     from app.main import prepare
     from app.observability import MULTIPROC_VARIABLE, setup_logging, uvicorn_log_config
 
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
+    problem = exposure_problem(settings)
+    if problem is not None:
+        sys.exit(f"pictor: {problem}")
+    if settings.auth and settings.dimse_port and not settings.peers:
+        sys.exit(
+            "pictor: with --auth, DIMSE accepts only the AE titles of PICTOR_DIMSE_PEERS, "
+            "and there are none: set PICTOR_DIMSE_PEERS (AET@host:port,...) or turn DIMSE "
+            "off with --dimse-port 0"
+        )
+    if not settings.auth and settings.insecure_no_auth:
+        logging.getLogger("pictor").warning(
+            "INSECURE: listening on %s WITHOUT ACCESS CONTROL (--insecure-no-auth): anyone "
+            "who reaches this address can read and store patient images",
+            settings.host,
+        )
+    load_secret(settings)  # the link secret exists before the server processes share it
     embedded: EmbeddedPostgres | None = None
     dimse: subprocess.Popen[bytes] | None = None
     try:
@@ -66,8 +90,10 @@ def serve(args: argparse.Namespace) -> int:
         if settings.dimse_port:
             dimse = _start_dimse(settings)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        scheme = "https" if settings.tls_cert else "http"
         banner = [
-            f"Pictor DICOMweb at http://{host}:{settings.port}/dicom-web",
+            f"Pictor DICOMweb at {scheme}://{host}:{settings.port}/dicom-web"
+            + (" (authentication on)" if settings.auth else ""),
             f"Data directory: {settings.data_dir}",
         ]
         for line in banner:
@@ -88,6 +114,8 @@ def serve(args: argparse.Namespace) -> int:
             log_config=uvicorn_log_config(settings.log_level, settings.log_format),
             access_log=False,  # Pictor's own (PICTOR_ACCESS_LOG) has the route and timing
             timeout_graceful_shutdown=10,
+            ssl_certfile=settings.tls_cert or None,
+            ssl_keyfile=settings.tls_key or None,
         )
     finally:
         if dimse is not None:
@@ -144,6 +172,149 @@ def viewer_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_index(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(connection)`` on the archive's index, as ``pictor import`` reaches it:
+    ``DATABASE_URL``, or the embedded PostgreSQL of the data directory (reattached when
+    a server is running on it, else started and stopped again); migrations applied."""
+    import asyncio
+
+    from app.index.database import EmbeddedPostgres, apply_migrations, create_pool
+
+    async def run(dsn: str) -> T:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+                return await work(conn)
+        finally:
+            await pool.close()
+
+    embedded: EmbeddedPostgres | None = None
+    try:
+        dsn = settings.database_url
+        if not dsn:
+            embedded = EmbeddedPostgres(settings.pg_dir)
+            dsn = embedded.start()
+        return asyncio.run(run(dsn))
+    finally:
+        if embedded is not None and not embedded.reattached:
+            embedded.stop()
+
+
+def token(args: argparse.Namespace) -> int:
+    """``pictor token create|list|revoke``: API tokens (stored hashed; shown once)."""
+    from app.auth import tokens
+    from app.auth.principal import parse_scopes
+    from app.errors import PictorError
+    from app.index import access
+
+    settings = _settings(args)
+    try:
+        if args.action == "create":
+            try:
+                scopes = parse_scopes(args.scopes)
+            except ValueError as exc:
+                sys.exit(f"pictor: {exc}")
+            secret = tokens.new_token()
+            _with_index(
+                settings,
+                lambda conn: access.create_token(
+                    conn, args.name, tokens.token_hash(secret), scopes
+                ),
+            )
+            print(secret)
+            print(
+                f"token {args.name!r} ({','.join(scopes)}): shown only now; send it as "
+                "'Authorization: Bearer <token>'",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            rows = _with_index(settings, access.list_tokens)
+            for r in rows:
+                state = f"revoked {r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "active"
+                print(f"{r.name}\t{','.join(r.scopes)}\t{r.created_at:%Y-%m-%d %H:%M}\t{state}")
+        else:
+            _with_index(settings, lambda conn: access.revoke_token(conn, args.name))
+            print(
+                f"token {args.name!r} revoked (servers stop accepting it within "
+                f"{settings.auth_cache_seconds:g} s)",
+                file=sys.stderr,
+            )
+    except PictorError as exc:
+        sys.exit(f"pictor: {exc.message}")
+    return 0
+
+
+def link(args: argparse.Namespace) -> int:
+    """``pictor link STUDY_UID --ttl 1h``: a signed URL that opens the study in the viewer
+    and grants read access to that study only, until it expires."""
+    from app.auth import links
+    from app.dicom.uids import uid_problem
+
+    settings = _settings(args)
+    if (problem := uid_problem(args.study)) is not None:
+        sys.exit(f"pictor: the study UID {problem}")
+    try:
+        token, expires = links.sign(
+            links.load_secret(settings), args.study, links.parse_ttl(args.ttl)
+        )
+    except links.LinkError as exc:
+        sys.exit(f"pictor: {exc}")
+    root = args.base_url or settings.public_base_url.removesuffix("/dicom-web")
+    if not root:
+        scheme = "https" if settings.tls_cert else "http"
+        root = f"{scheme}://{settings.host}:{settings.port}"
+    print(f"{root.rstrip('/')}/link/{token}")
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires))
+    print(f"opens study {args.study} in the viewer until {when}", file=sys.stderr)
+    return 0
+
+
+def _moment(text: str | None) -> Any:
+    import datetime as dt
+
+    if not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        sys.exit(f"pictor: {text!r} is not an ISO 8601 date or date-time")
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def audit(args: argparse.Namespace) -> int:
+    """``pictor audit``: the audit trail, as text or FHIR AuditEvent JSON (IHE BALP)."""
+    import json
+
+    from app.auth.fhir import bundle
+    from app.index import access
+
+    settings = _settings(args)
+    rows = _with_index(
+        settings,
+        lambda conn: access.query_audit(
+            conn,
+            patient=args.patient,
+            study=args.study,
+            user=args.user,
+            since=_moment(args.since),
+            until=_moment(args.until),
+            limit=args.limit,
+        ),
+    )
+    if args.fhir:
+        json.dump(bundle(rows), sys.stdout, indent=1)
+        print()
+        return 0
+    for r in rows:
+        uids = ",".join(r["study_uids"]) or "-"
+        print(
+            f"{r['at']:%Y-%m-%dT%H:%M:%S.%f%z}  {r['who']}  {r['client'] or '-'}  {r['action']}"
+            f"  {r['outcome']}  {r['status']}  {uids}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pictor", description="Pictor imaging archive")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("text", "json"),
         help="text, or JSON lines for log collectors (env PICTOR_LOG_FORMAT; default text)",
     )
+    s.add_argument(
+        "--auth",
+        action="store_true",
+        help="require bearer tokens (API tokens, OIDC JWTs, study links) (env PICTOR_AUTH)",
+    )
+    s.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback --host without --auth (env PICTOR_INSECURE_NO_AUTH)",
+    )
+    s.add_argument("--tls-cert", help="HTTPS certificate chain, PEM (env PICTOR_TLS_CERT)")
+    s.add_argument("--tls-key", help="HTTPS private key, PEM (env PICTOR_TLS_KEY)")
     common(s)
     s.set_defaults(func=serve)
 
@@ -201,6 +384,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", help="data directory (env PICTOR_DATA_DIR; default ./pictor-data)"
     )
     vi.set_defaults(func=viewer_install)
+
+    def data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data-dir", help="data directory (env PICTOR_DATA_DIR; default ./pictor-data)"
+        )
+
+    t = sub.add_parser("token", help="API tokens for DICOMweb clients (stored hashed)")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tc = tsub.add_parser("create", help="make a token; it is printed once")
+    tc.add_argument("--name", required=True, help="who or what the token is for")
+    tc.add_argument("--scopes", default="read", help="read, write, admin (comma list; read)")
+    data_dir(tc)
+    tl = tsub.add_parser("list", help="the tokens (names, scopes, state; never secrets)")
+    data_dir(tl)
+    tr = tsub.add_parser("revoke", help="revoke a token")
+    tr.add_argument("name")
+    data_dir(tr)
+    t.set_defaults(func=token)
+
+    lk = sub.add_parser("link", help="a signed, expiring URL opening one study in the viewer")
+    lk.add_argument("study", help="Study Instance UID")
+    lk.add_argument("--ttl", default="1h", help="lifetime: 30m, 1h, 7d, ... (default 1h)")
+    lk.add_argument(
+        "--base-url",
+        help="the server's public root URL (default: PICTOR_PUBLIC_BASE_URL, else host:port)",
+    )
+    data_dir(lk)
+    lk.set_defaults(func=link)
+
+    a = sub.add_parser("audit", help="query the audit trail (who accessed what)")
+    a.add_argument("--patient", help="Patient ID of the studies touched")
+    a.add_argument("--study", help="Study Instance UID")
+    a.add_argument("--user", help="token:NAME, jwt:SUBJECT, link:STUDY, aet:AE_TITLE, ...")
+    a.add_argument("--since", help="from this ISO 8601 date or date-time (UTC unless given)")
+    a.add_argument("--until", help="before this ISO 8601 date or date-time")
+    a.add_argument("--limit", type=int, default=10000, help="at most this many (10000)")
+    a.add_argument("--fhir", action="store_true", help="FHIR R4 AuditEvent Bundle (JSON)")
+    data_dir(a)
+    a.set_defaults(func=audit)
     return parser
 
 
