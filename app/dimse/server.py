@@ -16,7 +16,8 @@ Presentation contexts supported (PS3.8 9.3.3.2, PS3.7 annexes for the roles):
 * storage classes also in the SCP role for the requestor (SCP/SCU Role Selection,
   PS3.7 D.3.3.4), which C-GET needs to send instances back on the same association.
 
-Calling AE titles may be restricted to the configured peers (``dimse_restrict``): others
+Calling AE titles may be restricted to the configured peers (``dimse_restrict``, and
+always when access control is on, ``auth``): others
 get A-ASSOCIATE-RJ, "calling AE title not recognized" (PS3.8 9.3.4), and so do requests
 to another called AE title.
 """
@@ -40,7 +41,9 @@ from pynetdicom import (
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
+from app.auth.audit import AuditLog
 from app.config import ConfigError, Settings, load_settings
+from app.dimse.audit import audited
 from app.dimse.bridge import Bridge
 from app.dimse.find import MODELS, Find
 from app.dimse.network import no_delay
@@ -116,12 +119,13 @@ def build_ae(settings: Settings) -> AE:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     for sop_class in MODELS:  # Patient / Study Root FIND, MOVE, GET
         ae.add_supported_context(sop_class)
-    if settings.dimse_restrict:
+    if settings.dimse_restrict or settings.auth:  # with access control on: known peers only
         peers = sorted(settings.peers)
         if not peers:
             raise ConfigError(
-                "PICTOR_DIMSE_RESTRICT is on but PICTOR_DIMSE_PEERS is empty: "
-                "no calling AE title could associate"
+                f"{'PICTOR_DIMSE_RESTRICT' if settings.dimse_restrict else 'PICTOR_AUTH'} is on "
+                "but PICTOR_DIMSE_PEERS is empty: no calling AE title could associate "
+                "(set the peers, or --dimse-port 0)"
             )
         ae.require_calling_aet = peers
         ae.require_called_aet = True
@@ -148,11 +152,16 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     ae = build_ae(settings)
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    audit = AuditLog(pool) if settings.audit_enabled else None
     try:
         store = FileBlobStore(settings.storage_dir, settings.tmp_dir)
         res = Resources(settings, pool, store, Ingest(settings, pool, store), Bridge(loop))
+        evt_handlers = handlers(res)
+        if audit is not None:
+            audit.start()
+            evt_handlers = audited(evt_handlers, audit)
         ae.start_server(
-            (settings.host, settings.dimse_port), block=False, evt_handlers=handlers(res)
+            (settings.host, settings.dimse_port), block=False, evt_handlers=evt_handlers
         )
         print(
             f"Pictor DIMSE {settings.dimse_ae_title} at {settings.host}:{settings.dimse_port}",
@@ -164,6 +173,8 @@ async def serve(settings: Settings) -> None:
             # associations still running finish their work on the loop while it turns
             await asyncio.to_thread(ae.shutdown)
     finally:
+        if audit is not None:
+            await audit.stop()
         await pool.close()
 
 
