@@ -27,8 +27,16 @@ def multipart_body(files: Iterable[bytes]) -> bytes:
 
 
 class Connection:
-    def __init__(self, host: str, port: int) -> None:
+    """One keep-alive HTTP/1.1 connection.
+
+    ``timeout`` (seconds, default none) bounds each whole request, from connecting to
+    the last byte of the answer: a peer that died or hangs raises ``TimeoutError`` (the
+    connection is then closed) instead of stalling the benchmark.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float | None = None) -> None:
         self.host, self.port = host, port
+        self.timeout = timeout
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -38,6 +46,16 @@ class Connection:
         )
 
     async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        if self.timeout is None:
+            return await self._post(path, body, content_type)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._post(path, body, content_type)
+        except TimeoutError:
+            await self.close()
+            raise
+
+    async def _post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
         if self.writer is None:
             await self._connect()
         assert self.writer is not None
@@ -68,6 +86,16 @@ class Connection:
         A keep-alive connection the server closed while idle is reopened once, as any
         HTTP/1.1 client does (only when nothing of the answer has arrived).
         """
+        if self.timeout is None:
+            return await self._get(path, accept)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._get(path, accept)
+        except TimeoutError:
+            await self.close()
+            raise
+
+    async def _get(self, path: str, accept: str) -> tuple[int, dict[str, str], bytes]:
         head = (
             f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: {accept}\r\n\r\n"
         ).encode()
@@ -129,16 +157,12 @@ class Connection:
     async def _response(self) -> tuple[int, bytes]:
         assert self.reader is not None
         status_line = await self.reader.readline()
-        status = int(status_line.split()[1])
-        length = 0
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
-        body = await self.reader.readexactly(length) if length else b""
+        if not status_line:
+            await self.close()
+            raise ConnectionError("connection closed before the answer")
+        status, headers, body = await self._rest_of_response(status_line)  # also chunked
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
         return status, body
 
     async def close(self) -> None:
