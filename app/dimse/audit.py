@@ -11,11 +11,13 @@ queue (:class:`app.auth.audit.AuditLog`); the event loop writes it in batches.
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID
 from pynetdicom import evt
 
 from app.auth.audit import AuditLog
@@ -72,19 +74,22 @@ def _identifier(event: Any) -> Dataset | None:
 
 def _stored_uids(event: Any) -> tuple[list[str], list[str], list[str]]:
     """Study, series and SOP Instance UIDs of a C-STORE's data set, read from its start
-    (the UIDs come long before the pixel data)."""
+    in the negotiated transfer syntax (the UIDs come long before the pixel data)."""
     sop = str(event.request.AffectedSOPInstanceUID or "")
     try:
-        stream = event.request.DataSet
-        stream.seek(0)
-        ds = dcmread(
-            io.BytesIO(stream.getbuffer()),
-            force=True,
-            stop_before_pixels=True,
+        syntax = UID(str(event.context.transfer_syntax))
+        data: Any = event.request.DataSet.getbuffer()
+        if syntax.is_deflated:
+            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        ds = read_dataset(
+            io.BytesIO(data),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=lambda tag, vr, length: tag > 0x0020000E,
             specific_tags=list(_UID_TAGS),
         )
         study, series, _ = _uids(ds)
-    except Exception:  # noqa: BLE001 - deflated or unreadable: the SOP UID is still known
+    except Exception:  # noqa: BLE001 - unreadable: the SOP Instance UID is still known
         study, series = [], []
     return study, series, [sop] if sop else []
 
