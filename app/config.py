@@ -76,6 +76,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: an optional claim with roles (a list, or a dotted path such as
     #: ``realm_access.roles``); roles named read / write / admin grant those scopes
     oidc_roles_claim: str = ""
+    #: fewest seconds between two fetches of the JWK Set caused by unknown key ids (a
+    #: flood of made-up ``kid`` values must not become a flood of requests to the issuer)
+    oidc_jwks_cooldown: float = 10.0
     #: HTTPS: certificate chain and private key (PEM files)
     tls_cert: str = ""
     tls_key: str = ""
@@ -162,6 +165,7 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_OIDC_ALGORITHMS": "oidc_algorithms",
     "PICTOR_OIDC_SCOPE_CLAIM": "oidc_scope_claim",
     "PICTOR_OIDC_ROLES_CLAIM": "oidc_roles_claim",
+    "PICTOR_OIDC_JWKS_COOLDOWN": "oidc_jwks_cooldown",
     "PICTOR_TLS_CERT": "tls_cert",
     "PICTOR_TLS_KEY": "tls_key",
     "PICTOR_LINK_SECRET": "link_secret",

@@ -7,9 +7,10 @@ A token is accepted when (RFC 7519 7.2, RFC 9068 4):
   an HMAC secret: the "algorithm confusion" attack), and PyJWT is also told the
   allowed list when it verifies;
 * its signature verifies with the configured public key, or with the key of the JWK
-  Set (RFC 7517) at the JWKS URL whose ``kid`` the header names. The set is cached and
-  fetched again when a token names a key id it does not hold (the issuer rotated its
-  keys); PyJWT's :class:`jwt.PyJWKClient` does blocking I/O, so it runs in a thread;
+  Set (RFC 7517) at the JWKS URL whose ``kid`` the header names. The set is cached
+  (5 minutes) and fetched again when a token names a key id it does not hold (the
+  issuer rotated its keys), at most once per ``oidc_jwks_cooldown`` seconds; PyJWT's
+  :class:`jwt.PyJWKClient` does blocking I/O, so it runs in a thread;
 * ``exp`` is in the future (required), ``nbf`` / ``iat`` are not (30 s leeway), ``iss``
   is the configured issuer (required) and ``aud`` contains the configured audience
   (when one is configured).
@@ -95,9 +96,15 @@ class JwtVerifier:
             with open(settings.oidc_public_key, "rb") as f:
                 self._key = load_pem_public_key(f.read())
         elif settings.oidc_jwks_url:
-            self._jwks = jwt.PyJWKClient(
-                settings.oidc_jwks_url, cache_keys=True, lifespan=JWKS_LIFESPAN, timeout=10
-            )
+            options: dict[str, Any] = {"lifespan": JWKS_LIFESPAN, "timeout": 10}
+            try:  # PyJWT >= 2.10 limits refreshes on unknown key ids itself
+                self._jwks = jwt.PyJWKClient(
+                    settings.oidc_jwks_url,
+                    cooldown_duration=settings.oidc_jwks_cooldown,
+                    **options,
+                )
+            except TypeError:
+                self._jwks = jwt.PyJWKClient(settings.oidc_jwks_url, **options)
         self._cache: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
