@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -41,7 +42,8 @@ class PictorProcess:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.extra_env.get("PICTOR_TLS_CERT") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def dicomweb(self) -> str:
@@ -74,7 +76,9 @@ class PictorProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pictor serve exited: {self.log_path.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(f"{self.base}/health", timeout=2) as r:
+                # readiness only (tests check the certificate themselves)
+                context = ssl._create_unverified_context()
+                with urllib.request.urlopen(f"{self.base}/health", timeout=2, context=context) as r:
                     if r.status == 200:
                         return self
             except OSError:
