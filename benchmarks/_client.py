@@ -34,9 +34,18 @@ class Connection:
     connection is then closed) instead of stalling the benchmark.
     """
 
-    def __init__(self, host: str, port: int, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        authorization: str | None = None,
+    ) -> None:
+        """``authorization``: an ``Authorization`` header value sent with every request
+        (e.g. ``Bearer <token>``); none by default."""
         self.host, self.port = host, port
         self.timeout = timeout
+        self.extra = f"Authorization: {authorization}\r\n" if authorization else ""
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -97,7 +106,8 @@ class Connection:
 
     async def _get(self, path: str, accept: str) -> tuple[int, dict[str, str], bytes]:
         head = (
-            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: {accept}\r\n\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: {accept}\r\n"
+            f"{self.extra}\r\n"
         ).encode()
         for attempt in (0, 1):
             reused = self.writer is not None
@@ -151,7 +161,7 @@ class Connection:
         return (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
-            "Accept: application/dicom+json\r\n\r\n"
+            f"Accept: application/dicom+json\r\n{self.extra}\r\n"
         ).encode()
 
     async def _response(self) -> tuple[int, bytes]:
