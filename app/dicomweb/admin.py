@@ -45,6 +45,13 @@ async def _body(request: Request[Any, Any, Any], kind: type[Any]) -> Any:
         raise BadRequest(f"request body: {exc}") from exc
 
 
+def _name(text: str) -> str:
+    name = text.strip()
+    if not 0 < len(name) <= 100 or not name.isprintable():
+        raise BadRequest("a token name has 1 to 100 printable characters")
+    return name
+
+
 def root_url(request: Request[Any, Any, Any]) -> str:
     """The server's public root (the DICOMweb base without its ``/dicom-web``)."""
     settings = request.app.state.settings
@@ -98,18 +105,17 @@ async def create_token(request: Request[Any, Any, Any]) -> Response[bytes]:
         scopes = parse_scopes(",".join(wanted.scopes))
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
-    if not wanted.name.strip():
-        raise BadRequest("a token needs a name")
+    name = _name(wanted.name)
     token = tokens.new_token()
     async with request.app.state.pool.acquire() as conn:
-        await access.create_token(conn, wanted.name.strip(), tokens.token_hash(token), scopes)
-    return _json({"name": wanted.name.strip(), "scopes": scopes, "token": token}, 201)
+        await access.create_token(conn, name, tokens.token_hash(token), scopes)
+    return _json({"name": name, "scopes": scopes, "token": token}, 201)
 
 
 @delete("/admin/tokens/{name:str}", name="admin-tokens-revoke", status_code=204)
 async def revoke_token(request: Request[Any, Any, Any], name: str) -> None:
     async with request.app.state.pool.acquire() as conn:
-        await access.revoke_token(conn, name)
+        await access.revoke_token(conn, _name(name))
 
 
 ROUTES = [create_link, list_tokens, create_token, revoke_token]
