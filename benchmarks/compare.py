@@ -820,6 +820,9 @@ def run_row(
                 return {"status": f"not run: restart failed ({exc})"[:200]}
         if row.group:
             bodies = ingest_bodies(corpus.groups[row.group], preset.batch)
+            # start from clean page cache: on ext4 an fsync also waits for the writeback
+            # of what the other server wrote just before (data=ordered journal commits)
+            os.sync()
             outcome = uvloop.run(ingest(s, bodies, clients, args.timeout))
         else:
             outcome = uvloop.run(
