@@ -3,8 +3,9 @@
     python benchmarks/compare.py                    # default preset, a few minutes
     python benchmarks/compare.py --preset large     # 30,000 small instances more
     python benchmarks/compare.py --preset tiny      # a smoke run (under a minute)
-    options: --json PATH  --seconds S  --clients N  --servers pictor,orthanc
-             --rows REGEX  --netns auto|on|off  --orthanc-option KEY=JSON ...
+    options: --rounds N (load rows N times, median)  --json PATH  --seconds S
+             --clients N  --servers pictor,orthanc  --rows REGEX  --retries N
+             --netns auto|on|off  --orthanc-option KEY=JSON  --keep
 
 1. A deterministic synthetic corpus (``_corpus.py``): CT series of 512 x 512 16-bit
    slices, the same kind of series as JPEG 2000 lossless, multi-frame instances (one
