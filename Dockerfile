@@ -11,6 +11,9 @@ COPY --from=build /opt/pictor /opt/pictor
 RUN useradd --system --create-home --home-dir /var/lib/pictor pictor
 USER pictor
 WORKDIR /var/lib/pictor
+# All of the container's addresses: pictor serve refuses that without access control.
+# Run with -e PICTOR_AUTH=true (plus PICTOR_DIMSE_PEERS, or PICTOR_DIMSE_PORT=0), or
+# accept the risk explicitly with -e PICTOR_INSECURE_NO_AUTH=true (README: access control).
 ENV PATH=/opt/pictor/bin:$PATH \
     PICTOR_DATA_DIR=/var/lib/pictor/data \
     PICTOR_HOST=0.0.0.0
