@@ -61,7 +61,15 @@ async def run(fn: Callable[..., T], *args: Any) -> T:
 
 
 def shutdown() -> None:
+    """Stop the workers and wait for them (pending work is cancelled; a worker busy with
+    a long transcode is terminated), so no process outlives the server."""
     global _POOL
     if _POOL is not None:
+        processes = list(getattr(_POOL, "_processes", {}).values())
         _POOL.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
         _POOL = None

@@ -244,7 +244,7 @@ def test_bulk_data_byte_ranges(archive: Archive, stored: dict) -> None:
 def test_search_answers_while_workers_transcode(archive: Archive, tmp_path: Path) -> None:
     """Codec work runs in worker processes: a QIDO request made while several large
     instances are being encoded as JPEG 2000 is answered before any of them is done."""
-    big = big_multiframe(tmp_path / "big.dcm", 48 * 512 * 512 * 2)
+    big = big_multiframe(tmp_path / "big.dcm", 200 * 512 * 512 * 2)
     data = big.read_bytes()
     assert archive.stow(multipart([data])).status_code == 200
     ds = pydicom.dcmread(big, stop_before_pixels=True)
@@ -259,7 +259,7 @@ def test_search_answers_while_workers_transcode(archive: Archive, tmp_path: Path
     threads = [threading.Thread(target=transcode) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # the transcodes are under way
+    time.sleep(0.1)  # the transcodes are under way
     r = archive.http.get("/studies", params={"PatientID": "PATBIG01"})
     answered = time.monotonic()
     for t in threads:
