@@ -27,12 +27,14 @@ _MARKER = f'"{BASE_MARKER}/'.encode()
 async def search(pool: asyncpg.Pool, query: Query, base_url: str) -> SearchResult:
     compiled = compile_query(query, base_url)
     try:
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
-            # searches are prepared with parameters, and a generic plan cannot use a
-            # prefix index for "LIKE $1": plan each one with its values (only here;
-            # WADO's lookups by UID keep their cached generic plans)
-            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            rows = await conn.fetch(compiled.sql, *compiled.args)
+        if " LIKE " in compiled.sql:
+            # a generic plan cannot use a prefix index for "LIKE $1": plan this one with
+            # its values (only here; other searches and UID lookups keep cached plans)
+            async with pool.acquire() as conn, conn.transaction(readonly=True):
+                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                rows = await conn.fetch(compiled.sql, *compiled.args)
+        else:
+            rows = await pool.fetch(compiled.sql, *compiled.args)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise ServiceUnavailable(f"the index could not be searched: {exc}") from exc
     more = len(rows) > query.limit
