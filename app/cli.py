@@ -111,7 +111,7 @@ def serve(args: argparse.Namespace) -> int:
             http="httptools",
             lifespan="on",
             log_level=settings.log_level,
-            log_config=uvicorn_log_config(settings.log_level, settings.log_format),
+            log_config=uvicorn_log_config(settings.log_level),
             access_log=False,  # Pictor's own (PICTOR_ACCESS_LOG) has the route and timing
             timeout_graceful_shutdown=10,
             ssl_certfile=settings.tls_cert or None,

@@ -36,6 +36,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from app.asgi import StatusRecorder
+
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUESTS = Counter("pictor_http_requests", "HTTP requests answered", ["route", "method", "status"])
@@ -93,17 +95,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, recorder)
         finally:
+            status = recorder.status
             elapsed = time.perf_counter() - start
             route, method = _route(scope), scope["method"]
             REQUESTS.labels(route, method, str(status)).inc()
@@ -162,8 +158,9 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-def uvicorn_log_config(level: str, fmt: str) -> dict[str, Any]:
-    """uvicorn's own loggers through the same root handler (same format)."""
+def uvicorn_log_config(level: str) -> dict[str, Any]:
+    """uvicorn's own loggers through the root handler :func:`setup_logging` installed
+    (so they take its format)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,

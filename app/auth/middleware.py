@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+from app.asgi import StatusRecorder, error_body, header, quoted, send_whole, warning_header
 from app.auth import links
 from app.auth.audit import AuditLog
 from app.auth.oidc import JwtError, JwtVerifier, looks_like_jwt
@@ -80,29 +81,16 @@ class Denied(Exception):
         self.challenge = challenge
 
 
-def _quoted(text: str) -> str:
-    """A quoted-string for a header: visible ASCII, quotes and backslashes escaped."""
-    clean = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)[:200]
-    return clean.replace("\\", "\\\\").replace('"', '\\"')
-
-
 def _invalid(message: str) -> Denied:
     return Denied(
         401,
         message,
-        f'{REALM}, error="invalid_token", error_description="{_quoted(message)}"',
+        f'{REALM}, error="invalid_token", error_description="{quoted(message, 200)}"',
     )
 
 
-def _header(scope: Any, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 def _cookie(scope: Any, name: str) -> str | None:
-    raw = _header(scope, b"cookie")
+    raw = header(scope, b"cookie")
     if not raw:
         return None
     for item in raw.split(";"):
@@ -115,23 +103,6 @@ def _cookie(scope: Any, name: str) -> str | None:
 def _client(scope: Any) -> str | None:
     client = scope.get("client")
     return str(client[0]) if client else None
-
-
-async def _answer(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def _error_body(status: int, message: str) -> bytes:
-    import msgspec
-
-    return msgspec.json.encode({"status": status, "message": message})
 
 
 class AccessMiddleware:
@@ -162,34 +133,29 @@ class AccessMiddleware:
             scope[ROUTE_KEY] = target.action
             headers = [
                 (b"content-type", b"application/json"),
-                (b"warning", f'299 pictor "{_quoted(denied.message)}"'.encode()),
+                (b"warning", warning_header([denied.message]).encode()),
             ]
             if denied.challenge:
                 headers.append((b"www-authenticate", denied.challenge.encode()))
-            await _answer(send, denied.status, _error_body(denied.status, denied.message), headers)
+            await send_whole(
+                send, denied.status, error_body(denied.status, denied.message), headers
+            )
             self._audit(access, scope, target, principal, denied.status)
             return
         if access.audit is None:
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_status(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, recorder)
         finally:
-            self._audit(access, scope, target, principal, status)
+            self._audit(access, scope, target, principal, recorder.status)
 
     # -- who is asking -------------------------------------------------------------------
 
     async def _authenticate(self, access: Access, scope: Any) -> Principal:
         token = None
-        authorization = _header(scope, b"authorization")
+        authorization = header(scope, b"authorization")
         if authorization:
             kind, _, value = authorization.strip().partition(" ")
             if kind.lower() == "bearer" and value.strip():
@@ -285,24 +251,24 @@ class AccessMiddleware:
             study, expires = links.verify(access.link_secret, token)
         except links.LinkError as exc:
             message = f"{exc}: ask for a new link"
-            body = _error_body(401, message)
+            body = error_body(401, message)
             headers = [
                 (b"content-type", b"application/json"),
                 (b"www-authenticate", f'{REALM}, error="invalid_token"'.encode()),
                 (b"cache-control", b"no-store"),
             ]
-            await _answer(send, 401, body, headers)
+            await send_whole(send, 401, body, headers)
             self._audit(access, scope, target, ANONYMOUS, 401)
             return
         secure = scope.get("scheme") == "https" or (
-            (_header(scope, b"x-forwarded-proto") or "").split(",")[0].strip() == "https"
+            (header(scope, b"x-forwarded-proto") or "").split(",")[0].strip() == "https"
         )
         cookie = (
             f"{links.COOKIE}={token}; Path=/; Max-Age={max(1, expires - int(time.time()))}; "
             "HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
         )
         location = "../viewer?" + urlencode({"StudyInstanceUIDs": study})
-        await _answer(
+        await send_whole(
             send,
             303,
             b"",

@@ -33,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
+from app.asgi import header
+
 # ASGI types kept loose: any ASGI server or framework (litestar's own aliases included)
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -92,13 +94,6 @@ class OriginPolicy:
         return "*" if self.any else origin
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 def _with_vary_origin(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Add ``Origin`` to ``Vary`` (RFC 9110 12.5.5): the answer depends on it, so a
     shared cache must not hand one origin's answer to another."""
@@ -137,14 +132,14 @@ class CrossOriginMiddleware:
         if scope["type"] != "http" or not self.policy.enabled:
             await self.app(scope, receive, send)
             return
-        origin = _header(scope, b"origin")
+        origin = header(scope, b"origin")
         allowed = origin is not None and self.policy.allows(origin)
         preflight = (
             scope["method"] == "OPTIONS"
             and origin is not None
-            and _header(scope, b"access-control-request-method") is not None
+            and header(scope, b"access-control-request-method") is not None
         )
-        private_network = (_header(scope, b"access-control-request-private-network") or "") == (
+        private_network = (header(scope, b"access-control-request-private-network") or "") == (
             "true"
         )
 

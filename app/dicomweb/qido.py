@@ -14,8 +14,8 @@ from urllib.parse import parse_qsl
 from litestar import Request, get
 from litestar.response import Response
 
+from app.asgi import warning_header
 from app.dicom.uids import uid_problem
-from app.dicomweb.errors import warning_header
 from app.dicomweb.negotiation import SEARCH_MEDIA_TYPES, choose
 from app.dicomweb.urls import request_base_url
 from app.errors import BadRequest

@@ -20,9 +20,9 @@ from litestar.exceptions import InternalServerException
 from litestar.response import Response
 from msgspec.json import encode
 
+from app.asgi import warning_header
 from app.auth.principal import AUDIT_UIDS_KEY
 from app.dicom.uids import uid_problem
-from app.dicomweb.errors import warning_header
 from app.dicomweb.multipart import (
     MultipartError,
     MultipartParser,

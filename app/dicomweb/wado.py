@@ -30,6 +30,7 @@ import msgspec
 from litestar import Litestar, Request, get
 from litestar.response import Response, Stream
 
+from app.asgi import send_whole
 from app.codec import pool
 from app.codec.transcode import (
     ENCODABLE,
@@ -114,15 +115,24 @@ async def instance_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
 # -- multipart streaming ----------------------------------------------------------------
 
 
+def _part_head(boundary: str, content_type: str) -> bytes:
+    """The delimiter and header of one part (RFC 2046 5.1.1; RFC 2387)."""
+    return f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+
+
+def _close(boundary: str) -> bytes:
+    return f"\r\n--{boundary}--\r\n".encode()
+
+
 async def multipart_body(
     parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]], boundary: str
 ) -> AsyncIterator[bytes]:
     """multipart/related framing (RFC 2387) around parts that stream themselves."""
     async for content_type, chunks in parts:
-        yield f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+        yield _part_head(boundary, content_type)
         async for chunk in chunks:
             yield chunk
-    yield f"\r\n--{boundary}--\r\n".encode()
+    yield _close(boundary)
 
 
 _BOUNDARY_PREFIX = secrets.token_hex(12)
@@ -154,9 +164,9 @@ def multipart_response(parts: list[tuple[str, bytes]], part_type: str) -> Respon
     boundary = _boundary()
     pieces = []
     for content_type, body in parts:
-        pieces.append(f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode())
+        pieces.append(_part_head(boundary, content_type))
         pieces.append(body)
-    pieces.append(f"\r\n--{boundary}--\r\n".encode())
+    pieces.append(_close(boundary))
     return Response(
         b"".join(pieces),
         media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
@@ -373,8 +383,8 @@ async def _stored_frames(
     if size > SMALL_RESPONSE:
         return None
     boundary = _boundary()
-    head = f"\r\n--{boundary}\r\nContent-Type: {chosen.header()}\r\n\r\n".encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
+    head = _part_head(boundary, chosen.header())
+    tail = _close(boundary)
     body = bytearray(size + len(head) * len(ranges) + len(tail))
     view = memoryview(body)
     targets = []
@@ -491,17 +501,7 @@ class FramesFastPath:
                 if answer is not None:
                     scope[ROUTE_KEY] = "wado-frames"
                     media_type, body = answer
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 200,
-                            "headers": [
-                                (b"content-type", media_type.encode()),
-                                (b"content-length", str(len(body)).encode()),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
+                    await send_whole(send, 200, body, [(b"content-type", media_type.encode())])
                     return
         await self.inner(scope, receive, send)
 
@@ -584,9 +584,8 @@ async def retrieve_bulk(request: Request[Any, Any, Any]) -> Stream:
         [Offer("application/octet-stream", native_pixel_syntax(inst.transfer_syntax))],
         {},
     )
-    single = any(
-        media == "application/octet-stream" and q > 0 for media, _, q in parse_accept(accept)
-    ) and not any(media == "multipart/related" and q > 0 for media, _, q in parse_accept(accept))
+    named = {media for media, _, q in parse_accept(accept) if q > 0}
+    single = "application/octet-stream" in named and "multipart/related" not in named
     wanted = parse_range(request.headers.get("range"), length)
     headers = {"Accept-Ranges": "bytes"}
     status = 200

@@ -1,0 +1,68 @@
+"""Small pieces shared by the pure ASGI layers (CORS, access, metrics, the frames fast
+path) and the framework's error answers: no framework here."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+Send = Callable[[Any], Awaitable[None]]
+
+
+def header(scope: Any, name: bytes) -> str | None:
+    """The first value of request header ``name`` (lower case, as ASGI gives names)."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def quoted(text: str, limit: int = 300) -> str:
+    """``text`` as the inside of an HTTP quoted-string (RFC 9110 5.6.4): visible ASCII,
+    control characters as spaces, other characters as escapes, quotes and backslashes
+    escaped, cut at ``limit`` characters."""
+    clean = "".join(ch if ch.isprintable() else " " for ch in text)
+    clean = clean.encode("ascii", "backslashreplace").decode("ascii")
+    return clean.replace("\\", "\\\\").replace('"', '\\"')[:limit]
+
+
+def warning_header(texts: list[str]) -> str:
+    """``Warning: 299 pictor "..."`` values (RFC 7234 5.5, PS3.18 8.4.4), at most ten.
+    The texts may quote a client's own (non-ASCII) input: see :func:`quoted`."""
+    return ", ".join(f'299 pictor "{quoted(text)}"' for text in texts[:10])
+
+
+def error_body(status: int, message: str) -> bytes:
+    """The JSON body of every error Pictor answers: ``{"status": ..., "message": ...}``."""
+    return msgspec.json.encode({"status": status, "message": message})
+
+
+async def send_whole(
+    send: Send, status: int, body: bytes | bytearray, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """One complete answer with a Content-Length, in two messages."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class StatusRecorder:
+    """Wraps ``send`` to remember the answer's status (500 until one starts)."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self.send(message)
