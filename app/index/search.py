@@ -27,7 +27,7 @@ _MARKER = f'"{BASE_MARKER}/'.encode()
 async def search(pool: asyncpg.Pool, query: Query, base_url: str) -> SearchResult:
     compiled = compile_query(query, base_url)
     try:
-        if " LIKE " in compiled.sql:
+        if compiled.custom_plan:
             # a generic plan cannot use a prefix index for "LIKE $1": plan this one with
             # its values (only here; other searches and UID lookups keep cached plans)
             async with pool.acquire() as conn, conn.transaction(readonly=True):

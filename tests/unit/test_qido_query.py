@@ -243,3 +243,20 @@ def test_no_base_url_argument_without_retrieve_url() -> None:
     q = replace(q, returned=frozenset({0x00100020, 0x0020000D}))
     compiled = compile_query(q, BASE)
     assert BASE not in compiled.args
+
+
+@pytest.mark.parametrize(
+    "params, custom",
+    [
+        ([("PatientID", "P1")], False),
+        ([("PatientName", "DOE*")], True),
+        ([("PatientName", "doe"), ("fuzzymatching", "true")], True),
+        ([("StudyDate", "20200101-20201231")], False),
+    ],
+)
+def test_only_pattern_searches_ask_for_custom_plans(
+    params: list[tuple[str, str]], custom: bool
+) -> None:
+    """A LIKE pattern needs a plan made with its value (prefix index); others keep
+    cached generic plans."""
+    assert compile_query(parse_query(Level.STUDY, params), BASE).custom_plan is custom
