@@ -178,19 +178,16 @@ def decode_frame(path: str, index: int) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
-def _jpeg_baseline(array: np.ndarray, photometric: str) -> bytes:
-    """One frame as a JPEG Baseline (ISO 10918-1 process 1) codestream. Colour is stored
-    as YCbCr 4:2:2 (PS3.5 8.2.1: Photometric Interpretation YBR_FULL_422)."""
+def _jpeg_baseline(array: np.ndarray) -> bytes:
+    """One grayscale or RGB frame as a JPEG Baseline (ISO 10918-1 process 1) codestream.
+    Colour is stored as YCbCr 4:2:2 (PS3.5 8.2.1: YBR_FULL_422)."""
     if array.dtype != np.uint8:
         raise TranscodeError("JPEG Baseline needs unsigned 8-bit pixel data")
     out = io.BytesIO()
     if array.ndim == 2:
         Image.fromarray(array, mode="L").save(out, "JPEG", quality=JPEG_QUALITY)
-    elif photometric == "RGB":
-        # subsampling 1 = 4:2:2
+    else:  # subsampling 1 = 4:2:2
         Image.fromarray(array, mode="RGB").save(out, "JPEG", quality=JPEG_QUALITY, subsampling=1)
-    else:
-        raise TranscodeError(f"JPEG Baseline from {photometric} colour is not supported")
     return out.getvalue()
 
 
@@ -230,7 +227,7 @@ def _encode_array(array: np.ndarray, info: PixelInfo, target: str) -> bytes:
             from pydicom.pixels.processing import convert_color_space
 
             array = convert_color_space(array, photometric, "RGB")
-        return _jpeg_baseline(array, "RGB" if info.samples == 3 else photometric)
+        return _jpeg_baseline(array)
     try:
         return bytes(
             get_encoder(target).encode(
