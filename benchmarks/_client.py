@@ -183,3 +183,20 @@ class Connection:
             except OSError:
                 pass
             self.writer = None
+
+
+async def stow(
+    port: int, files: list[bytes], authorization: str | None = None, batch: int = 20
+) -> None:
+    """Store ``files`` over STOW-RS, ``batch`` per request, on one connection; any answer
+    but 200 is an error."""
+    conn = Connection("127.0.0.1", port, authorization=authorization)
+    try:
+        for i in range(0, len(files), batch):
+            status, body = await conn.post(
+                "/dicom-web/studies", multipart_body(files[i : i + batch]), MULTIPART
+            )
+            if status != 200:
+                raise RuntimeError(f"STOW answered {status}: {body[:300]!r}")
+    finally:
+        await conn.close()

@@ -34,25 +34,12 @@ import msgspec
 import psutil
 import uvloop
 
-from _client import MULTIPART, Connection, multipart_body
+from _client import Connection, stow
 from server import PictorProcess, postmaster_pid
 from synth import ct_slice, new_uids, sop_instance_uid
 
 STAR = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 ROOT = Path(__file__).resolve().parents[1]
-
-
-async def stow(port: int, files: list[bytes], authorization: str | None, batch: int = 20) -> None:
-    conn = Connection("127.0.0.1", port, authorization=authorization)
-    try:
-        for i in range(0, len(files), batch):
-            status, body = await conn.post(
-                "/dicom-web/studies", multipart_body(files[i : i + batch]), MULTIPART
-            )
-            if status != 200:
-                raise RuntimeError(f"STOW answered {status}: {body[:300]!r}")
-    finally:
-        await conn.close()
 
 
 async def load(

@@ -36,7 +36,7 @@ import pydicom
 import pydicom.uid
 import uvloop
 
-from _client import MULTIPART, Connection, multipart_body
+from _client import Connection, stow
 from server import PictorProcess, free_port
 from synth import ct_slice, new_uids
 
@@ -72,19 +72,6 @@ def j2k_copy(item: tuple[bytes, str]) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
-
-
-async def stow(port: int, files: list[bytes], batch: int = 20) -> None:
-    conn = Connection("127.0.0.1", port)
-    try:
-        for i in range(0, len(files), batch):
-            status, body = await conn.post(
-                "/dicom-web/studies", multipart_body(files[i : i + batch]), MULTIPART
-            )
-            if status != 200:
-                raise RuntimeError(f"STOW answered {status}: {body[:300]!r}")
-    finally:
-        await conn.close()
 
 
 def multipart_parts(headers: dict[str, str], body: bytes) -> list[bytes]:
