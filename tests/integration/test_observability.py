@@ -87,7 +87,8 @@ def test_metrics_count_requests_per_route_and_ingest_across_processes(archive: A
 
 def test_json_logs_access_log_and_a_database_outage(tmp_path: Path) -> None:
     """PICTOR_LOG_FORMAT=json: every line one JSON object; PICTOR_ACCESS_LOG: one line per
-    request with route, status and duration. With PostgreSQL gone /health says 503."""
+    request with route, status and duration. With the storage unwritable, or PostgreSQL
+    gone, /health says 503."""
     log = tmp_path / "server.log"
     server = PictorProcess(
         tmp_path / "data",
@@ -102,8 +103,19 @@ def test_json_logs_access_log_and_a_database_outage(tmp_path: Path) -> None:
         assert lines and all({"time", "level", "logger", "message"} <= set(e) for e in lines)
         access = [e for e in lines if e["logger"] == "pictor.access"]
         statuses = sorted(e["status"] for e in access if e.get("route") == "qido-studies")
-        assert statuses[-2:] == [200, 400] or statuses == [200, 400]
+        assert statuses == [200, 400]  # exactly the two searches made here
         assert all(e["duration_ms"] >= 0 and e["client"] == "127.0.0.1" for e in access)
+        # storage that cannot take a file: 503 naming it (the probe writes into tmp/)
+        tmp = server.data_dir / "tmp"
+        tmp.rename(tmp.with_name("tmp-away"))
+        tmp.write_bytes(b"not a directory")
+        try:
+            r = httpx.get(f"{server.base}/health", timeout=10)
+            assert r.status_code == 503 and "storage not writable" in r.json()["message"]
+        finally:
+            tmp.unlink()
+            tmp.with_name("tmp-away").rename(tmp)
+        assert httpx.get(f"{server.base}/health", timeout=10).status_code == 200
         pid = postmaster_pid(server.data_dir)
         assert pid is not None
         os.kill(pid, 9)  # the database goes away under a running server
