@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asyncpg
+import msgspec
 
 from app.dicom.json_model import BASE_MARKER
 from app.errors import ServiceUnavailable
@@ -22,25 +23,35 @@ class SearchResult:
 
 
 _MARKER = f'"{BASE_MARKER}/'.encode()
+_ATTRIBUTES = msgspec.json.Decoder(dict[str, msgspec.Raw])
+# PS3.18 F.2.2: attribute objects in ascending order of their tags
+_SORTED = msgspec.json.Encoder(order="sorted")
+
+
+def _merged(stored: str, extra: str) -> bytes:
+    """One result: the stored default answer plus the included fields built for this
+    search. Values are copied as they are (msgspec.Raw); only the members are sorted."""
+    if extra == "{}":
+        return stored.encode()
+    attributes = _ATTRIBUTES.decode(stored)
+    attributes.update(_ATTRIBUTES.decode(extra))
+    return _SORTED.encode(attributes)
 
 
 async def search(pool: asyncpg.Pool, query: Query, base_url: str) -> SearchResult:
     compiled = compile_query(query, base_url)
     try:
-        if compiled.custom_plan:
-            # a generic plan cannot use a prefix index for "LIKE $1": plan this one with
-            # its values (only here; other searches and UID lookups keep cached plans)
-            async with pool.acquire() as conn, conn.transaction(readonly=True):
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-                rows = await conn.fetch(compiled.sql, *compiled.args)
-        else:
-            rows = await pool.fetch(compiled.sql, *compiled.args)
+        rows = await pool.fetch(compiled.sql, *compiled.args)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise ServiceUnavailable(f"the index could not be searched: {exc}") from exc
     more = len(rows) > query.limit
     if more:
         rows = rows[: query.limit]
-    body = b"[" + b",".join(row[0].encode() for row in rows) + b"]"
+    if compiled.merge:
+        objects = [_merged(row[0], row[1]) for row in rows]
+    else:
+        objects = [row[0].encode() for row in rows]
+    body = b"[" + b",".join(objects) + b"]"
     # precomputed study answers carry RetrieveURL under the base marker
     body = body.replace(_MARKER, b'"' + base_url.encode() + b"/")
     return SearchResult(body, len(rows), more)

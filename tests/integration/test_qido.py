@@ -405,6 +405,34 @@ def test_ohif_study_list_requests(fixture_archive: Archive) -> None:
     assert results[0]["00081030"]["Value"] == ["BRAIN MR"]
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        "",
+        "&includefield=StudyDescription",
+        "&includefield=00081030,00080060,00100030",
+        "&includefield=StudyDescription,PatientWeight",
+        "&includefield=all",
+    ],
+)
+def test_attributes_are_in_tag_order_ps3_18_f_2_2(fixture_archive: Archive, fields: str) -> None:
+    """PS3.18 F.2.2: attribute objects in ascending tag order, whether the answer is the
+    stored one, the stored one merged with included fields, or built for the search;
+    and a merged answer has exactly the defaults plus what was included."""
+    r = fixture_archive.http.get(f"/studies?PatientID=QP{RUN}-*{fields}")
+    assert r.status_code == 200
+    results = r.json()
+    assert results
+    for result in results:
+        assert list(result) == sorted(result)
+    if fields.startswith("&includefield=StudyDescription"):
+        (plain,) = get(fixture_archive, f"/studies?PatientID=QP{RUN}-1")
+        (merged,) = get(fixture_archive, f"/studies?PatientID=QP{RUN}-1{fields}")
+        extra = {"00081030"} | ({"00101030"} if "PatientWeight" in fields else set())
+        assert set(merged) == set(plain) | extra
+        assert {tag: merged[tag] for tag in plain} == plain
+
+
 def test_dicomweb_client_searches(fixture_archive: Archive) -> None:
     client = DICOMwebClient(url=fixture_archive.url)
     studies = client.search_for_studies(

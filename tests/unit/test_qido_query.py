@@ -36,14 +36,15 @@ def test_universal_matching_returns_the_attribute_without_a_condition() -> None:
 
 @pytest.mark.parametrize(
     "value, pattern",
-    [("DOE*", "DOE%"), ("D?E*", "D_E%"), ("A_B%C", None), ("50\\%*", "50\\\\\\%%")],
+    [("D?E*", "D_E%"), ("*OE", "%OE"), ("A_B%C", None), ("5?\\%*", "5_\\\\\\%%")],
 )
 def test_wildcards_c_2_2_2_4(value: str, pattern: str | None) -> None:
     clause, args = where(Level.STUDY, [("PatientName", value)])
     if pattern is None:  # no wildcard: single value, _ and % are literal
         assert clause == "st.patient_name = $1" and args[0] == value
     else:
-        assert clause == "st.patient_name LIKE $1" and args[0] == pattern
+        # a literal prefix is also a range on the pattern index (see below)
+        assert clause.rstrip(")").endswith(f"st.patient_name LIKE ${args.index(pattern) + 1}")
 
 
 def test_like_pattern_escapes_sql_wildcards() -> None:
@@ -130,7 +131,7 @@ def test_any_stored_attribute_can_be_matched() -> None:
 def test_fuzzy_person_name_uses_normalised_words() -> None:
     clause, args = where(Level.STUDY, [("PatientName", "Müll Jo"), ("fuzzymatching", "true")])
     assert clause.count("study_word") == 2
-    assert args[:2] == ["mull%", "jo%"]
+    assert args[:4] == ["mull", "mulm", "jo", "jp"]
     q = parse_query(Level.STUDY, [("ReferringPhysicianName", "x"), ("fuzzymatching", "true")])
     assert any("fuzzymatching applies to PatientName" in w for w in q.warnings)
 
@@ -228,7 +229,7 @@ def test_default_and_included_return_attributes_ps3_18_10_6_3_3() -> None:
 
 
 def test_a_lone_asterisk_is_universal_matching_ps3_4_c_2_2_2_4() -> None:
-    """"*" alone matches everything, objects without the attribute included: no
+    """ "*" alone matches everything, objects without the attribute included: no
     condition at all (a LIKE '%' would drop rows where the attribute is absent)."""
     q = parse_query(Level.STUDY, [("StudyDescription", "*"), ("PatientName", "**")])
     assert q.conditions == ()
@@ -246,17 +247,77 @@ def test_no_base_url_argument_without_retrieve_url() -> None:
 
 
 @pytest.mark.parametrize(
-    "params, custom",
+    "value, bounds, like",
     [
-        ([("PatientID", "P1")], False),
-        ([("PatientName", "DOE*")], True),
-        ([("PatientName", "doe"), ("fuzzymatching", "true")], True),
-        ([("StudyDate", "20200101-20201231")], False),
+        ("MUL*", ("MUL", "MUM"), False),  # "starts with": the range is exact
+        ("MU?LER", ("MU", "MV"), True),
+        ("MU*ER", ("MU", "MV"), True),
+        ("*LLER", None, True),  # no literal prefix: no range
+        ("Z\U0010ffff*", ("Z\U0010ffff", "["), False),  # the last character cannot grow
+        ("\ud7ff*", ("\ud7ff", "\ue000"), False),  # surrogates are skipped
+        ("\U0010ffff*", ("\U0010ffff",), True),  # no upper bound at all: LIKE checks
     ],
 )
-def test_only_pattern_searches_ask_for_custom_plans(
-    params: list[tuple[str, str]], custom: bool
+def test_prefix_patterns_are_index_ranges(
+    value: str, bounds: tuple[str, ...] | None, like: bool
 ) -> None:
-    """A LIKE pattern needs a plan made with its value (prefix index); others keep
-    cached generic plans."""
-    assert compile_query(parse_query(Level.STUDY, params), BASE).custom_plan is custom
+    """A wildcard value with a literal prefix matches the byte-order range of that prefix
+    (text_pattern_ops operators): a generic, cached plan can use the index, which it
+    cannot for "LIKE $1". The LIKE stays where the range only narrows."""
+    clause, args = where(Level.STUDY, [("PatientName", value)])
+    col = "st.patient_name"
+    ranges = [f"{col} ~>=~ $1", f"{col} ~<~ $2"][: len(bounds or ())]
+    checks = ranges + ([f"{col} LIKE ${len(ranges) + 1}"] if like else [])
+    assert clause == (" AND ".join(checks) if len(checks) == 1 else f"({' AND '.join(checks)})")
+    assert tuple(args[: len(ranges)]) == (bounds or ())
+    if like:
+        assert args[len(ranges)] == like_pattern(value)
+
+
+@pytest.mark.parametrize(
+    "name, value, matches",
+    [
+        ("MULLER^HANS", "MUL*", True),
+        ("MUM", "MUL*", False),
+        ("MUL", "MUL*", True),
+        ("MUKZZZ", "MUL*", False),
+        ("MUL\U0010ffff", "MUL*", True),
+        ("Z\U0010ffffA", "Z\U0010ffff*", True),
+        ("[", "Z\U0010ffff*", False),
+    ],
+)
+def test_the_prefix_range_is_starts_with(name: str, value: str, matches: bool) -> None:
+    """The bounds compared as PostgreSQL's ~>=~ / ~<~ do (UTF-8 bytes) agree with
+    str.startswith, edge characters included."""
+    _, args = where(Level.STUDY, [("PatientName", value)])
+    low, high = (str(a).encode() for a in args[:2])
+    assert (low <= name.encode() < high) is matches is name.startswith(value[:-1])
+
+
+def test_fuzzy_words_are_index_ranges_too() -> None:
+    clause, args = where(Level.STUDY, [("PatientName", "smi"), ("fuzzymatching", "true")])
+    assert "(w.word ~>=~ $1 AND w.word ~<~ $2)" in clause and "LIKE" not in clause
+    assert args[:2] == ["smi", "smj"]
+
+
+def test_an_unindexed_attribute_keeps_a_plain_like() -> None:
+    clause, args = where(Level.STUDY, [("StudyDescription", "CT*")])
+    assert "~>=~" not in clause and "LIKE $1" in clause and args[0] == "CT%"
+
+
+def test_included_fields_are_merged_into_the_stored_study_answer() -> None:
+    """OHIF's study list names four fields: the stored default answer is sent with the
+    extra study-level ones built alone (merged in tag order by search()); Modality is a
+    series attribute and adds nothing at the study level."""
+    ohif = [("includefield", "00081030,00080060,00080090,00100030"), ("limit", "101")]
+    compiled = compile_query(parse_query(Level.STUDY, ohif), BASE)
+    assert compiled.merge
+    select = compiled.sql.split(" FROM (", 1)[0]
+    assert "COALESCE(st.qido," in select
+    assert select.endswith(
+        "(json_strip_nulls(json_build_object('00081030', st.attrs->'00081030')))::text"
+    )
+    # only defaults (ReferringPhysicianName and PatientBirthDate are among them): no merge
+    plain = [("includefield", "00080090,00100030")]
+    assert not compile_query(parse_query(Level.STUDY, plain), BASE).merge
+    assert not compile_query(parse_query(Level.STUDY, [("includefield", "all")]), BASE).merge
