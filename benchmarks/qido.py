@@ -24,8 +24,8 @@ Usage: python benchmarks/qido.py [--seed-dir DIR [--keep]] [--studies 100000]
    against the targets (p95 < 25 ms; OHIF study list p95 < 50 ms); server and
    PostgreSQL CPU seconds during each type.
 3. ``--explain``: EXPLAIN (ANALYZE, BUFFERS) of the SQL the compiler produces for one
-   example of each type, on the seeded database (plan_cache_mode = force_custom_plan,
-   as the server's connections).
+   example of each type, on the seeded database, as a generic plan (plan_cache_mode =
+   force_generic_plan: what the server's cached prepared statements may use).
 
 Results are also written to benchmarks/results/qido.json.
 """
@@ -875,6 +875,10 @@ async def seed(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
                     flush=True,
                 )
         await conn.execute("RESET session_replication_role")
+        # the replica role also skipped the trigger that stores each study's QIDO
+        # answers (app/index/fragments.py): fill them as ingest would have
+        print("  storing the studies' QIDO answers ...", flush=True)
+        await conn.execute("UPDATE study SET qido = NULL")
         for table in ("study", "series", "instance"):
             await conn.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'pk'),"
@@ -1401,7 +1405,9 @@ async def explain(
     conn = await asyncpg.connect(dsn)
     out: dict[str, Any] = {}
     try:
-        await conn.execute("SET plan_cache_mode = force_custom_plan")
+        # the plan a cached prepared statement may settle on (PostgreSQL switches to a
+        # generic plan after five executions unless custom ones are cheaper)
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
         for key, label, _ in TYPES:
             if not specs.get(key):
                 continue
