@@ -1425,6 +1425,14 @@ async def explain(
     return out
 
 
+def _literal(value: object) -> str:
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 async def _explain_one(
     conn: asyncpg.Connection,
     key: str,
@@ -1437,7 +1445,12 @@ async def _explain_one(
     params = parse_qsl(spec.query, keep_blank_values=True)
     query = parse_query(spec.level, params, study_uid=spec.study_uid, series_uid=spec.series_uid)
     compiled = compile_query(query, base)
-    rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + compiled.sql, *compiled.args)
+    # EXPLAIN of a statement with parameters plans it with their values; a prepared
+    # statement run through EXECUTE gets the plan cache's choice (here: generic)
+    await conn.execute("DEALLOCATE ALL")
+    await conn.execute("PREPARE q AS " + compiled.sql)
+    values = ", ".join(_literal(a) for a in compiled.args)  # EXECUTE takes no parameters
+    rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE q({values})")
     plan = [r[0] for r in rows]
     sql = compiled.sql
     if not full_sql:
