@@ -166,7 +166,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     # outermost, outside the exception handlers: error answers carry CORS headers too
     methods = {route.path_format: route.methods for route in app.routes}
-    inner: Any = wado.FramesFastPath(app, app.asgi_handler)
+    inner: Any = wado.FramesFastPath(app, qido.SearchFastPath(app, app.asgi_handler))
     if settings.audit_enabled:  # auth on, or auditing asked for
         # outside the fast path (which answers below the framework), inside CORS (401 /
         # 403 answers carry CORS headers; preflights stay open): app.auth.middleware
