@@ -137,7 +137,6 @@ def create_app(settings: Settings) -> Litestar:
             )
             if audit is not None:
                 audit.start()
-            codec_pool.configure(settings.worker_count)
             # started in the background: serving does not wait for the codec workers
             warming = asyncio.get_running_loop().create_task(codec_pool.warm_up())
             yield
