@@ -358,17 +358,29 @@ def parse_frame_list(text: str, count: int) -> list[int]:
 def _frame_choice(inst: StoredInstance, accept: str | None) -> tuple[Offer, bool]:
     """What to send for frames of ``inst`` (PS3.18 8.7.3-5, 8.7.4), and whether that is
     the stored bytes themselves."""
-    # frames lie in the stored file unless the data set is deflated (or oddly encoded)
-    addressable = inst.frame_offsets is not None
-    stored = native_pixel_syntax(inst.transfer_syntax)
+    return _frame_choice_for(
+        accept,
+        inst.transfer_syntax,
+        # frames lie in the stored file unless the data set is deflated (or oddly encoded)
+        inst.frame_offsets is not None,
+        _targets(inst),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _frame_choice_for(
+    accept: str | None, syntax: str, addressable: bool, targets: tuple[str, ...]
+) -> tuple[Offer, bool]:
+    # a viewer sends the same Accept for every frame of a series: negotiated once
+    stored = native_pixel_syntax(syntax)
     offers = []
-    if addressable and inst.transfer_syntax in FRAME_MEDIA_TYPES:
-        offers += frame_offers(inst.transfer_syntax, stored=True)
-    for target in _targets(inst):
+    if addressable and syntax in FRAME_MEDIA_TYPES:
+        offers += frame_offers(syntax, stored=True)
+    for target in targets:
         if target != stored or not addressable:
             offers += frame_offers(target)
     if not offers:
-        raise NotAcceptable(f"frames in transfer syntax {inst.transfer_syntax} cannot be served")
+        raise NotAcceptable(f"frames in transfer syntax {syntax} cannot be served")
     chosen = negotiate_multipart(accept, offers, DEFAULT_SYNTAX)
     return chosen, addressable and chosen.transfer_syntax == stored
 
@@ -481,11 +493,14 @@ class FramesFastPath:
             OrderedDict()
         )
 
-    async def _instance(self, key: tuple[str, str, str]) -> StoredInstance:
+    async def _instance(self, key: tuple[str, str, str]) -> StoredInstance | None:
+        """The instance (None for a malformed UID, which the route answers)."""
         now = time.monotonic()
         hit = self._recent.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
+        if any(uid_problem(uid) is not None for uid in key):
+            return None
         inst = await retrieve.instance(self.app.state.pool, Scope(*key))
         self._recent[key] = (now + self.TTL, inst)
         self._recent.move_to_end(key)
@@ -507,8 +522,6 @@ class FramesFastPath:
 
     async def _stored(self, match: re.Match[str], scope: Any) -> tuple[str, bytearray] | None:
         study, series, instance, frames = match.groups()
-        if any(uid_problem(uid) is not None for uid in (study, series, instance)):
-            return None
         accept = None
         for name, value in scope["headers"]:
             if name == b"accept":
@@ -516,7 +529,7 @@ class FramesFastPath:
         key = (study, series, instance)
         try:
             inst = await self._instance(key)
-            if not inst.number_of_frames:
+            if inst is None or not inst.number_of_frames:
                 return None
             numbers = parse_frame_list(frames, inst.number_of_frames)
             chosen, as_stored = _frame_choice(inst, accept)

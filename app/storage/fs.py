@@ -240,6 +240,7 @@ _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 class FileBlobStore:
     def __init__(self, root: Path, tmp: Path) -> None:
         self.root = root
+        self._root = str(root)
         self.tmp = tmp
         root.mkdir(parents=True, exist_ok=True)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -343,7 +344,7 @@ class FileBlobStore:
     # -- reading -------------------------------------------------------------------------
 
     def _read_into(self, key: str, targets: list[tuple[int, memoryview]], flags: int) -> bool:
-        fd = os.open(self.path(key), os.O_RDONLY)
+        fd = os.open(f"{self._root}/{key}", os.O_RDONLY)  # str: no Path per frame request
         try:
             for offset, view in targets:
                 done = 0
