@@ -23,8 +23,9 @@ def quoted(text: str, limit: int = 300) -> str:
     """``text`` as the inside of an HTTP quoted-string (RFC 9110 5.6.4): visible ASCII,
     control characters as spaces, other characters as escapes, quotes and backslashes
     escaped, cut at ``limit`` characters."""
-    clean = "".join(ch if ch.isprintable() else " " for ch in text)
-    clean = clean.encode("ascii", "backslashreplace").decode("ascii")
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
+    clean = text.encode("ascii", "backslashreplace").decode("ascii")
     return clean.replace("\\", "\\\\").replace('"', '\\"')[:limit]
 
 

@@ -395,8 +395,9 @@ def study_fragment_sql(*, all_attributes: bool) -> str:
 
 
 def compile_query(query: Query, base_url: str) -> Compiled:
-    """The SQL of a QIDO query: one ``json`` text column per result row, in a stable order,
-    at most ``limit + 1`` rows (the extra row tells that more results exist)."""
+    """The SQL of a QIDO query: one column per result row, the result's JSON as UTF-8
+    (bytea), in a stable order, at most ``limit + 1`` rows (the extra row tells that more
+    results exist)."""
     args = _Args()
     where: list[str] = []
     level = query.level
@@ -429,7 +430,7 @@ def compile_query(query: Query, base_url: str) -> Compiled:
         # alone, merged into the stored answer by the search (PS3.18 F.2.2 tag order)
         extra = _pairs(level, wanted - STUDY_DEFAULT_SET, "NULL::text") if wanted else []
         if extra:
-            select += f")::text, ({_object(extra, binary=False)}"
+            select += f")::text, 'UTF8'), convert_to(({_object(extra, binary=False)}"
             merge = True
     else:
         # the base URL is an argument only when RetrieveURL is returned: an unused
@@ -472,5 +473,9 @@ def compile_query(query: Query, base_url: str) -> Compiled:
     )
     tables = {"st": "study", "se": "series", "i": "instance"}
     joins = " ".join(f"JOIN {tables[a]} {a} ON {a}.pk = page.{a}_pk" for a in keys)
-    sql = f"SELECT ({select})::text FROM ({inner}) page {joins} ORDER BY " + ", ".join(order_parts)
+    # bytea: the text arrives as bytes, ready to send (no decode and re-encode per row)
+    sql = (
+        f"SELECT convert_to(({select})::text, 'UTF8') FROM ({inner}) page {joins} ORDER BY "
+        + ", ".join(order_parts)
+    )
     return Compiled(sql, args.values, merge)

@@ -315,7 +315,8 @@ def test_included_fields_are_merged_into_the_stored_study_answer() -> None:
     select = compiled.sql.split(" FROM (", 1)[0]
     assert "COALESCE(st.qido," in select
     assert select.endswith(
-        "(json_strip_nulls(json_build_object('00081030', st.attrs->'00081030')))::text"
+        "convert_to((json_strip_nulls(json_build_object('00081030', st.attrs->'00081030')))"
+        "::text, 'UTF8')"
     )
     # only defaults (ReferringPhysicianName and PatientBirthDate are among them): no merge
     plain = [("includefield", "00080090,00100030")]
