@@ -433,6 +433,18 @@ def test_attributes_are_in_tag_order_ps3_18_f_2_2(fixture_archive: Archive, fiel
         assert {tag: merged[tag] for tag in plain} == plain
 
 
+@pytest.mark.parametrize("name", [f"astrom{RUN}", f"britt astrom{RUN}", "smi"])
+def test_fuzzy_name_pages_are_stable(fixture_archive: Archive, name: str) -> None:
+    """Fuzzy matching in the default order and with an orderby finds the same studies,
+    and paging one by one visits each exactly once (PS3.18 8.3.4.4 limit / offset)."""
+    base = f"/studies?PatientName={quote(name)}&fuzzymatching=true"
+    alone = get(fixture_archive, base)
+    ordered = get(fixture_archive, base + "&orderby=StudyInstanceUID")
+    assert alone and set(values(alone, "0020000D")) == set(values(ordered, "0020000D"))
+    paged = [get(fixture_archive, f"{base}&limit=1&offset={k}") for k in range(len(alone))]
+    assert [uid for page in paged for uid in values(page, "0020000D")] == values(alone, "0020000D")
+
+
 def test_dicomweb_client_searches(fixture_archive: Archive) -> None:
     client = DICOMwebClient(url=fixture_archive.url)
     studies = client.search_for_studies(

@@ -129,8 +129,8 @@ def test_any_stored_attribute_can_be_matched() -> None:
 
 
 def test_fuzzy_person_name_uses_normalised_words() -> None:
-    clause, args = where(Level.STUDY, [("PatientName", "Müll Jo"), ("fuzzymatching", "true")])
-    assert clause.count("study_word") == 2
+    text, args = sql(Level.STUDY, [("PatientName", "Müll Jo"), ("fuzzymatching", "true")])
+    assert text.count("study_word") == 2
     assert args[:4] == ["mull", "mulm", "jo", "jp"]
     q = parse_query(Level.STUDY, [("ReferringPhysicianName", "x"), ("fuzzymatching", "true")])
     assert any("fuzzymatching applies to PatientName" in w for w in q.warnings)
@@ -295,8 +295,8 @@ def test_the_prefix_range_is_starts_with(name: str, value: str, matches: bool) -
 
 
 def test_fuzzy_words_are_index_ranges_too() -> None:
-    clause, args = where(Level.STUDY, [("PatientName", "smi"), ("fuzzymatching", "true")])
-    assert "(w.word ~>=~ $1 AND w.word ~<~ $2)" in clause and "LIKE" not in clause
+    text, args = sql(Level.STUDY, [("PatientName", "smi"), ("fuzzymatching", "true")])
+    assert "(w.word ~>=~ $1 AND w.word ~<~ $2)" in text and "LIKE" not in text
     assert args[:2] == ["smi", "smj"]
 
 
