@@ -154,24 +154,63 @@ def pixel_info(path: str) -> PixelInfo:
     )
 
 
-def _frame_array(path: str, index: int) -> np.ndarray:
-    try:
-        array = pixel_array(path, index=index)
-    except (AttributeError, ValueError, NotImplementedError):
-        # e.g. a deflated data set: read it whole first
-        array = pixel_array(pydicom.dcmread(Path(path)), index=index)
+#: where a frame's compressed bytes lie in the stored file: (offset, length) of each of
+#: its fragments, as the index records them at ingest
+Ranges = tuple[tuple[int, int], ...]
+
+
+def _read_ranges(path: str, ranges: Ranges) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        parts = []
+        for offset, length in ranges:
+            f.seek(offset)
+            parts.append(f.read(length))
+    return b"".join(parts)
+
+
+def _decode_fragments(path: str, ranges: Ranges) -> np.ndarray:
+    """One compressed frame decoded from its own bytes, with the image pixel attributes
+    read once per worker (:func:`pixel_info`): the same decoder and corrections as
+    :func:`pixel_array` on the file, without parsing the data set again for each frame
+    (a 512 x 512 JPEG 2000 frame: 0.9 of 22.5 ms)."""
+    info = pixel_info(path)
+    options: dict[str, Any] = {
+        "number_of_frames": 1,
+        "rows": info.rows,
+        "columns": info.columns,
+        "samples_per_pixel": info.samples,
+        "bits_allocated": info.bits_allocated,
+        "bits_stored": info.bits_stored,
+        "pixel_representation": info.pixel_representation,
+        "photometric_interpretation": info.photometric,
+        "planar_configuration": int(info.planar),
+    }
+    decoder = get_decoder(info.syntax)
+    array, _ = decoder.as_array(encapsulate([_read_ranges(path, ranges)]), index=0, **options)
+    return array
+
+
+def _frame_array(path: str, index: int, ranges: Ranges | None = None) -> np.ndarray:
+    if ranges and pixel_info(path).syntax not in _NATIVE:
+        array = _decode_fragments(path, ranges)
+    else:
+        try:
+            array = pixel_array(path, index=index)
+        except (AttributeError, ValueError, NotImplementedError):
+            # e.g. a deflated data set: read it whole first
+            array = pixel_array(pydicom.dcmread(Path(path)), index=index)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return array
 
 
-def decode_frame(path: str, index: int) -> bytes:
+def decode_frame(path: str, index: int, ranges: Ranges | None = None) -> bytes:
     """Frame ``index`` (0-based) of the stored file as native little endian pixel bytes.
 
     Colour frames stored as YCbCr in JPEG come out as RGB (pydicom's default), as a
     decoder would show them; native colour keeps its Planar Configuration (0028,0006).
     """
-    array = _frame_array(path, index)
+    array = _frame_array(path, index, ranges)
     info = pixel_info(path)
     if array.ndim == 3 and info.planar and info.syntax in _NATIVE:
         array = array.transpose(2, 0, 1)  # colour-by-plane, as the metadata says
@@ -238,12 +277,13 @@ def _encode_array(array: np.ndarray, info: PixelInfo, target: str) -> bytes:
         raise TranscodeError(f"cannot encode as {UID(target).name}: {exc}") from exc
 
 
-def encode_frame(path: str, index: int, target: str) -> bytes:
+def encode_frame(path: str, index: int, target: str, ranges: Ranges | None = None) -> bytes:
     """Frame ``index`` (0-based) of the stored file, decoded and encoded in ``target``
-    (one encapsulated frame, PS3.5 A.4; its media type per PS3.18 Table 8.7.3-5)."""
+    (one encapsulated frame, PS3.5 A.4; its media type per PS3.18 Table 8.7.3-5).
+    ``ranges``: where the frame's compressed bytes are, when the index knows it."""
     if target == EXPLICIT_VR_LE:
-        return decode_frame(path, index)
-    return _encode_array(_frame_array(path, index), pixel_info(path), target)
+        return decode_frame(path, index, ranges)
+    return _encode_array(_frame_array(path, index, ranges), pixel_info(path), target)
 
 
 def transcode_instance(path: str, target: str) -> bytes:

@@ -435,7 +435,8 @@ async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream | Response[
 
     async def encoded(number: int) -> bytes:
         try:
-            return await pool.run(encode_frame, path, number - 1, chosen.transfer_syntax)
+            ranges = tuple(inst.frame_ranges(number)) if inst.frame_offsets is not None else None
+            return await pool.run(encode_frame, path, number - 1, chosen.transfer_syntax, ranges)
         except TranscodeError as exc:
             raise NotAcceptable(f"frame {number}: {exc}") from exc
 
