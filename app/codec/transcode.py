@@ -191,9 +191,13 @@ def _decode_fragments(path: str, ranges: Ranges) -> np.ndarray:
 
 
 def _frame_array(path: str, index: int, ranges: Ranges | None = None) -> np.ndarray:
+    array = None
     if ranges and pixel_info(path).syntax not in _NATIVE:
-        array = _decode_fragments(path, ranges)
-    else:
+        try:
+            array = _decode_fragments(path, ranges)
+        except (AttributeError, ValueError, NotImplementedError, RuntimeError):
+            array = None  # what the data set says and the frame disagree: decode the file
+    if array is None:
         try:
             array = pixel_array(path, index=index)
         except (AttributeError, ValueError, NotImplementedError):

@@ -123,7 +123,9 @@ class SearchFastPath:
         await self.inner(scope, receive, send)
 
     async def _answer(self, scope: Any, level: Level, uids: list[str]) -> Answer | None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:  # the first of repeated headers, as litestar
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         server = scope.get("server") or ("", "")
         host = headers.get("host") or f"{server[0]}:{server[1]}"
         state = self.app.state

@@ -525,8 +525,9 @@ class FramesFastPath:
         study, series, instance, frames = match.groups()
         accept = None
         for name, value in scope["headers"]:
-            if name == b"accept":
+            if name == b"accept":  # the first, as the route reads it
                 accept = value.decode("latin-1")
+                break
         key = (study, series, instance)
         try:
             inst = await self._instance(key)
