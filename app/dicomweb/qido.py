@@ -17,10 +17,10 @@ from litestar import Litestar, Request, get
 from litestar.response import Response
 from litestar.types import ASGIApp
 
-from app.asgi import send_whole, warning_header
+from app.asgi import header, send_whole, warning_header
 from app.dicom.uids import uid_problem
 from app.dicomweb.negotiation import SEARCH_MEDIA_TYPES, choose
-from app.dicomweb.urls import DICOMWEB_PREFIX, base_url, request_base_url
+from app.dicomweb.urls import DICOMWEB_PREFIX, request_base_url, scope_base_url
 from app.errors import BadRequest, PictorError
 from app.index.query import Level, parse_query
 from app.index.search import search
@@ -123,19 +123,13 @@ class SearchFastPath:
         await self.inner(scope, receive, send)
 
     async def _answer(self, scope: Any, level: Level, uids: list[str]) -> Answer | None:
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:  # the first of repeated headers, as litestar
-            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
-        server = scope.get("server") or ("", "")
-        host = headers.get("host") or f"{server[0]}:{server[1]}"
         state = self.app.state
-        base = base_url(state.settings.public_base_url, headers, scope.get("scheme", "http"), host)
+        base = scope_base_url(state.settings.public_base_url, scope)
         study, series = (uids + [None, None])[:2]
         try:
             query_string = scope["query_string"].decode()
-            return await answer(
-                state, level, study, series, query_string, headers.get("accept"), base
-            )
+            accept = header(scope, b"accept")
+            return await answer(state, level, study, series, query_string, accept, base)
         except (PictorError, UnicodeDecodeError):
             return None  # the route answers it
 

@@ -8,6 +8,7 @@ own scheme and host. Resource paths follow PS3.18 10.4 (Table 10.4.1-1).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 DICOMWEB_PREFIX = "/dicom-web"
 
@@ -30,6 +31,19 @@ def base_url(configured: str, headers: Mapping[str, str], scheme: str, host: str
     fhost = fwd.get("host") or headers.get("x-forwarded-host", "").split(",")[0].strip() or host
     prefix = headers.get("x-forwarded-prefix", "").split(",")[0].strip().rstrip("/")
     return f"{proto}://{fhost}{prefix}{DICOMWEB_PREFIX}"
+
+
+def scope_base_url(configured: str, scope: Any) -> str:
+    """:func:`base_url` for a raw ASGI request (the pure ASGI fast paths); the first of
+    repeated headers counts, as in litestar's ``request.headers``."""
+    if configured:
+        return configured
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    server = scope.get("server") or ("", "")
+    host = headers.get("host") or f"{server[0]}:{server[1]}"
+    return base_url(configured, headers, scope.get("scheme", "http"), host)
 
 
 def study_url(base: str, study: str) -> str:

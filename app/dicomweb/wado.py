@@ -30,7 +30,7 @@ import msgspec
 from litestar import Litestar, Request, get
 from litestar.response import Response, Stream
 
-from app.asgi import send_whole
+from app.asgi import header, send_whole
 from app.codec import pool
 from app.codec.transcode import (
     ENCODABLE,
@@ -523,11 +523,7 @@ class FramesFastPath:
 
     async def _stored(self, match: re.Match[str], scope: Any) -> tuple[str, bytearray] | None:
         study, series, instance, frames = match.groups()
-        accept = None
-        for name, value in scope["headers"]:
-            if name == b"accept":  # the first, as the route reads it
-                accept = value.decode("latin-1")
-                break
+        accept = header(scope, b"accept")
         key = (study, series, instance)
         try:
             inst = await self._instance(key)

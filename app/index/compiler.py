@@ -346,21 +346,26 @@ class Compiled:
     merge: bool = False
 
 
-def _pairs(level: Level, wanted: frozenset[int], base: str) -> list[tuple[int, str]]:
-    """(tag, value SQL) of the ``wanted`` tags of one result: the stored fragments of the
-    result's rows and the archive's computed attributes."""
+def _instance_level(tag: int) -> bool:
+    return not levels.is_study_level(tag) and not levels.is_series_level(tag)
 
-    def instance_level(tag: int) -> bool:
-        return not levels.is_study_level(tag) and not levels.is_series_level(tag)
 
+def _stored(level: Level) -> list[tuple[str, Callable[[int], bool]]]:
+    """The stored fragments a result of ``level`` draws on, each with the tags it holds."""
     stored: list[tuple[str, Callable[[int], bool]]] = [("st.attrs", levels.is_study_level)]
     if level is not Level.STUDY:
         stored.append(("se.attrs", levels.is_series_level))
     if level is Level.INSTANCE:
-        stored.append(("i.attrs", instance_level))
+        stored.append(("i.attrs", _instance_level))
+    return stored
+
+
+def _pairs(level: Level, wanted: frozenset[int], base: str) -> list[tuple[int, str]]:
+    """(tag, value SQL) of the ``wanted`` tags of one result: the stored fragments of the
+    result's rows and the archive's computed attributes."""
     all_computed = levels.STUDY_COMPUTED | levels.SERIES_COMPUTED | levels.INSTANCE_COMPUTED
     pairs = _computed(level, wanted, base)
-    for source, belongs in stored:
+    for source, belongs in _stored(level):
         for tag in sorted(t for t in wanted if belongs(t) and t not in all_computed):
             if source == "i.attrs" and tag not in levels.INSTANCE_TAGS:
                 pairs.append((tag, f"(i.metadata::jsonb)->'{tag:08X}'"))
@@ -372,11 +377,9 @@ def _pairs(level: Level, wanted: frozenset[int], base: str) -> list[tuple[int, s
 def _select(level: Level, wanted: frozenset[int] | None, base: str) -> str:
     """The SQL of one result's JSON object: ``wanted`` tags (None: all of them)."""
     if wanted is None:
-        sources = ["st.attrs"]
-        if level is not Level.STUDY:
-            sources.append("se.attrs")
+        sources = [source for source, _ in _stored(level)]
         if level is Level.INSTANCE:
-            sources += ["i.attrs", "(i.metadata::jsonb)"]
+            sources.append("(i.metadata::jsonb)")
         return " || ".join(sources + [_object(_computed(level, None, base), binary=True)])
     return _object(_pairs(level, wanted, base), binary=False)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigError, load_settings, to_environment
-from app.dicomweb.urls import base_url, instance_url, study_url
+from app.dicomweb.urls import base_url, instance_url, scope_base_url, study_url
 
 
 def test_defaults_bind_loopback_only() -> None:
@@ -54,6 +54,29 @@ def test_base_url_precedence() -> None:
     assert base_url("", fwd, "http", "10.0.0.1") == "https://pacs.example/img/dicom-web"
     rfc = {"forwarded": 'for=1.2.3.4;proto=https;host="a.example:8443", for=5.6.7.8'}
     assert base_url("", rfc, "http", "x") == "https://a.example:8443/dicom-web"
+
+
+def test_base_url_of_a_raw_asgi_request() -> None:
+    """What the pure ASGI fast paths put in RetrieveURL: the same precedence as for a
+    framework request, the first of repeated headers, the server's address without Host."""
+
+    def scope(*headers: tuple[bytes, bytes], scheme: str = "http") -> dict[str, object]:
+        return {"headers": list(headers), "scheme": scheme, "server": ("10.0.0.5", 8042)}
+
+    plain = scope((b"host", b"pacs:8042"))
+    assert scope_base_url("", plain) == "http://pacs:8042/dicom-web"
+    assert scope_base_url("https://x.org/dw", plain) == "https://x.org/dw"
+    proxied = scope(
+        (b"host", b"internal:8042"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"pacs.example.org"),
+        (b"x-forwarded-prefix", b"/archive/"),
+    )
+    assert scope_base_url("", proxied) == "https://pacs.example.org/archive/dicom-web"
+    assert scope_base_url("", scope((b"host", b"first"), (b"host", b"second"))).startswith(
+        "http://first/"
+    )
+    assert scope_base_url("", scope()) == "http://10.0.0.5:8042/dicom-web"
 
 
 def test_resource_urls_ps3_18_10_4() -> None:
