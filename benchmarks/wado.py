@@ -152,6 +152,12 @@ async def load(
     return count, size, time.perf_counter() - start, latencies
 
 
+def median_index(ratios: list[float]) -> int:
+    """The round whose ratio is the median (the upper one of an even count): its figures
+    are reported next to the ratio."""
+    return sorted(range(len(ratios)), key=lambda k: ratios[k])[len(ratios) // 2]
+
+
 def bare_decode(args: tuple[list[str], float]) -> int:
     """One process of the reference loop: decode frame 1 of each file until time's up."""
     from pydicom.pixels import pixel_array
@@ -318,7 +324,7 @@ def measure(
             static.terminate()
             static.wait()
         ratios = [r[0] / r[2] for r in rounds]
-        best = sorted(range(len(rounds)), key=lambda k: ratios[k])[len(rounds) // 2]
+        best = median_index(ratios)
         results["raw_frames"] = {
             "pictor_frames_per_s": round(rounds[best][0], 1),
             "pictor_mb_per_s": round(rounds[best][1], 1),
@@ -352,7 +358,7 @@ def measure(
                 )
                 j2k_rounds.append((n / elapsed, sum(counts) / (time.perf_counter() - t0)))
         j2k_ratios = [p / b for p, b in j2k_rounds]
-        mid = sorted(range(len(j2k_rounds)), key=lambda k: j2k_ratios[k])[len(j2k_rounds) // 2]
+        mid = median_index(j2k_ratios)
         pictor_j2k, bare = j2k_rounds[mid]
         one = bare_decode((j2k_files, seconds / 2)) / (seconds / 2)
         results["j2k_to_native"] = {
