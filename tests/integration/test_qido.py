@@ -183,6 +183,10 @@ MATCHING_TABLE = [
     (f"PatientName=smith{RUN}*", set()),  # case-sensitive without fuzzy matching
     (f"PatientName=*{RUN}^SMITTY*", {"doe"}),
     (f"PatientName=ÅSTRÖM{RUN}^BRITT", {"astrom1", "astrom2", "astrom3"}),  # alphabetic group
+    # a prefix ending in a non-ASCII letter: the index range's bound is the next code point
+    ("PatientName=ÅSTRÖ*", {"astrom1", "astrom2", "astrom3"}),
+    (f"PatientName=ÅST?ÖM{RUN}*", {"astrom1", "astrom2", "astrom3"}),  # range, then LIKE
+    ("PatientName=ÅSTRO*", set()),  # O is not Ö
     (f"PatientID=QP{RUN}-*&StudyDate=20200101-20201231", {"smith", "doe"}),  # range
     (f"PatientID=QP{RUN}-*&StudyDate=20210601-", {"astrom2", "astrom3"}),  # open range
     (f"PatientID=QP{RUN}-*&StudyDate=-20191231", {"astrom1"}),
