@@ -8,6 +8,8 @@ from typing import Any
 
 import msgspec
 
+from app.errors import PictorError
+
 Send = Callable[[Any], Awaitable[None]]
 
 
@@ -67,3 +69,21 @@ class StatusRecorder:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
         await self.send(message)
+
+
+def error_answer(exc: PictorError) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The one rendering of a domain error as HTTP (status, headers, body): the JSON
+    body, its message in a ``Warning: 299`` header (PS3.18 8.4.4) and the headers the
+    error calls for. The framework's handler (app.dicomweb.errors) and the fast paths
+    both answer through this."""
+    headers = [
+        ("content-type", "application/json"),
+        ("warning", warning_header([exc.message])),
+        *((k.lower(), v) for k, v in exc.headers.items()),
+    ]
+    return exc.status_code, headers, error_body(exc.status_code, exc.message)
+
+
+async def send_error(send: Send, exc: PictorError) -> None:
+    status, headers, body = error_answer(exc)
+    await send_whole(send, status, body, [(k.encode(), v.encode("latin-1")) for k, v in headers])

@@ -125,10 +125,10 @@ class Ingest:
             )
         except InstanceRejected as exc:
             result = exc
-        except Exception as exc:  # a bug must not lose the rest of the request
+        except Exception:  # a bug must not lose the rest of the request
             log.exception("analysis of an instance failed")
             result = InstanceRejected(
-                FailureReason.PROCESSING_FAILURE, f"processing failure: {exc}"
+                FailureReason.PROCESSING_FAILURE, "processing failure (logged by the archive)"
             )
         return Part(temp, result, written)
 
@@ -136,7 +136,7 @@ class Ingest:
     def _write_failed(exc: BaseException | None) -> InstanceRejected:
         log.error("writing an instance failed: %s", exc)
         return InstanceRejected(
-            FailureReason.OUT_OF_RESOURCES, f"the instance could not be written: {exc}"
+            FailureReason.OUT_OF_RESOURCES, "the instance could not be written; try again later"
         )
 
     async def discard(self, parts: Sequence[Part]) -> None:

@@ -36,6 +36,7 @@ from app.observability import (
     metrics_text,
     setup_logging,
 )
+from app.routes import PathGuard
 from app.storage import FileBlobStore
 
 log = logging.getLogger("pictor")
@@ -50,11 +51,13 @@ async def health(request: Any) -> Response[bytes]:
     try:
         await state.pool.fetchval("SELECT 1")
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-        raise ServiceUnavailable(f"index unreachable: {exc}") from exc
+        log.error("health: the index does not answer: %s", exc)
+        raise ServiceUnavailable("index unreachable") from exc
     try:
         free = await asyncio.to_thread(_storage_probe, settings.tmp_dir, settings.storage_dir)
     except OSError as exc:
-        raise ServiceUnavailable(f"storage not writable: {exc}") from exc
+        log.error("health: the storage is not writable: %s", exc)
+        raise ServiceUnavailable("storage not writable") from exc
     body = msgspec.json.encode(
         {"status": "ok", "database": "ok", "storage": {"writable": True, "free_bytes": free}}
     )
@@ -172,5 +175,7 @@ def create_app(settings: Settings) -> Litestar:
         inner = AccessMiddleware(inner, app.state)
     cors = CrossOriginMiddleware(inner, settings.cors_origin_list, methods)
     # counts and times everything, preflights and errors included
-    app.asgi_handler = MetricsMiddleware(cors, settings.access_log)
+    metered = MetricsMiddleware(cors, settings.access_log)
+    # outermost: every layer below routes on the one canonical path (app.routes)
+    app.asgi_handler = PathGuard(metered)
     return app

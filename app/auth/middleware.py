@@ -10,11 +10,14 @@ for):
   attribute it shows comes through the guarded DICOMweb routes);
 * ``read``: QIDO-RS, WADO-RS (metadata, instances, frames, bulk data, rendered,
   thumbnails), IHE Invoke Image Display; ``write``: STOW-RS; ``admin``: ``/admin/...``
-  (tokens, links) and ``/metrics``. A path it does not know needs ``read``.
+  (tokens, links) and ``/metrics``, as :data:`app.routes.ROUTES` says;
+* a path the table does not know: 404, a known path with another method: 405, before
+  anything is dispatched (the path is canonical: :class:`app.routes.PathGuard`).
 
-Credentials (RFC 6750): ``Authorization: Bearer TOKEN`` (2.1), else an ``access_token``
-(2.3) or ``token`` query parameter, else the study-link cookie. A token is an API token
-(``pt_...``), a study link (``pl_...``) or a JWT (:mod:`app.auth.oidc`). Answers
+Credentials, only these (RFC 6750): ``Authorization: Bearer TOKEN`` (2.1), else an
+``access_token`` query parameter (2.3), else the study-link cookie, which carries a
+study link and nothing else. A token is an API token (``pt_...``), a study link
+(``pl_...``) or a JWT (:mod:`app.auth.oidc`). Answers
 (RFC 6750 3): no credentials: 401 with ``WWW-Authenticate: Bearer realm="pictor"``;
 bad credentials (unknown, revoked, expired, tampered, wrong issuer / audience): 401 with
 ``error="invalid_token"``; a scope missing: 403 with ``error="insufficient_scope"``.
@@ -22,8 +25,9 @@ Bodies are ``{"status": ..., "message": ...}`` as every other error of Pictor.
 
 A study link may read its study only: another study in the path answers 404 (not 403:
 the link must not confirm that a study exists); a search across the archive is
-confined to the study (the query string is rewritten to ``StudyInstanceUID=<linked>``,
-any other Study Instance UID the client gave dropped); writes and admin answer 403.
+confined to the study: the middleware leaves the study under :data:`CONFINED_KEY` and
+the search applies it to the parsed query (:func:`app.index.query.confine`), after
+every normalisation of the keys; writes and admin answer 403.
 
 ``GET /link/TOKEN`` is the URL a study link is handed out as: it sets an ``HttpOnly;
 SameSite=Strict`` cookie with the token (lifetime: the link's) and redirects to the
@@ -38,13 +42,13 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import unquote_plus, urlencode
 
 from app.asgi import StatusRecorder, error_body, header, quoted, send_whole, warning_header
 from app.auth import links
 from app.auth.audit import AuditLog
 from app.auth.oidc import JwtError, JwtVerifier, looks_like_jwt
-from app.auth.principal import ANONYMOUS, AUDIT_UIDS_KEY, READ, Principal
+from app.auth.principal import ANONYMOUS, AUDIT_UIDS_KEY, CONFINED_KEY, READ, Principal
 from app.auth.routes import Target, classify
 from app.auth.tokens import TokenVerifier, looks_like_token
 from app.observability import ROUTE_KEY
@@ -116,11 +120,15 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         access: Access = self.state.access
-        path: str = scope["path"]
-        if path.startswith("/link/") and scope["method"] in ("GET", "HEAD"):
+        path: str = scope["path"]  # canonical (app.routes.PathGuard)
+        link = path.startswith("/link/") and path.count("/") == 2
+        if link and scope["method"] in ("GET", "HEAD"):
             await self._open_link(access, scope, send, path[len("/link/") :])
             return
         target = classify(scope["method"], path)
+        if target.refusal is not None:
+            await self._refuse(access, scope, send, target)
+            return
         if target.scope is None:
             await self.app(scope, receive, send)
             return
@@ -160,10 +168,14 @@ class AccessMiddleware:
             kind, _, value = authorization.strip().partition(" ")
             if kind.lower() == "bearer" and value.strip():
                 token = value.strip()
-        if token is None and b"token=" in scope.get("query_string", b""):
+        if token is None and b"access_token=" in scope.get("query_string", b""):
             token = self._token_parameter(scope)
         if token is None:
-            token = _cookie(scope, links.COOKIE)
+            cookie = _cookie(scope, links.COOKIE)
+            if cookie is not None:
+                if not cookie.startswith(links.PREFIX):
+                    raise _invalid("the link cookie carries a study link only")
+                token = cookie
         if token is None:
             raise Denied(401, "authentication required: send Authorization: Bearer TOKEN", REALM)
         if token.startswith(links.PREFIX):
@@ -186,18 +198,24 @@ class AccessMiddleware:
 
     @staticmethod
     def _token_parameter(scope: Any) -> str | None:
-        """The ``access_token`` (RFC 6750 2.3) or ``token`` parameter, taken out of the
-        query string (the DICOMweb routes would read it as a search key)."""
-        params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        """The ``access_token`` parameter (RFC 6750 2.3), taken out of the query string
+        (the DICOMweb routes would read it as a search key). Only that exact name: a
+        spelling the routes would normalise differently (`` access_token``) stays in the
+        query, where QIDO refuses it as an unknown attribute."""
+        raw: bytes = scope["query_string"]
+        pairs = raw.split(b"&")
         token = None
         kept = []
-        for key, value in params:
-            if key in ("access_token", "token") and token is None:
-                token = value
+        for pair in pairs:
+            key, _, value = pair.partition(b"=")
+            if key == b"access_token":
+                if token is not None:
+                    raise _invalid("more than one access_token parameter")
+                token = unquote_plus(value.decode("latin-1"))
             else:
-                kept.append((key, value))
+                kept.append(pair)
         if token is not None:
-            scope["query_string"] = urlencode(kept, quote_via=quote).encode()
+            scope["query_string"] = b"&".join(kept)
         return token
 
     # -- may it? -------------------------------------------------------------------------
@@ -223,24 +241,28 @@ class AccessMiddleware:
             if target.study != study:
                 raise hidden
             return
-        query = scope.get("query_string", b"").decode("latin-1")
-        if target.is_search_everywhere:
-            params = [
-                (k, v)
-                for k, v in parse_qsl(query, keep_blank_values=True)
-                if k.lower() not in ("studyinstanceuid", "0020000d")
-            ]
-            params.append(("StudyInstanceUID", study))
-            scope["query_string"] = urlencode(params, quote_via=quote).encode()
+        if target.is_search_everywhere or target.action == "iid":
+            scope[CONFINED_KEY] = study  # applied to the parsed query (app.index.query)
             return
-        if target.action == "iid":
-            given = {k.lower(): v for k, v in parse_qsl(query)}
-            if (
-                given.get("requesttype", "").upper() == "STUDY"
-                and given.get("studyuid", "").strip() == study
-            ):
-                return
         raise hidden
+
+    async def _refuse(self, access: Access, scope: Any, send: Any, target: Target) -> None:
+        """A request no route takes: answered here, never dispatched."""
+        status = target.refusal or 404
+        scope[ROUTE_KEY] = "unmatched"
+        message = (
+            f"{scope['method']} is not allowed here; allowed: {', '.join(target.allowed)}"
+            if status == 405
+            else "no such resource"
+        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"warning", warning_header([message]).encode()),
+        ]
+        if status == 405:
+            headers.append((b"allow", ", ".join(target.allowed).encode()))
+        await send_whole(send, status, error_body(status, message), headers)
+        self._audit(access, scope, target, ANONYMOUS, status)
 
     # -- study links -----------------------------------------------------------------------
 

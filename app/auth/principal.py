@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 #: the ASGI scope key where a route handler leaves the UIDs it touched beyond its path
 #: (STOW-RS: the stored instances) as (study, series, instance) triples, for the audit
 AUDIT_UIDS_KEY = "pictor.audit.uids"
+#: the ASGI scope key where access control leaves the one study a study link may search
+#: (app.index.query.confine applies it to the parsed query)
+CONFINED_KEY = "pictor.confined.study"
+
+
+def confined_study(scope: Any) -> str | None:
+    """The study a request is confined to (a study link's), if any."""
+    study = scope.get(CONFINED_KEY)
+    return study if isinstance(study, str) else None
+
 
 READ = "read"
 WRITE = "write"

@@ -1,4 +1,5 @@
-"""The one place where Pictor's error tree becomes HTTP responses."""
+"""The one place where Pictor's error tree becomes framework responses: the rendering
+itself is :func:`app.asgi.error_answer`, shared with the fast paths."""
 
 from __future__ import annotations
 
@@ -8,27 +9,34 @@ from litestar import Request
 from litestar.exceptions import HTTPException
 from litestar.response import Response
 
-from app.asgi import error_body, warning_header
-from app.errors import PictorError
+from app.asgi import error_answer
+from app.errors import PictorError, RequestError
 
 
-def _response(status: int, message: str, headers: dict[str, str] | None = None) -> Response[bytes]:
+def _response(exc: PictorError) -> Response[bytes]:
+    status, headers, body = error_answer(exc)
     return Response(
-        error_body(status, message),
+        body,
         status_code=status,
         media_type="application/json",
-        headers={"Warning": warning_header([message]), **(headers or {})},
+        headers={k: v for k, v in headers if k != "content-type"},
     )
 
 
 def pictor_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, PictorError)
-    return _response(exc.status_code, exc.message, exc.headers)
+    return _response(exc)
+
+
+class _FrameworkError(RequestError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status
 
 
 def http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, HTTPException)
-    return _response(exc.status_code, str(exc.detail))
+    return _response(_FrameworkError(exc.status_code, str(exc.detail)))
 
 
 EXCEPTION_HANDLERS = {PictorError: pictor_error, HTTPException: http_error}

@@ -160,12 +160,16 @@ async def _thumbnail(
     inst = first_series[len(first_series) // 2]  # the middle image of the first series
     count = inst.number_of_frames or 1
     index = (frame - 1) if frame is not None else count // 2
+    if options.window is not None or options.viewport != THUMBNAIL_SIZE or options.quality != 90:
+        # only the default thumbnail is cached: a cache keyed by whatever parameters a
+        # client sends would let it fill the disk (issue #13, bounded request dimensions)
+        return _image(
+            await pool.run(render_frame, _path(request, inst), index, options), options.media_type
+        )
     settings = request.app.state.settings
     cache = Path(settings.data_dir) / "cache" / "thumbnails"
-    vw, vh = options.viewport or THUMBNAIL_SIZE
-    window = "-".join(str(v) for v in options.window) if options.window else "default"
     extension = FORMATS[options.media_type].lower()
-    name = f"{inst.sop_instance_uid}-{index}-{vw}x{vh}-{window}-{options.quality}.{extension}"
+    name = f"{inst.sop_instance_uid}-{index}.{extension}"
     path = cache / name
     try:
         return _image(path.read_bytes(), options.media_type)

@@ -35,10 +35,11 @@ from litestar import Request, get
 from litestar.response import File, Redirect, Response
 
 from app import viewer
+from app.auth.principal import confined_study
 from app.dicom.uids import uid_problem
 from app.dicomweb.urls import request_base_url
 from app.errors import BadRequest, PictorError
-from app.index.query import Level, parse_query
+from app.index.query import Level, confine, parse_query
 from app.index.search import search
 
 #: media types the browser needs exactly (WebAssembly.instantiateStreaming insists on
@@ -189,6 +190,8 @@ async def _find_studies(
             ("limit", str(MAX_STUDIES + 1)),
         ],
     )
+    if (confined := confined_study(request.scope)) is not None:
+        query = confine(query, confined)  # a study link opens its own study only
     base = request_base_url(state.settings.public_base_url, request.headers, request.url)
     result = await search(state.pool, query, base)
     found = []

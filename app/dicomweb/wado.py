@@ -30,7 +30,7 @@ import msgspec
 from litestar import Litestar, Request, get
 from litestar.response import Response, Stream
 
-from app.asgi import header, send_whole
+from app.asgi import header, send_error, send_whole
 from app.codec import pool
 from app.codec.transcode import (
     ENCODABLE,
@@ -62,7 +62,12 @@ from app.storage import FileBlobStore
 
 def target_scope(request: Request[Any, Any, Any]) -> Scope:
     params = request.path_params
-    scope = Scope(params["study"], params.get("series"), params.get("instance"))
+    return checked_scope(params["study"], params.get("series"), params.get("instance"))
+
+
+def checked_scope(study: str, series: str | None, instance: str | None) -> Scope:
+    """The UIDs of a WADO-RS path, each a valid UID (PS3.5 9.1) or a 400 naming it."""
+    scope = Scope(study, series, instance)
     for value, what in ((scope.study, "Study"), (scope.series, "Series"), (scope.instance, "SOP")):
         if value is not None and (problem := uid_problem(value)) is not None:
             raise BadRequest(f"the {what} Instance UID in the URL {problem}")
@@ -340,19 +345,28 @@ async def retrieve_instance(request: Request[Any, Any, Any]) -> Stream:
 # -- frames -----------------------------------------------------------------------------
 
 
+#: frame numbers one request may list (each may cost a decode and an encode)
+MAX_FRAMES = 1000
+
+
 def parse_frame_list(text: str, count: int) -> list[int]:
-    """``1,3,5`` (PS3.18 10.4.1.1.4): 1-based frame numbers; 400 if malformed, 404 if out
-    of range."""
-    numbers = []
-    for item in text.split(","):
+    """``1,3,5`` (PS3.18 10.4.1.1.4): 1-based frame numbers, each once, in the order
+    first given (a frame listed again is the same resource: it is sent once); 400 if
+    malformed or longer than :data:`MAX_FRAMES`, 404 if out of range."""
+    items = text.split(",")
+    if len(items) > MAX_FRAMES:
+        raise BadRequest(f"the frame list names more than {MAX_FRAMES} frames")
+    numbers: dict[int, None] = {}
+    for item in items:
         item = item.strip()
-        if not item.isdigit() or int(item) < 1:
-            raise BadRequest(f"frame list {text!r}: {item!r} is not a frame number (1, 2, ...)")
-        numbers.append(int(item))
+        if not (item.isascii() and item.isdigit()) or len(item) > 9 or int(item) < 1:
+            shown = item if len(item) <= 20 else item[:20] + "..."
+            raise BadRequest(f"frame list: {shown!r} is not a frame number (1, 2, ...)")
+        numbers[int(item)] = None
     for n in numbers:
         if n > count:
             raise NotFound(f"frame {n} does not exist: the instance has {count} frame(s)")
-    return numbers
+    return list(numbers)
 
 
 def _frame_choice(inst: StoredInstance, accept: str | None) -> tuple[Offer, bool]:
@@ -476,9 +490,10 @@ _FRAMES_PATH = re.compile(
 class FramesFastPath:
     """The request a viewer makes most (one per frame: OHIF's ``transfer-syntax=*``),
     answered below the framework: a stored frame is one index probe, one read and one
-    send. Anything else (transcoding, large answers, every error) goes on to the
-    ``wado-frames`` route, which gives the same answers for those (and the errors'
-    status codes and messages). Sits inside the CORS middleware."""
+    send. Errors are answered here too, through the same renderer as the framework's
+    (:func:`app.asgi.send_error`), so nothing is looked up twice. Transcoding and
+    answers too large to build whole go on to the ``wado-frames`` route. Sits inside
+    the CORS middleware and access control."""
 
     #: seconds a looked-up instance serves further frame requests (a cine loop, a slide's
     #: tiles: many frames of one instance) without another index probe. A replaced
@@ -494,15 +509,12 @@ class FramesFastPath:
             OrderedDict()
         )
 
-    async def _instance(self, key: tuple[str, str, str]) -> StoredInstance | None:
-        """The instance (None for a malformed UID, which the route answers)."""
+    async def _instance(self, key: tuple[str, str, str]) -> StoredInstance:
         now = time.monotonic()
         hit = self._recent.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        if any(uid_problem(uid) is not None for uid in key):
-            return None
-        inst = await retrieve.instance(self.app.state.pool, Scope(*key))
+        inst = await retrieve.instance(self.app.state.pool, checked_scope(*key))
         self._recent[key] = (now + self.TTL, inst)
         self._recent.move_to_end(key)
         while len(self._recent) > self.SIZE:
@@ -513,29 +525,32 @@ class FramesFastPath:
         if scope["type"] == "http" and scope["method"] == "GET":
             match = _FRAMES_PATH.match(scope["path"])
             if match is not None:
-                answer = await self._stored(match, scope)
+                scope[ROUTE_KEY] = "wado-frames"
+                try:
+                    answer = await self._stored(match, scope)
+                except PictorError as exc:
+                    await send_error(send, exc)
+                    return
                 if answer is not None:
-                    scope[ROUTE_KEY] = "wado-frames"
                     media_type, body = answer
                     await send_whole(send, 200, body, [(b"content-type", media_type.encode())])
                     return
         await self.inner(scope, receive, send)
 
     async def _stored(self, match: re.Match[str], scope: Any) -> tuple[str, bytearray] | None:
+        """The stored frames' answer; None for what the route does (transcoding, large
+        answers, a file replaced since it was looked up)."""
         study, series, instance, frames = match.groups()
-        accept = header(scope, b"accept")
         key = (study, series, instance)
+        inst = await self._instance(key)
+        if not inst.number_of_frames:
+            raise NotFound(f"{Scope(*key).describe()} has no pixel data frames")
+        numbers = parse_frame_list(frames, inst.number_of_frames)
+        chosen, as_stored = _frame_choice(inst, header(scope, b"accept"))
+        if not as_stored:
+            return None
         try:
-            inst = await self._instance(key)
-            if inst is None or not inst.number_of_frames:
-                return None
-            numbers = parse_frame_list(frames, inst.number_of_frames)
-            chosen, as_stored = _frame_choice(inst, accept)
-            if not as_stored:
-                return None
             return await _stored_frames(self.app.state.store, inst, numbers, chosen)
-        except PictorError:
-            return None  # the route says what was wrong
         except FileNotFoundError:
             self._recent.pop(key, None)  # replaced meanwhile: the route looks again
             return None

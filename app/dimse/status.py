@@ -12,7 +12,7 @@ from enum import Enum
 
 from pydicom.dataset import Dataset
 
-from app.errors import InstanceRejected, ServiceUnavailable
+from app.errors import InstanceRejected, RequestError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,18 @@ def failure(exc: BaseException, service: Service) -> Dataset:
         return status_dataset(exc.status, exc.message, exc.offending)
     if isinstance(exc, InstanceRejected):
         return status_dataset(storage_status(int(exc.reason)), exc.message)
-    if isinstance(exc, (ServiceUnavailable, TimeoutError, OSError)):
+    if isinstance(exc, ServiceUnavailable):  # its message says what, never the cause
         log.error("%s refused: %s", service.value, exc)
-        return status_dataset(OUT_OF_RESOURCES, f"out of resources: {exc}")
+        return status_dataset(OUT_OF_RESOURCES, f"out of resources: {exc.message}")
+    if isinstance(exc, (TimeoutError, OSError)):
+        log.error("%s refused: %s", service.value, exc)
+        return status_dataset(OUT_OF_RESOURCES, "out of resources; try again later")
+    if isinstance(exc, RequestError):  # e.g. a key value the index cannot compare
+        return status_dataset(DOES_NOT_MATCH, exc.message)
+    # the cause is logged, not told: an Error Comment reaches whoever associated
     log.exception("%s failed", service.value, exc_info=exc)
     code = PROCESSING_FAILURE if service is Service.STORE else CANNOT_UNDERSTAND
-    return status_dataset(code, f"{service.value} failed: {type(exc).__name__}: {exc}")
+    return status_dataset(code, f"{service.value} failed (logged by the archive)")
 
 
 def storage_status(reason: int) -> int:

@@ -75,10 +75,29 @@ async def token_by_hash(pool: Any, token_hash: bytes) -> tuple[str, tuple[str, .
     return None if row is None else (row["name"], tuple(row["scopes"]))
 
 
-async def append_audit(pool: Any, rows: list[tuple[Any, ...]]) -> None:
-    """Append audit events (tuples in :data:`AUDIT_COLUMNS` order) with one COPY."""
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.exceptions._base.DataError)
+
+
+async def append_audit(pool: Any, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Append audit events (tuples in :data:`AUDIT_COLUMNS` order) with one COPY; the
+    events the database refuses as data (SQLSTATE class 22, or values the driver cannot
+    encode) are written one by one and those still refused are returned, so that one
+    hostile value cannot hold back the whole trail. Other failures raise."""
     async with pool.acquire() as conn:
-        await conn.copy_records_to_table("audit_event", records=rows, columns=AUDIT_COLUMNS)
+        try:
+            await conn.copy_records_to_table("audit_event", records=rows, columns=AUDIT_COLUMNS)
+            return []
+        except _DATA_ERRORS:
+            pass
+        refused = []
+        for row in rows:
+            try:
+                await conn.copy_records_to_table(
+                    "audit_event", records=[row], columns=AUDIT_COLUMNS
+                )
+            except _DATA_ERRORS:
+                refused.append(row)
+        return refused
 
 
 async def query_audit(

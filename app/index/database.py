@@ -19,9 +19,29 @@ from typing import Any
 
 import asyncpg
 
-from app.errors import ServiceUnavailable
+from app.errors import BadRequest, PictorError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
+
+
+#: what asyncpg raises when the database or the connection to it fails
+INDEX_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def index_failure(what: str, exc: BaseException, *, client_values: bool = True) -> PictorError:
+    """The domain error for a failed index call (DESIGN.md decision 12).
+
+    A value the database cannot take (SQLSTATE class 22, "data exception", or one the
+    driver cannot encode) came from the request when ``client_values``: 400. Anything
+    else: 503 that says only ``what`` could not be done; the cause (which may name
+    tables, paths or hosts) goes to the log, never to the client."""
+    data_error = isinstance(exc, (asyncpg.DataError, asyncpg.exceptions._base.DataError))
+    if client_values and data_error:
+        log.info("%s: a value was refused by the database: %s", what, exc)
+        return BadRequest(f"{what}: a value in the request cannot be compared with the index")
+    log.error("%s: %s: %s", what, type(exc).__name__, exc)
+    return ServiceUnavailable(f"{what}; try again later")
+
 
 _MIGRATION = re.compile(r"^(\d{3,})_[\w-]+\.sql$")
 _MIGRATION_LOCK = 0x5049_4354  # advisory lock key: several nodes may start at once
@@ -123,7 +143,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
             command_timeout=60,
         )
     except (OSError, asyncpg.PostgresError) as exc:
-        raise ServiceUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        raise index_failure("cannot connect to the index", exc, client_values=False) from exc
     assert pool is not None
     return pool
 

@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 
 from app.dicom.analysis import Analysis
-from app.errors import ServiceUnavailable
+from app.index.database import INDEX_ERRORS, index_failure
 
 
 class Existing(msgspec.Struct, frozen=True):
@@ -41,8 +41,8 @@ async def find_existing(pool: asyncpg.Pool, sop_uids: Sequence[str]) -> dict[str
             " WHERE sop_instance_uid = ANY($1::text[])",
             list(sop_uids),
         )
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise ServiceUnavailable(f"index lookup failed: {exc}") from exc
+    except INDEX_ERRORS as exc:
+        raise index_failure("the index lookup failed", exc, client_values=False) from exc
     return {r["sop_instance_uid"]: Existing(**dict(r)) for r in rows}
 
 
@@ -272,8 +272,8 @@ async def commit_batch(
                     "DELETE FROM study WHERE pk = ANY($1::bigint[]) AND num_instances = 0",
                     list(study_pks.values()),
                 )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise ServiceUnavailable(f"index commit failed: {exc}") from exc
+    except INDEX_ERRORS as exc:
+        raise index_failure("the index commit failed", exc, client_values=False) from exc
     return results, replaced
 
 

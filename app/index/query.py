@@ -22,20 +22,36 @@ Matching, per PS3.4 C.2.2.2 as PS3.18 8.3.4 applies it:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Literal
 
 from app.dicom import levels
 from app.dicom.dictionary import UnknownAttribute, keyword, resolve, vr_of
 from app.dicom.uids import uid_problem
-from app.errors import BadRequest
+from app.errors import BadRequest, NotFound
 
 #: results returned without a ``limit``: searches across the archive are paged by 100
 #: (with the Warning that more exist); searches inside one study or series are not cut
 #: short below MAX_LIMIT
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
+
+# Bounds on what one search may ask for (DESIGN.md decision 12): each is far above what
+# a viewer or an integration sends, and each is refused with a 400 that names it.
+#: query parameters in all (keys, includefield, limit, ...)
+MAX_PARAMETERS = 256
+#: distinct attributes in includefield (DICOM JSON of a study has a few dozen)
+MAX_INCLUDEFIELDS = 128
+#: distinct matching keys
+MAX_KEYS = 64
+#: values of one key (a UID list: PS3.4 C.2.2.2.2)
+MAX_VALUES = 512
+#: characters of one value (PS3.5 6.2: the longest VR with a bound, UR/UT aside, is
+#: LT with 10240; matching keys are LO, PN, SH, UI: 64)
+MAX_VALUE_CHARS = 1024
+#: orderby keys
+MAX_ORDER = 8
 
 Kind = Literal["single", "wildcard", "range", "list"]
 
@@ -53,9 +69,9 @@ DATE_TIME_PAIRS = {
     0x00400244: 0x00400245,  # Performed Procedure Step Start Date / Time
 }
 
-_DA = re.compile(r"\d{8}")
-_TM = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
-_DT = re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?")
+_DA = re.compile(r"\d{8}", re.ASCII)
+_TM = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", re.ASCII)
+_DT = re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?", re.ASCII)
 
 
 class Level(Enum):
@@ -128,20 +144,55 @@ def _check_range_value(vr: str, value: str, param: str) -> None:
         )
 
 
-INTEGER_VRS = frozenset({"IS", "SS", "US", "SL", "UL", "SV", "UV"})
+#: the range of each integer VR (PS3.5 6.2: IS is a 32-bit signed integer in text)
+INTEGER_RANGES = {
+    "IS": (-(2**31), 2**31 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "US": (0, 2**16 - 1),
+    "SL": (-(2**31), 2**31 - 1),
+    "UL": (0, 2**32 - 1),
+    "SV": (-(2**63), 2**63 - 1),
+    "UV": (0, 2**64 - 1),
+}
+INTEGER_VRS = frozenset(INTEGER_RANGES)
 DECIMAL_VRS = frozenset({"DS", "FL", "FD"})
+#: a decimal string (PS3.5 6.2 DS), with an exponent a float64 can hold
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
+#: C0 controls and DEL
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def _check_number(vr: str, value: str, param: str) -> None:
-    """A value for a numeric attribute must be a number (400 otherwise, not a database
-    error later)."""
+    """A value for a numeric attribute must be a number its VR can hold (400 otherwise,
+    not a database error later)."""
     if vr in INTEGER_VRS:
-        _integer(value, param)
+        text = value.strip()
+        if not _INTEGER.fullmatch(text):
+            raise BadRequest(f"query parameter {param!r}: {value!r} is not an integer")
+        number = int(text)
+        low, high = INTEGER_RANGES[vr]
+        if not low <= number <= high:
+            raise BadRequest(
+                f"query parameter {param!r}: {value!r} is outside the range of {vr} "
+                f"({low} to {high}, PS3.5 6.2)"
+            )
     elif vr in DECIMAL_VRS:
-        try:
-            float(value)
-        except ValueError:
-            raise BadRequest(f"query parameter {param!r}: {value!r} is not a number") from None
+        text = value.strip()
+        if not _DECIMAL.fullmatch(text) or abs(float(text)) > 1.7e308:
+            raise BadRequest(f"query parameter {param!r}: {value!r} is not a decimal number")
+
+
+def check_text(value: str, param: str) -> None:
+    """A value the index can compare: bounded, and no control characters (PS3.5 6.1.3:
+    none but ESC, TAB, LF, FF and CR belong in a value, and PostgreSQL text holds no
+    NUL)."""
+    if len(value) > MAX_VALUE_CHARS:
+        raise BadRequest(
+            f"query parameter {param!r}: a value is longer than {MAX_VALUE_CHARS} characters"
+        )
+    if _CONTROL.search(value):
+        raise BadRequest(f"query parameter {param!r}: a value contains a control character")
 
 
 def _condition(
@@ -166,6 +217,10 @@ def _condition(
         return None
     if any(v == "" for v in items):
         raise BadRequest(f"query parameter {param!r}: an empty value in a list")
+    if len(items) > MAX_VALUES:
+        raise BadRequest(f"query parameter {param!r}: more than {MAX_VALUES} values")
+    for v in items:
+        check_text(v, param)
     if vr == "UI":
         for v in items:
             if (problem := uid_problem(v)) is not None:
@@ -206,10 +261,9 @@ MAX_OFFSET = 2**31 - 1
 
 
 def _integer(value: str, param: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"query parameter {param!r}: {value!r} is not an integer") from None
+    if not _INTEGER.fullmatch(value):
+        raise BadRequest(f"query parameter {param!r}: {value!r} is not an integer")
+    return int(value)
 
 
 def _non_negative(value: str, param: str, maximum: int | None = None) -> int:
@@ -259,6 +313,8 @@ def parse_query(
 
     Raises :class:`BadRequest` naming the offending parameter.
     """
+    if len(params) > MAX_PARAMETERS:
+        raise BadRequest(f"more than {MAX_PARAMETERS} query parameters")
     fuzzy = False
     limit: int | None = None
     offset = 0
@@ -287,11 +343,18 @@ def parse_query(
                     include_all = True
                 elif item:
                     includes.add(_path(item, f"includefield={item}")[0])
+                    if len(includes) > MAX_INCLUDEFIELDS:
+                        raise BadRequest(
+                            f"includefield names more than {MAX_INCLUDEFIELDS} attributes; "
+                            "use includefield=all"
+                        )
         elif lower == "orderby":
             for item in value.split(","):
                 item = item.strip()
                 descending = item.startswith("-")
                 order.append((_path(item.lstrip("+-"), f"orderby={item}")[0], descending))
+                if len(order) > MAX_ORDER:
+                    raise BadRequest(f"orderby names more than {MAX_ORDER} attributes")
         else:
             if lower in _RESERVED:
                 continue
@@ -308,6 +371,8 @@ def parse_query(
                     raise BadRequest(f"query parameter {key!r} contradicts the UID in the path")
             matching.setdefault(path, []).append(value)
             names[path] = key
+            if len(matching) > MAX_KEYS:
+                raise BadRequest(f"more than {MAX_KEYS} matching keys")
 
     conditions: list[Condition] = []
     for path, values in matching.items():
@@ -355,3 +420,14 @@ def parse_query(
         fuzzy=fuzzy,
         warnings=tuple(warnings),
     )
+
+
+def confine(query: Query, study: str) -> Query:
+    """``query`` limited to one study (a study link's search, app.auth.middleware): the
+    study is ANDed with whatever the client asked for, after the parser has
+    normalised every key (``StudyInstanceUID``, `` StudyInstanceUID ``, ``0020000D``
+    are one attribute to it), so no spelling can widen it. A path scoped to another
+    study matches nothing."""
+    if query.study_uid is not None and query.study_uid != study:
+        raise NotFound("not found")
+    return replace(query, study_uid=study)

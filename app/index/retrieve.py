@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from app.errors import NotFound, ServiceUnavailable
+from app.errors import NotFound
+from app.index.database import INDEX_ERRORS, index_failure
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ async def _fetch(pool: asyncpg.Pool, sql: str, scope: Scope) -> list[asyncpg.Rec
         rows: list[asyncpg.Record] = await pool.fetch(
             sql, scope.study, scope.series, scope.instance
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise ServiceUnavailable(f"the index could not be read: {exc}") from exc
+    except INDEX_ERRORS as exc:
+        raise index_failure("the index could not be read", exc) from exc
     if not rows:
         raise NotFound(f"no {scope.describe()} is stored here")
     return rows
@@ -130,8 +131,8 @@ async def instance(pool: asyncpg.Pool, scope: Scope) -> StoredInstance:
                 WHERE i.sop_instance_uid = $1""",
             scope.instance,
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise ServiceUnavailable(f"the index could not be read: {exc}") from exc
+    except INDEX_ERRORS as exc:
+        raise index_failure("the index could not be read", exc) from exc
     if row is None or row[12] != scope.series or row[16] != scope.study:
         raise NotFound(f"no {scope.describe()} is stored here")
     return _stored(row)

@@ -8,8 +8,8 @@ import asyncpg
 import msgspec
 
 from app.dicom.json_model import BASE_MARKER
-from app.errors import ServiceUnavailable
 from app.index.compiler import compile_query
+from app.index.database import INDEX_ERRORS, index_failure
 from app.index.query import Query
 
 
@@ -42,8 +42,8 @@ async def search(pool: asyncpg.Pool, query: Query, base_url: str) -> SearchResul
     compiled = compile_query(query, base_url)
     try:
         rows = await pool.fetch(compiled.sql, *compiled.args)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise ServiceUnavailable(f"the index could not be searched: {exc}") from exc
+    except INDEX_ERRORS as exc:
+        raise index_failure("the index could not be searched", exc) from exc
     more = len(rows) > query.limit
     if more:
         rows = rows[: query.limit]

@@ -365,13 +365,39 @@ def test_link_reads_its_study_only(secured: Secured) -> None:
         secured.get(f"/dicom-web/studies/{s}/series/{se}/instances/{i}/frames/1", token).status_code
         == 200
     )
-    # searches across the archive are confined to the linked study
+    # searches across the archive are confined to the linked study: the study is ANDed
+    # with the parsed query, so no spelling of the key (issue #13, item 2) widens it
+    o = secured.other
+    naming_the_other = [
+        f"?StudyInstanceUID={o}",
+        f"?0020000D={o}",
+        f"?StudyInstanceUID+={o}",  # a trailing space in the key
+        f"?+StudyInstanceUID={o}",  # a leading one
+        f"?%20StudyInstanceUID%20={o}",
+        f"?0020000d={o}",  # the tag in lower case
+        f"?%200020000D={o}",
+        f"?StudyInstanceUID={o}&StudyInstanceUID={s}",  # a repeated key is a list
+        f"?StudyInstanceUID={o},{s}",
+        f"?StudyInstanceUID={o}%5C{s}",
+        "?StudyInstanceUID=*",
+        "?StudyInstanceUID=",
+        f"?PatientID=OTHERPAT&StudyInstanceUID+={o}",
+    ]
     for path in SEARCHES:
-        for query in ("", f"?StudyInstanceUID={secured.other}", f"?0020000D={secured.other}"):
+        r = secured.get(path, token)
+        assert r.status_code == 200
+        assert {item["0020000D"]["Value"][0] for item in r.json()} == {s}, path
+        for query in naming_the_other:
             r = secured.get(path + query, token)
-            assert r.status_code == 200, (path, query)
-            studies = {item["0020000D"]["Value"][0] for item in r.json()}
-            assert studies == {s}, (path, query)
+            assert r.status_code in (200, 400), (path, query, r.status_code)
+            if r.status_code == 200:
+                studies = {item["0020000D"]["Value"][0] for item in r.json()}
+                assert studies <= {s}, (path, query)
+    # IHE Invoke Image Display searches are confined the same way
+    iid = secured.get("/IHEInvokeImageDisplay?requestType=PATIENT&patientID=OTHERPAT", token)
+    assert iid.status_code == 404
+    iid = secured.get(f"/IHEInvokeImageDisplay?requestType=STUDY&studyUID={o},{s}", token)
+    assert iid.status_code == 303 and o not in iid.headers["location"]
     # writes and admin are refused
     assert secured.get("/dicom-web/studies", token, method="POST").status_code == 403
     assert secured.get("/metrics", token).status_code == 403

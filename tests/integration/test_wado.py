@@ -202,13 +202,14 @@ def test_frames_decoded_to_native_equal_pydicoms_decoding(archive: Archive, stor
         ds = pydicom.dcmread(ref.path)
         base = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
         last = ref.number_of_frames
+        indices = sorted({0, last - 1})  # a frame listed twice is sent once (issue #13)
         r = archive.http.get(f"{base}/frames/1,{last}", headers={"Accept": accept})
         assert r.status_code == 200, (ref.name, r.text)
         got = parts(r)
         assert [c for c, _ in got] == [
             "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
-        ] * 2
-        for (_, body), index in zip(got, (0, last - 1)):
+        ] * len(indices)
+        for (_, body), index in zip(got, indices, strict=True):
             want = pixel_array(ds, index=index)
             want = want.astype(want.dtype.newbyteorder("<"))
             native = not ds.file_meta.TransferSyntaxUID.is_compressed

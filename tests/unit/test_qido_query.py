@@ -167,7 +167,7 @@ def test_level_must_allow_the_attribute() -> None:
         ([("offset", "x")], "'offset'"),
         ([("offset", "30572935527722351853568")], "'offset' must be at most"),  # schemathesis
         ([("", "x")], "neither a DICOM keyword"),  # schemathesis: an empty name
-        ([("PatientWeight", "heavy")], "not a number"),
+        ([("PatientWeight", "heavy")], "not a decimal number"),
         ([("fuzzymatching", "yes")], "'fuzzymatching'"),
         ([("includefield", "Nope")], "includefield=Nope"),
         ([("orderby", "Nope")], "orderby=Nope"),
