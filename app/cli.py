@@ -60,7 +60,7 @@ def serve(args: argparse.Namespace) -> int:
     problem = exposure_problem(settings)
     if problem is not None:
         sys.exit(f"pictor: {problem}")
-    if settings.auth and settings.dimse_port and not settings.peers:
+    if settings.auth and settings.dimse_port and not settings.peer_sources:
         sys.exit(
             "pictor: with --auth, DIMSE accepts only the AE titles of PICTOR_DIMSE_PEERS, "
             "and there are none: set PICTOR_DIMSE_PEERS (AET@host:port,...) or turn DIMSE "
@@ -108,7 +108,7 @@ def serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.worker_count,
             loop="uvloop",
-            http="httptools",
+            http="app.connection:GuardedHttpToolsProtocol",  # head / body timeouts
             lifespan="on",
             log_level=settings.log_level,
             log_config=uvicorn_log_config(settings.log_level),

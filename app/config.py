@@ -8,6 +8,7 @@ Precedence: command-line flag > environment variable > default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -25,8 +26,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path("pictor-data")
     dimse_port: int = 11112
     dimse_ae_title: str = "PICTOR"
-    #: Known DIMSE peers, ``AET@host:port`` separated by commas: the only C-MOVE
-    #: destinations, and the only calling AE titles accepted when ``dimse_restrict`` is on.
+    #: Known DIMSE peers, ``AET@host:port`` or ``AET@network`` separated by commas: the
+    #: C-MOVE destinations (those with a port), and, when ``dimse_restrict`` or ``auth``
+    #: is on, the only calling AE titles accepted, each from its host or network only.
     dimse_peers: str = ""
     #: Accept associations only from the AE titles in ``dimse_peers`` (PS3.8 A-ASSOCIATE-RJ
     #: reason "calling AE title not recognized" otherwise). Off for a first run.
@@ -88,6 +90,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: seconds a verified API token or JWT is trusted without checking again (so a
     #: revoked token stops working within this time)
     auth_cache_seconds: float = 5.0
+    #: seconds a client has to send a request's line and headers (else 408)
+    header_timeout: float = 30.0
+    #: seconds a request body may stall between two chunks (else 408, nothing kept)
+    body_timeout: float = 60.0
 
     @property
     def storage_dir(self) -> Path:
@@ -103,8 +109,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def peers(self) -> dict[str, tuple[str, int]]:
-        """``dimse_peers`` parsed: AE title -> (host, port)."""
+        """``dimse_peers`` parsed: AE title -> (host, port), the C-MOVE destinations."""
         return parse_peers(self.dimse_peers)
+
+    @property
+    def peer_sources(self) -> dict[str, tuple[str, ...]]:
+        """``dimse_peers`` parsed: AE title -> the hosts and networks it may call from."""
+        return parse_peer_sources(self.dimse_peers)
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
@@ -146,6 +157,8 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_AE_TITLE": "dimse_ae_title",
     "PICTOR_DIMSE_PEERS": "dimse_peers",
     "PICTOR_DIMSE_RESTRICT": "dimse_restrict",
+    "PICTOR_HEADER_TIMEOUT": "header_timeout",
+    "PICTOR_BODY_TIMEOUT": "body_timeout",
     "PICTOR_CORS_ORIGINS": "cors_origins",
     "PICTOR_VIEWER_DIR": "viewer_dir",
     "DATABASE_URL": "database_url",
@@ -177,22 +190,47 @@ class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
 
 
-def parse_peers(text: str) -> dict[str, tuple[str, int]]:
-    """Parse ``AET@host:port[,AET@host:port...]`` (IPv6 hosts in brackets)."""
-    peers: dict[str, tuple[str, int]] = {}
+def _peer_items(text: str) -> list[tuple[str, str, str, int | None]]:
+    """``(item, AET, host or network, port)`` of each ``AET@host:port`` or
+    ``AET@network`` (CIDR, e.g. ``CT@10.0.4.0/24``; IPv6 hosts in brackets)."""
+    items: list[tuple[str, str, str, int | None]] = []
     for item in (i.strip() for i in text.split(",")):
         if not item:
             continue
         aet, at, address = item.partition("@")
+        aet = aet.strip()
+        if not at or not 0 < len(aet) <= 16:
+            raise ConfigError(
+                f"DIMSE peer {item!r} is not AET@host:port or AET@network "
+                "(an AE title has 1 to 16 characters)"
+            )
+        if "/" in address:
+            try:
+                ipaddress.ip_network(address.strip("[]"), strict=False)
+            except ValueError:
+                raise ConfigError(f"DIMSE peer {item!r}: {address!r} is not a network") from None
+            items.append((item, aet, address.strip("[]"), None))
+            continue
         host, colon, port = address.rpartition(":")
         host = host.strip("[]")
-        if not at or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"DIMSE peer {item!r} is not AET@host:port")
-        aet = aet.strip()
-        if not 0 < len(aet) <= 16:
-            raise ConfigError(f"DIMSE peer {item!r}: the AE title must have 1 to 16 characters")
-        peers[aet] = (host, int(port))
-    return peers
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"DIMSE peer {item!r} is not AET@host:port or AET@network")
+        items.append((item, aet, host, int(port)))
+    return items
+
+
+def parse_peers(text: str) -> dict[str, tuple[str, int]]:
+    """The C-MOVE destinations of ``dimse_peers``: AE title -> (host, port)."""
+    return {aet: (host, port) for _, aet, host, port in _peer_items(text) if port is not None}
+
+
+def parse_peer_sources(text: str) -> dict[str, tuple[str, ...]]:
+    """Where each peer of ``dimse_peers`` may call from: AE title -> hosts and networks
+    (an ``AET@host:port`` peer calls from that host's addresses)."""
+    sources: dict[str, tuple[str, ...]] = {}
+    for _, aet, host, _port in _peer_items(text):
+        sources[aet] = (*sources.get(aet, ()), host)
+    return sources
 
 
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^/?#@\s\[\]:]+)(:[0-9]{1,5})?")
@@ -242,7 +280,7 @@ def load_settings(
         raise ConfigError("ports must be between 1 and 65535 (DIMSE port 0 turns DIMSE off)")
     if not 0 < len(settings.dimse_ae_title.strip()) <= 16:
         raise ConfigError("the AE title must have 1 to 16 characters (PS3.5 6.2, VR AE)")
-    parse_peers(settings.dimse_peers)
+    parse_peer_sources(settings.dimse_peers)  # refuses a malformed peer at start
     _check_access_settings(settings)
     viewer_dir = settings.viewer_dir.strip()
     return msgspec.structs.replace(

@@ -47,6 +47,7 @@ from app.dimse.audit import audited
 from app.dimse.bridge import Bridge
 from app.dimse.find import MODELS, Find
 from app.dimse.network import no_delay
+from app.dimse.peers import resolve_sources, source_check
 from app.dimse.resources import Resources
 from app.dimse.retrieve import VERIFICATION, Retrieve
 from app.dimse.status import SUCCESS
@@ -119,8 +120,8 @@ def build_ae(settings: Settings) -> AE:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     for sop_class in MODELS:  # Patient / Study Root FIND, MOVE, GET
         ae.add_supported_context(sop_class)
-    if settings.dimse_restrict or settings.auth:  # with access control on: known peers only
-        peers = sorted(settings.peers)
+    if restricted(settings):  # known peers only, by AE title here, by address in peers.py
+        peers = sorted(settings.peer_sources)
         if not peers:
             raise ConfigError(
                 f"{'PICTOR_DIMSE_RESTRICT' if settings.dimse_restrict else 'PICTOR_AUTH'} is on "
@@ -130,6 +131,11 @@ def build_ae(settings: Settings) -> AE:
         ae.require_calling_aet = peers
         ae.require_called_aet = True
     return ae
+
+
+def restricted(settings: Settings) -> bool:
+    """Only known peers may associate (with access control on, always)."""
+    return settings.dimse_restrict or settings.auth
 
 
 def handlers(res: Resources) -> list[Any]:
@@ -157,6 +163,9 @@ async def serve(settings: Settings) -> None:
         store = FileBlobStore(settings.storage_dir, settings.tmp_dir)
         res = Resources(settings, pool, store, Ingest(settings, pool, store), Bridge(loop))
         evt_handlers = handlers(res)
+        if restricted(settings):
+            networks = await asyncio.to_thread(resolve_sources, settings.peer_sources)
+            evt_handlers.insert(0, source_check(networks))
         if audit is not None:
             audit.start()
             evt_handlers = audited(evt_handlers, audit)
