@@ -21,6 +21,7 @@ from app.dicom.json_model import (
     bulk_prefix,
     first_int,
     first_text,
+    texts,
     to_json,
 )
 from app.dicom.levels import INSTANCE_TAGS, SERIES_TAGS, STUDY_GROUPS, STUDY_TAGS, name_words
@@ -85,8 +86,14 @@ def _hash(path: Path) -> tuple[str, int]:
 
 
 def _uid(ds: DataSet, tag: int, name: str, charset: Charset, sop: tuple[str, str]) -> str:
-    value = first_text(ds, tag, charset)
+    """An identifying UID: present, valid (PS3.5 9.1) and single. Each of these has
+    VM 1 (PS3.6 Table 6-1), and the archive files and finds the instance under it: a
+    second value would be silently dropped, so it is refused instead."""
+    values = texts(ds, tag, charset)
+    value = values[0] if values and values[0] != "" else None
     problem = uid_problem(value)
+    if problem is None and len(values) > 1:
+        problem = f"has {len(values)} values; its Value Multiplicity is 1 (PS3.6 Table 6-1)"
     if problem is not None:
         raise InstanceRejected(
             FailureReason.DATASET_DOES_NOT_MATCH,

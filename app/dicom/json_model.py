@@ -130,6 +130,15 @@ def first_text(ds: DataSet, tag: int, charset: Charset) -> str | None:
     return values[0] if values and values[0] != "" else None
 
 
+def texts(ds: DataSet, tag: int, charset: Charset) -> list[str]:
+    """Every value of a string attribute as text (PS3.5 6.4: values are separated by
+    backslashes); empty if absent."""
+    el = ds.get(tag)
+    if el is None or el.value is None or el.items is not None:
+        return []
+    return list(_strings(el, charset))
+
+
 def first_int(ds: DataSet, tag: int, charset: Charset, little_endian: bool) -> int | None:
     el = ds.get(tag)
     if el is None or el.value is None:
