@@ -34,6 +34,23 @@ MAX_QUEUED = 200_000
 _UTC = dt.UTC
 
 
+#: the longest search recorded whole (a request target is at most 16 KiB)
+MAX_QUERY_CHARS = 16384
+
+
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL text can hold it: what a client sent is recorded, hostile
+    or not (a NUL in a search, a lone surrogate from a DICOM identifier), escaped where
+    the database would refuse it, so one event cannot block the trail."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def outcome_of(status: int) -> str:
     if status < 400:
         return "success"
@@ -69,16 +86,16 @@ class AuditLog:
         self._queue.append(
             (
                 dt.datetime.now(_UTC),
-                who,
+                storable(who),
                 client,
                 action,
                 method,
                 outcome or outcome_of(status),
                 status,
-                list(dict.fromkeys(s for s in studies if s)),
-                list(dict.fromkeys(s for s in series if s)),
-                list(dict.fromkeys(s for s in instances if s)),
-                query or None,
+                list(dict.fromkeys(storable(s) for s in studies if s)),
+                list(dict.fromkeys(storable(s) for s in series if s)),
+                list(dict.fromkeys(storable(s) for s in instances if s)),
+                storable(query[:MAX_QUERY_CHARS]) if query else None,
             )
         )
 
@@ -106,7 +123,7 @@ class AuditLog:
         while self._queue:
             rows = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
             try:
-                await access.append_audit(self.pool, rows)
+                refused = await access.append_audit(self.pool, rows)
             except Exception as exc:  # noqa: BLE001 - kept and retried, never lost silently
                 self._queue.extendleft(reversed(rows))
                 excess = len(self._queue) - MAX_QUEUED
@@ -116,3 +133,5 @@ class AuditLog:
                     log.error("audit: %d events dropped: the index is unreachable", excess)
                 log.error("audit: writing %d events failed (retrying): %s", len(rows), exc)
                 return
+            for row in refused:  # storable() should leave none; never block the trail
+                log.error("audit: an event the index refuses was dropped: %r", row)
