@@ -28,20 +28,16 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
-J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
-J2K = "1.2.840.10008.1.2.4.91"
-
-_NATIVE = {
-    "1.2.840.10008.1.2",
+from app.dicom.uids import (
     EXPLICIT_VR_LE,
-    "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.1.99",
-}
+    J2K,
+    J2K_LOSSLESS,
+    JPEG_BASELINE,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
+    NATIVE_SYNTAXES,
+    RLE_LOSSLESS,
+)
 
 #: Compressed syntaxes this archive can produce. Lossy ones use fixed, documented
 #: settings: JPEG-LS near-lossless with an error bound of 2 (PS3.5 A.4.3), JPEG 2000 at
@@ -67,7 +63,7 @@ class TranscodeError(ValueError):
 @functools.cache
 def can_decode(transfer_syntax: str) -> bool:
     """Whether frames of this transfer syntax can be decoded here."""
-    if transfer_syntax in _NATIVE:
+    if transfer_syntax in NATIVE_SYNTAXES:
         return True
     try:
         return bool(get_decoder(transfer_syntax).is_available)
@@ -192,7 +188,7 @@ def _decode_fragments(path: str, ranges: Ranges) -> np.ndarray:
 
 def _frame_array(path: str, index: int, ranges: Ranges | None = None) -> np.ndarray:
     array = None
-    if ranges and pixel_info(path).syntax not in _NATIVE:
+    if ranges and pixel_info(path).syntax not in NATIVE_SYNTAXES:
         try:
             array = _decode_fragments(path, ranges)
         except (AttributeError, ValueError, NotImplementedError, RuntimeError):
@@ -216,7 +212,7 @@ def decode_frame(path: str, index: int, ranges: Ranges | None = None) -> bytes:
     """
     array = _frame_array(path, index, ranges)
     info = pixel_info(path)
-    if array.ndim == 3 and info.planar and info.syntax in _NATIVE:
+    if array.ndim == 3 and info.planar and info.syntax in NATIVE_SYNTAXES:
         array = array.transpose(2, 0, 1)  # colour-by-plane, as the metadata says
     return np.ascontiguousarray(array).tobytes()
 

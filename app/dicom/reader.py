@@ -24,6 +24,8 @@ from pathlib import Path
 
 from pydicom.datadict import dictionary_VR
 
+from app.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 UNDEFINED = 0xFFFFFFFF
@@ -37,11 +39,6 @@ LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR"
 #: Non-binary values longer than this are not read into memory either.
 TEXT_LIMIT = 16 << 20
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
 
 
 class DicomFormatError(ValueError):

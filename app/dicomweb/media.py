@@ -9,33 +9,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.dicom.uids import (
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    HTJ2K,
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
+    IMPLICIT_VR_LE,
+    J2K,
+    J2K_LOSSLESS,
+    J2K_PART2,
+    J2K_PART2_LOSSLESS,
+    JPEG_BASELINE,
+    JPEG_EXTENDED,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
+    RLE_LOSSLESS,
+)
 from app.dicomweb.negotiation import parse_accept
 from app.errors import NotAcceptable
-
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-DEFLATED = "1.2.840.10008.1.2.1.99"
 
 #: transfer syntax UID -> media type of its frames (PS3.18 Table 8.7.3-5)
 FRAME_MEDIA_TYPES: dict[str, str] = {
     EXPLICIT_VR_LE: "application/octet-stream",
     IMPLICIT_VR_LE: "application/octet-stream",
     EXPLICIT_VR_BE: "application/octet-stream",
-    "1.2.840.10008.1.2.4.50": "image/jpeg",
-    "1.2.840.10008.1.2.4.51": "image/jpeg",
-    "1.2.840.10008.1.2.4.57": "image/jpeg",
-    "1.2.840.10008.1.2.4.70": "image/jpeg",
-    "1.2.840.10008.1.2.4.80": "image/jls",
-    "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2",
-    "1.2.840.10008.1.2.4.91": "image/jp2",
-    "1.2.840.10008.1.2.4.92": "image/jpx",
-    "1.2.840.10008.1.2.4.93": "image/jpx",
-    "1.2.840.10008.1.2.4.201": "image/jphc",
-    "1.2.840.10008.1.2.4.202": "image/jphc",
-    "1.2.840.10008.1.2.4.203": "image/jphc",
-    "1.2.840.10008.1.2.5": "image/x-dicom-rle",
+    JPEG_BASELINE: "image/jpeg",
+    JPEG_EXTENDED: "image/jpeg",
+    JPEG_LOSSLESS: "image/jpeg",
+    JPEG_LOSSLESS_SV1: "image/jpeg",
+    JPEG_LS_LOSSLESS: "image/jls",
+    JPEG_LS_NEAR_LOSSLESS: "image/jls",
+    J2K_LOSSLESS: "image/jp2",
+    J2K: "image/jp2",
+    J2K_PART2_LOSSLESS: "image/jpx",
+    J2K_PART2: "image/jpx",
+    HTJ2K_LOSSLESS: "image/jphc",
+    HTJ2K_LOSSLESS_RPCL: "image/jphc",
+    HTJ2K: "image/jphc",
+    RLE_LOSSLESS: "image/x-dicom-rle",
 }
 
 
@@ -47,13 +61,13 @@ RLE_MEDIA_TYPES = ("image/x-dicom-rle", "image/dicom-rle")
 DEFAULT_SYNTAX: dict[str, str] = {
     "application/dicom": EXPLICIT_VR_LE,
     "application/octet-stream": EXPLICIT_VR_LE,
-    "image/jpeg": "1.2.840.10008.1.2.4.70",
-    "image/jls": "1.2.840.10008.1.2.4.80",
-    "image/jp2": "1.2.840.10008.1.2.4.90",
-    "image/jpx": "1.2.840.10008.1.2.4.92",
-    "image/jphc": "1.2.840.10008.1.2.4.201",
-    "image/x-dicom-rle": "1.2.840.10008.1.2.5",
-    "image/dicom-rle": "1.2.840.10008.1.2.5",
+    "image/jpeg": JPEG_LOSSLESS_SV1,
+    "image/jls": JPEG_LS_LOSSLESS,
+    "image/jp2": J2K_LOSSLESS,
+    "image/jpx": J2K_PART2_LOSSLESS,
+    "image/jphc": HTJ2K_LOSSLESS,
+    "image/x-dicom-rle": RLE_LOSSLESS,
+    "image/dicom-rle": RLE_LOSSLESS,
 }
 
 

@@ -2,9 +2,9 @@
 
 There is one matcher in the archive: an identifier becomes the same
 :class:`~app.index.query.Query` a QIDO-RS request does (its keys with a value become
-query parameters, parsed by :func:`app.index.query.parse_query`, so PS3.4 C.2.2.2
+query parameters, parsed by :func:`app.services.search.build_query`, so PS3.4 C.2.2.2
 single value, wildcard, range, list of UID and sequence matching mean the same over
-DIMSE and over HTTP), is compiled and run by :mod:`app.index.search`, and each DICOM JSON
+DIMSE and over HTTP), is run by :mod:`app.services.search`, and each DICOM JSON
 result becomes a response identifier holding exactly the requested keys (C.4.1.1.3.2).
 
 Levels (C.6.1.1, C.6.2.1): STUDY, SERIES and IMAGE are the QIDO study, series and
@@ -32,11 +32,19 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from app.dicom.dictionary import keyword, vr_of
+from app.dicom.uids import (
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+)
 from app.dimse.resources import Resources
 from app.dimse.status import CANCEL, PENDING, IdentifierError, Service, failure
 from app.errors import BadRequest
-from app.index.query import Level, Query, parse_query
-from app.index.search import search
+from app.index.query import Level, Query
+from app.services.search import build_query, run
 
 QUERY_RETRIEVE_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005
@@ -71,12 +79,6 @@ class Model(Enum):
 
 
 #: Query/Retrieve SOP Class UIDs (PS3.4 C.6.1.3, C.6.2.3)
-PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
-PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
-PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
-STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
-STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 
 MODELS: dict[str, Model] = {
     PATIENT_ROOT_FIND: Model.PATIENT_ROOT,
@@ -151,7 +153,7 @@ def parse_identifier(identifier: Dataset, model: Model, *, retrieve: bool = Fals
         key = UNIQUE_KEYS[level]
         raise IdentifierError(f"the {level} level needs a {keyword(key)} value", offending=key)
     try:
-        query = parse_query(LEVELS[level], params, default_limit=PAGE)
+        query = build_query(LEVELS[level], params, default_limit=PAGE)
     except BadRequest as exc:
         raise IdentifierError(exc.message.replace("query parameter ", "key ")) from None
     if level == "PATIENT":
@@ -328,7 +330,7 @@ async def search_all(res: Resources, query: Query) -> list[list[dict[str, Any]]]
 
 
 async def search_page(res: Resources, query: Query, offset: int) -> tuple[list[Any], bool]:
-    result = await search(
+    result = await run(
         res.pool, dataclasses.replace(query, offset=offset), res.settings.public_base_url
     )
     return msgspec.json.decode(result.body), result.more

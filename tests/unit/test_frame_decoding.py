@@ -13,7 +13,8 @@ import pytest
 from pydicom.encaps import get_frame
 from pydicom.pixels import pixel_array
 
-from app.codec.transcode import EXPLICIT_VR_LE, J2K_LOSSLESS, RLE_LOSSLESS, encode_frame
+from app.codec.transcode import encode_frame
+from app.dicom.uids import EXPLICIT_VR_LE, J2K_LOSSLESS, RLE_LOSSLESS
 
 from synth import ct_slice, new_uids
 

@@ -39,7 +39,8 @@ def test_nothing_acceptable_is_406_listing_what_is_offered(accept: str) -> None:
         choose(accept, SEARCH_MEDIA_TYPES)
 
 
-from app.dicomweb.media import EXPLICIT_VR_LE, Offer, negotiate_multipart  # noqa: E402
+from app.dicom.uids import EXPLICIT_VR_LE  # noqa: E402
+from app.dicomweb.media import Offer, negotiate_multipart  # noqa: E402
 
 JPEG = Offer("image/jpeg", "1.2.840.10008.1.2.4.50")
 NATIVE = Offer("application/octet-stream", EXPLICIT_VR_LE)
