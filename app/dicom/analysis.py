@@ -36,8 +36,6 @@ from app.dicom.reader import (
 from app.dicom.uids import uid_problem
 from app.errors import FailureReason, InstanceRejected
 
-_ENCAPSULATED_PREFIX = "1.2.840.10008.1.2.4."
-_RLE = "1.2.840.10008.1.2.5"
 _FRAGMENT_START_MARKERS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP")
 
 
@@ -261,6 +259,22 @@ def analyse_parsed(
         frames=frames,
         bulk=bulk,
     )
+
+
+def analyse_content(content: memoryview, sha256: str, size: int) -> Analysis:
+    """Analyse an instance from its bytes (an upload's content, in memory or mapped);
+    raise :class:`InstanceRejected` if unusable."""
+    try:
+        parsed = parse_buffer(content)
+    except DicomFormatError as exc:
+        raise InstanceRejected(
+            FailureReason.CANNOT_UNDERSTAND, f"not a readable DICOM instance: {exc}"
+        ) from None
+
+    def read_head(offset: int, length: int) -> bytes:
+        return bytes(content[offset : offset + length])
+
+    return analyse_parsed(parsed, read_head, sha256, size)
 
 
 def analyse_file(

@@ -36,8 +36,11 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from app.storage.base import Publication, Upload
 
 _HOST = socket.gethostname().replace("-", "_")
 _PART_BUFFER = 4 << 20  # one in-memory buffer per part being received
@@ -45,16 +48,6 @@ _BLOCK = 4096  # direct I/O alignment (covers 512-byte and 4K logical blocks)
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _STALE_FOREIGN_PART_SECONDS = 24 * 3600
-
-
-def instance_key(study_uid: str, series_uid: str, sop_uid: str, version: str = "") -> str:
-    """The storage key of an instance: a path a person can find by UID.
-
-    UIDs are validated (digits and dots only, PS3.5 9.1) before they reach this function,
-    so they are safe path components.
-    """
-    suffix = f".{version}" if version else ""
-    return f"{study_uid}/{series_uid}/{sop_uid}{suffix}.dcm"
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:
@@ -194,6 +187,24 @@ class TempBlob:
         os.fsync(self._fd)
         self._close()
 
+    @contextmanager
+    def content(self) -> Iterator[memoryview]:
+        """The whole content (after :meth:`finish`): the buffer when it all fit, else the
+        file mapped read-only."""
+        if (view := self.in_memory) is not None:
+            yield view
+            return
+        with open(self.path, "rb") as f:
+            if self.size == 0:
+                yield memoryview(b"")
+                return
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    yield view
+                finally:
+                    view.release()
+
     def release(self) -> None:
         """Give the buffer back; the content is then read from the file."""
         if self._buf is not None:
@@ -222,7 +233,7 @@ class TempBlob:
         self.discard()
 
 
-class Publication:
+class FilePublication:
     """The outcome of publishing one temp file under one key."""
 
     __slots__ = ("temp", "key", "linked", "intent")
@@ -232,6 +243,21 @@ class Publication:
         self.key = key
         self.linked = False  # False: the key already existed (see FileBlobStore.publish)
         self.intent: Path | None = None
+
+
+def _own(upload: Upload) -> TempBlob:
+    assert isinstance(upload, TempBlob), "an upload of another store"
+    return upload
+
+
+def _published(pub: Publication) -> FilePublication:
+    assert isinstance(pub, FilePublication), "a publication of another store"
+    return pub
+
+
+def _intent(intent: object) -> Path | None:
+    assert intent is None or isinstance(intent, Path)
+    return intent
 
 
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
@@ -245,6 +271,22 @@ class FileBlobStore:
         root.mkdir(parents=True, exist_ok=True)
         tmp.mkdir(parents=True, exist_ok=True)
 
+    async def probe(self) -> int:
+        """Raises OSError unless a new file can be created, synced and removed in the
+        temporary directory and the storage directory is writable; the free bytes."""
+        return await asyncio.to_thread(self._probe)
+
+    def _probe(self) -> int:
+        probe = self.tmp / f".health-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            os.fsync(f.fileno())
+        probe.unlink()
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"{self.root} is not writable")
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
     def path(self, key: str) -> Path:
         return self.root / key
 
@@ -257,18 +299,18 @@ class FileBlobStore:
 
     # -- publishing ---------------------------------------------------------------------
 
-    async def publish(self, items: Iterable[tuple[TempBlob, str]]) -> list[Publication]:
+    async def publish(self, items: Iterable[tuple[Upload, str]]) -> list[FilePublication]:
         """Make each temp file durable and visible under its key (steps 1-3 above).
 
         A key that already exists is left alone and reported with ``linked=False``; the
         caller decides (identical duplicate, or pick a versioned key and retry).
         """
-        pubs = [Publication(t, k) for t, k in items]
+        pubs = [FilePublication(_own(t), k) for t, k in items]
         if not pubs:
             return pubs
         return await asyncio.to_thread(self._publish_sync, pubs)
 
-    def _publish_sync(self, pubs: list[Publication]) -> list[Publication]:
+    def _publish_sync(self, pubs: list[FilePublication]) -> list[FilePublication]:
         # 1. data durable: each part was fsynced when it was finished (TempBlob.finish)
         # 2. one intent for the batch: "<part>\t<key>" lines, durable before any link
         intent = self._write_intent([(pub.temp.path.name, pub.key) for pub in pubs])
@@ -305,17 +347,22 @@ class FileBlobStore:
         self,
         committed: Iterable[Publication],
         rolled_back: Iterable[Publication] = (),
-        intents: Iterable[Path | None] = (),
+        intents: Iterable[object] = (),
     ) -> None:
         """After the index transaction: drop temps and intents of committed files, and
         unpublish those whose rows were not committed. ``intents``: more intents to drop
         (of an earlier publish attempt)."""
-        await asyncio.to_thread(self._settle_sync, list(committed), list(rolled_back), set(intents))
+        await asyncio.to_thread(
+            self._settle_sync,
+            [_published(p) for p in committed],
+            [_published(p) for p in rolled_back],
+            {_intent(i) for i in intents},
+        )
 
     def _settle_sync(
         self,
-        committed: list[Publication],
-        rolled_back: list[Publication],
+        committed: list[FilePublication],
+        rolled_back: list[FilePublication],
         intents: set[Path | None],
     ) -> None:
         for pub in rolled_back:
@@ -332,7 +379,9 @@ class FileBlobStore:
         """Record an intent for files about to lose their index row (replacement)."""
         return await asyncio.to_thread(self._write_intent, [("", key) for key in keys])
 
-    async def delete_retired(self, keys: Iterable[str], intent: Path | None) -> None:
+    async def delete_retired(self, keys: Iterable[str], intent: object) -> None:
+        intent = _intent(intent)
+
         def run() -> None:
             for key in keys:
                 _unlink_quietly(self.path(key))
@@ -342,6 +391,12 @@ class FileBlobStore:
         await asyncio.to_thread(run)
 
     # -- reading -------------------------------------------------------------------------
+
+    async def read(self, key: str) -> bytes:
+        return await asyncio.to_thread(self.path(key).read_bytes)
+
+    async def size(self, key: str) -> int:
+        return (await asyncio.to_thread(os.stat, self.path(key))).st_size
 
     def _read_into(self, key: str, targets: list[tuple[int, memoryview]], flags: int) -> bool:
         fd = os.open(f"{self._root}/{key}", os.O_RDONLY)  # str: no Path per frame request
