@@ -50,9 +50,9 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.auth.links import load_secret
+    from app.bootstrap import prepare
     from app.config import exposure_problem, to_environment
     from app.index.database import EmbeddedPostgres
-    from app.main import prepare
     from app.observability import MULTIPROC_VARIABLE, setup_logging, uvicorn_log_config
 
     settings = _settings(args)

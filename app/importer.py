@@ -20,9 +20,8 @@ from pathlib import Path
 import msgspec
 
 from app.config import Settings, load_settings, to_environment
-from app.ingest import ALREADY_STORED, FAILED, STORED, Ingest, Outcome, Part
+from app.services.ingest import ALREADY_STORED, BATCH, FAILED, STORED, Ingest, Outcome, Part
 
-BATCH = 32
 _READ = 1 << 20
 
 
@@ -93,8 +92,8 @@ def run_import(settings: Settings, paths: list[Path], *, jobs: int = 0) -> int:
     """Import ``paths``; print a progress bar and a summary. Exit status 1 if any failed."""
     from tqdm import tqdm
 
+    from app.bootstrap import prepare
     from app.index.database import EmbeddedPostgres
-    from app.main import prepare
 
     missing = [p for p in paths if not p.exists()]
     for p in missing:

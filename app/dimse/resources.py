@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.dimse.bridge import Bridge
-from app.ingest import Ingest
+from app.index.database import Pool
+from app.services.ingest import Ingest
 from app.storage import FileBlobStore
-
-if TYPE_CHECKING:
-    import asyncpg
 
 
 @dataclass(frozen=True)
 class Resources:
     settings: Settings
-    pool: asyncpg.Pool
+    pool: Pool
     store: FileBlobStore
     ingest: Ingest
     bridge: Bridge

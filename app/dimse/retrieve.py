@@ -39,14 +39,12 @@ from pynetdicom import build_context, evt
 from pynetdicom.presentation import PresentationContext
 
 from app.codec.transcode import (
-    J2K_LOSSLESS,
-    JPEG_LS_LOSSLESS,
-    RLE_LOSSLESS,
     can_encode,
     pixel_info,
     to_explicit_le,
     transcode_instance,
 )
+from app.dicom.uids import J2K_LOSSLESS, JPEG_LS_LOSSLESS, RLE_LOSSLESS, VERIFICATION
 from app.dimse.find import MODELS, SERIES_UID, SOP_INSTANCE_UID, STUDY_UID, parse_identifier
 from app.dimse.find import search_all as search_all_pages
 from app.dimse.network import no_delay
@@ -54,7 +52,7 @@ from app.dimse.resources import Resources
 from app.dimse.status import CANCEL, PENDING, Service, failure
 from app.errors import NotFound
 from app.index.query import Query
-from app.index.retrieve import Scope, StoredInstance, instances
+from app.services.retrieve import Scope, StoredInstance, instances
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,6 @@ log = logging.getLogger(__name__)
 NATIVE_LE = frozenset(
     {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 )
-VERIFICATION = "1.2.840.10008.1.1"
 #: PS3.8 9.3.2.2: at most 128 presentation contexts in one association request
 MAX_CONTEXTS = 128
 

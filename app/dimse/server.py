@@ -43,17 +43,18 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from app.auth.audit import AuditLog
 from app.config import ConfigError, Settings, load_settings
+from app.dicom.uids import VERIFICATION
 from app.dimse.audit import audited
 from app.dimse.bridge import Bridge
 from app.dimse.find import MODELS, Find
 from app.dimse.network import no_delay
 from app.dimse.peers import resolve_sources, source_check
 from app.dimse.resources import Resources
-from app.dimse.retrieve import VERIFICATION, Retrieve
+from app.dimse.retrieve import Retrieve
 from app.dimse.status import SUCCESS
 from app.dimse.store import Storage
 from app.index.database import create_pool
-from app.ingest import Ingest
+from app.services.ingest import Ingest
 from app.storage import FileBlobStore
 
 log = logging.getLogger("pictor.dimse")

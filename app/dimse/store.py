@@ -3,8 +3,8 @@
 Each instance arrives whole (pynetdicom assembles the P-DATA fragments, PS3.8 9.3.5) and
 is written as a DICOM file (PS3.10 7: preamble, File Meta Information, then the data set
 exactly as received in the negotiated transfer syntax, compressed or deflated ones
-included), then handed to :class:`app.ingest.Ingest`: the same analysis, the same
-duplicate rules (identical content: success; a different object under a stored SOP
+included), then handed to :class:`app.services.ingest.Ingest`: the same analysis, the
+same duplicate rules (identical content: success; a different object under a stored SOP
 Instance UID: failure 0111H unless ``on_duplicate = "replace"``), the same publish and
 commit. The response goes out only once the instance is durable and visible to QIDO and
 WADO.
@@ -30,10 +30,9 @@ from app.dicom.analysis import Analysis
 from app.dimse.bridge import Bridge
 from app.dimse.status import SUCCESS, Service, failure, status_dataset, storage_status
 from app.errors import FailureReason, InstanceRejected
-from app.ingest import FAILED, Ingest, Outcome, Part
+from app.services.ingest import BATCH, FAILED, Ingest, Outcome, Part
 
 #: instances committed in one batch at most (as STOW's batches)
-BATCH = 32
 
 
 class GroupCommit:

@@ -14,8 +14,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -23,6 +24,10 @@ from app.errors import BadRequest, PictorError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
+
+#: the connection pool the services hold (an asyncpg pool; only this package imports
+#: asyncpg)
+Pool: TypeAlias = asyncpg.Pool
 
 #: what asyncpg raises when the database or the connection to it fails
 INDEX_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -196,3 +201,36 @@ def _postmaster_alive(directory: Path) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return True
+
+
+async def ping(pool: Pool) -> None:
+    """Raises unless the index answers a query (a readiness probe)."""
+    await pool.fetchval("SELECT 1")
+
+
+class Listener:
+    """A connection of ``pool`` held to LISTEN on ``channel``; ``callback`` gets each
+    notification's payload (PostgreSQL NOTIFY: delivered at the sender's commit)."""
+
+    def __init__(self, pool: Pool, channel: str, callback: Callable[[str], None]) -> None:
+        self.pool = pool
+        self.channel = channel
+        self.callback = callback
+        self._conn: Any = None
+
+    def _deliver(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        self.callback(str(payload))
+
+    async def start(self) -> None:
+        self._conn = await self.pool.acquire()
+        await self._conn.add_listener(self.channel, self._deliver)
+
+    async def stop(self) -> None:
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        try:
+            await conn.remove_listener(self.channel, self._deliver)
+        except INDEX_ERRORS:
+            pass
+        await self.pool.release(conn)

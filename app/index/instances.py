@@ -122,14 +122,29 @@ def _int_array(values: list[int] | None) -> str | None:
     return None if values is None else "{" + ",".join(map(str, values)) + "}"
 
 
+#: the channel on which every change of a stored instance (replaced, and later deleted or
+#: updated) is announced; delivered to listeners when the transaction commits
+CHANGED_CHANNEL = "pictor_instance_changed"
+
+
+async def notify_changed(conn: asyncpg.Connection, sop_uids: Sequence[str]) -> None:
+    """Announce, in the caller's transaction, that these instances changed: every
+    server process (on every machine) drops what it cached of them at commit
+    (DESIGN.md decision 8)."""
+    for uid in sop_uids:
+        await conn.execute("SELECT pg_notify($1, $2)", CHANGED_CHANNEL, uid)
+
+
 async def _remove_instance(conn: asyncpg.Connection, pk: int) -> str | None:
     """Delete one instance row and keep the aggregates true. Returns its file key."""
     row = await conn.fetchrow(
-        "DELETE FROM instance WHERE pk = $1 RETURNING series_pk, study_pk, file_key, file_size",
+        "DELETE FROM instance WHERE pk = $1"
+        " RETURNING series_pk, study_pk, file_key, file_size, sop_instance_uid",
         pk,
     )
     if row is None:
         return None
+    await notify_changed(conn, [row["sop_instance_uid"]])
     series_pk, study_pk = row["series_pk"], row["study_pk"]
     left = await conn.fetchval(
         "UPDATE series SET num_instances = num_instances - 1 WHERE pk = $1 RETURNING num_instances",

@@ -1,4 +1,4 @@
-"""Two-phase store shared by STOW-RS, ``pictor import`` and (later) C-STORE.
+"""Ingest: the two-phase store shared by STOW-RS, ``pictor import`` and C-STORE.
 
 A caller streams each instance into a temp blob (:meth:`Ingest.new_part`), hands it to
 :meth:`Ingest.complete` (the blob's last write, hashing and closing run in an I/O thread
@@ -21,18 +21,22 @@ import logging
 import secrets
 from collections.abc import Sequence
 
-import asyncpg
 import msgspec
 
 from app.config import Settings
-from app.dicom.analysis import Analysis, analyse_file
+from app.dicom.analysis import Analysis, analyse_content
 from app.errors import FailureReason, InstanceRejected, ServiceUnavailable
 from app.index import instances as index
+from app.index.database import Pool
 from app.observability import record_ingest
-from app.storage import FileBlobStore, TempBlob, instance_key
-from app.storage.fs import Publication
+from app.storage import BlobStore, Publication, Upload, instance_key
 
 log = logging.getLogger(__name__)
+
+#: instances committed to the index in one transaction (STOW-RS parts, imported files,
+#: C-STORE requests waiting): large enough to amortise a commit, small enough that a
+#: failure costs little
+BATCH = 32
 
 STORED = "stored"
 ALREADY_STORED = "already-stored"
@@ -82,7 +86,7 @@ class Part:
 
     def __init__(
         self,
-        temp: TempBlob,
+        temp: Upload,
         analysis: Analysis | InstanceRejected,
         written: asyncio.Future[None],
     ) -> None:
@@ -98,15 +102,15 @@ class Ingest:
     a worker process would cost (measured). Several server processes use several cores;
     file I/O and hashing run in threads, in parallel with the event loop."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, store: FileBlobStore) -> None:
+    def __init__(self, settings: Settings, pool: Pool, store: BlobStore) -> None:
         self.settings = settings
         self.pool = pool
         self.store = store
 
-    def new_part(self) -> TempBlob:
+    def new_part(self) -> Upload:
         return self.store.create_temp()
 
-    async def complete(self, temp: TempBlob) -> Part:
+    async def complete(self, temp: Upload) -> Part:
         """All of an instance was received: finish its file and analyse it.
 
         An instance that fits in the receive buffer is analysed from memory while its
@@ -120,9 +124,8 @@ class Ingest:
             return Part(temp, self._write_failed(written.exception()), written)
         try:
             # the SHA-256 is filled in at commit, once the I/O thread has computed it
-            result: Analysis | InstanceRejected = analyse_file(
-                temp.path, "", temp.size, temp.in_memory
-            )
+            with temp.content() as content:
+                result: Analysis | InstanceRejected = analyse_content(content, "", temp.size)
         except InstanceRejected as exc:
             result = exc
         except Exception:  # a bug must not lose the rest of the request
@@ -238,7 +241,7 @@ class Ingest:
         outcomes: list[Outcome | None],
     ) -> None:
         order = list(new)
-        pubs = await self.store.publish([(parts[i].temp, new[i].file_key) for i in order])
+        pubs = list(await self.store.publish([(parts[i].temp, new[i].file_key) for i in order]))
         # a key already on disk without a row (an orphan or a concurrent writer): use a
         # versioned name; the unique SOP Instance UID in the index decides who wins
         clashes = [k for k, pub in enumerate(pubs) if not pub.linked]

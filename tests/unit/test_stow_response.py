@@ -6,7 +6,7 @@ import pytest
 
 from app.dicomweb.stow import check_content_type, store_response
 from app.errors import BadRequest, UnsupportedMediaType
-from app.ingest import ALREADY_STORED, FAILED, STORED, Outcome
+from app.services.ingest import ALREADY_STORED, FAILED, STORED, Outcome
 
 BASE = "http://h/dicom-web"
 
