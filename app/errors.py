@@ -5,7 +5,10 @@
     PictorError                    any failure Pictor itself reports
     ├── RequestError               the client sent something unusable (HTTP 4xx)
     │   ├── BadRequest             400: malformed syntax (PS3.18 8.5)
+    │   ├── Unauthorized           401: no or bad credentials (RFC 6750 3)
+    │   ├── Forbidden              403: the credentials lack the scope
     │   ├── NotFound               404
+    │   ├── MethodNotAllowed       405: the path has no route for the method
     │   ├── NotAcceptable          406: nothing offered matches Accept
     │   ├── Conflict               409
     │   ├── RangeNotSatisfiable    416: a Range outside the value (RFC 9110 15.5.17)
@@ -14,8 +17,10 @@
     │                              PS3.18 Annex I.2.2 Failure Reason (0008,1197)
     └── ServiceUnavailable         503: the index or the blob store cannot be reached
 
-Library errors (asyncpg, pydicom, OSError) are translated where they are raised. The
-HTTP layer maps this tree to responses in one place (``app/dicomweb/errors.py``).
+Library errors (asyncpg, pydicom, OSError) are translated where they are raised. One
+function renders the tree as HTTP (:func:`app.asgi.error_answer`: the framework's
+handlers, the hot dispatch and access control all answer through it), one as DIMSE
+statuses (:func:`app.dimse.status.failure`).
 """
 
 from __future__ import annotations
@@ -65,8 +70,48 @@ class BadRequest(RequestError):
     status_code = 400
 
 
+class Unauthorized(RequestError):
+    """401 with the ``WWW-Authenticate`` challenge of RFC 6750 3."""
+
+    status_code = 401
+
+    def __init__(self, message: str, challenge: str) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.challenge}
+
+
+class Forbidden(RequestError):
+    """403; ``challenge`` (RFC 6750 3.1 insufficient_scope), when there is one."""
+
+    status_code = 403
+
+    def __init__(self, message: str, challenge: str = "") -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.challenge} if self.challenge else {}
+
+
 class NotFound(RequestError):
     status_code = 404
+
+
+class MethodNotAllowed(RequestError):
+    status_code = 405
+
+    def __init__(self, message: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
 
 
 class NotAcceptable(RequestError):

@@ -1,14 +1,17 @@
-"""The HTTP surface as one table: every route's name, method, path template and the
-scope it needs (DESIGN.md decision 11), and the canonical form of a request path.
+"""The HTTP surface as one table (DESIGN.md decision 11): every route's name, method,
+path template, the scope it needs, its handler and, for the hottest, the handler that
+answers below the framework. Generated from it: litestar's routes
+(:func:`framework_routes`), the hot dispatch (:class:`HotDispatch`), access control's
+classification (:mod:`app.auth.routes`), the metrics labels (the route names) and the
+operations ``openapi.yaml`` must document (``tests/unit/test_openapi.py``). Adding a
+route is one entry here and its handler.
 
-Access control (:mod:`app.auth.middleware`) classifies a request by matching it against
-this table, and the framework routes the same path: :func:`canonical_path` is applied
-once, outermost (:class:`PathGuard`), so every layer below (metrics, CORS, access, the
-fast paths, litestar's router) sees one string, and litestar's own normalisation
-(leading / trailing / repeated slashes) leaves it unchanged. A request this table does
-not know is refused before it is dispatched (404, or 405 with ``Allow`` for a known
-path with another method); it is never given a default scope.
-``tests/unit/test_routes.py`` checks that the framework's routes are exactly these.
+:func:`canonical_path` is applied once, outermost (:class:`PathGuard`), so every layer
+below (metrics, CORS, access, the hot dispatch, litestar's router) sees one string, and
+litestar's own normalisation (leading / trailing / repeated slashes) leaves it
+unchanged. A request this table does not know is refused before it is dispatched (404,
+or 405 with ``Allow`` for a known path with another method); it is never given a
+default scope.
 
 Resource paths: PS3.18 Table 10.4.1-1 (WADO-RS), 10.5.1-1 (STOW-RS), 10.6.1-2 (QIDO-RS),
 10.4.1.1.4 (frames), 10.4.1.1.5 (bulk data), 10.4.1.1.3 / 10.4.1.1.6 (rendered,
@@ -17,14 +20,24 @@ thumbnail); IHE ITI / RAD Invoke Image Display.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from litestar.handlers import HTTPRouteHandler
+
 from app.asgi import error_body, send_whole, warning_header
 from app.auth.principal import ADMIN, READ, WRITE
+from app.dicomweb import admin, monitoring, qido, rendered, stow, viewer, wado
 from app.dicomweb.urls import DICOMWEB_PREFIX
+from app.index.query import Level
+from app.observability import ROUTE_KEY
+
+#: a handler answering below the framework: (app state, scope, receive, send, path
+#: parameters) -> whether it answered (False: the framework route takes the request)
+HotHandler = Callable[[Any, Any, Any, Any, Mapping[str, str]], Awaitable[bool]]
 
 #: longest request target (path and query) accepted; longer: 414 (RFC 9110 15.5.15).
 #: A UID list of 200 UIDs fits; nginx's default header buffers take 8 KiB.
@@ -38,12 +51,16 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")
 @dataclass(frozen=True)
 class Route:
     """One route: ``template`` segments in braces are parameters (``{path:path}``, the
-    rest of the path). ``scope`` None: open to anyone (not audited)."""
+    rest of the path). ``scope`` None: open to anyone (not audited). ``hot``: answered
+    by this handler below the framework when it can."""
 
     name: str
     method: str
     template: str
     scope: str | None
+    handler: Callable[..., Awaitable[Any]]
+    hot: HotHandler | None = None
+    status: int = 200
     segments: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,44 +81,122 @@ _SE = _S + "/series/{series}"
 _I = _SE + "/instances/{instance}"
 _F = _I + "/frames/{frames}"
 
+
+def _search(level: Level) -> HotHandler:
+    return functools.partial(qido.hot_search, level)
+
+
 ROUTES: tuple[Route, ...] = (
-    Route("health", "GET", "/health", None),
-    Route("viewer-root", "GET", "/viewer", None),
-    Route("viewer", "GET", "/viewer/{path:path}", None),
-    Route("metrics", "GET", "/metrics", ADMIN),
-    Route("admin-links", "POST", "/admin/links", ADMIN),
-    Route("admin-tokens", "GET", "/admin/tokens", ADMIN),
-    Route("admin-tokens-create", "POST", "/admin/tokens", ADMIN),
-    Route("admin-tokens-revoke", "DELETE", "/admin/tokens/{name}", ADMIN),
-    Route("iid", "GET", "/IHEInvokeImageDisplay", READ),
-    # STOW-RS
-    Route("stow", "POST", DICOMWEB_PREFIX + "/studies", WRITE),
-    Route("stow", "POST", _S, WRITE),
-    # QIDO-RS
-    Route("qido-studies", "GET", DICOMWEB_PREFIX + "/studies", READ),
-    Route("qido-series", "GET", DICOMWEB_PREFIX + "/series", READ),
-    Route("qido-instances", "GET", DICOMWEB_PREFIX + "/instances", READ),
-    Route("qido-study-series", "GET", _S + "/series", READ),
-    Route("qido-study-instances", "GET", _S + "/instances", READ),
-    Route("qido-series-instances", "GET", _SE + "/instances", READ),
-    # WADO-RS
-    Route("wado-study", "GET", _S, READ),
-    Route("wado-series", "GET", _SE, READ),
-    Route("wado-instance", "GET", _I, READ),
-    Route("wado-study-metadata", "GET", _S + "/metadata", READ),
-    Route("wado-series-metadata", "GET", _SE + "/metadata", READ),
-    Route("wado-instance-metadata", "GET", _I + "/metadata", READ),
-    Route("wado-frames", "GET", _F, READ),
-    Route("wado-bulk", "GET", _I + "/bulk/{path}", READ),
-    Route("wado-study-rendered", "GET", _S + "/rendered", READ),
-    Route("wado-series-rendered", "GET", _SE + "/rendered", READ),
-    Route("wado-instance-rendered", "GET", _I + "/rendered", READ),
-    Route("wado-frames-rendered", "GET", _F + "/rendered", READ),
-    Route("wado-study-thumbnail", "GET", _S + "/thumbnail", READ),
-    Route("wado-series-thumbnail", "GET", _SE + "/thumbnail", READ),
-    Route("wado-instance-thumbnail", "GET", _I + "/thumbnail", READ),
-    Route("wado-frame-thumbnail", "GET", _F + "/thumbnail", READ),
+    Route("health", "GET", "/health", None, monitoring.health),
+    Route("viewer-root", "GET", "/viewer", None, viewer.viewer_root),
+    Route("viewer", "GET", "/viewer/{path:path}", None, viewer.viewer_files),
+    Route("metrics", "GET", "/metrics", ADMIN, monitoring.metrics),
+    Route("admin-links", "POST", "/admin/links", ADMIN, admin.create_link, status=201),
+    Route("admin-tokens", "GET", "/admin/tokens", ADMIN, admin.list_tokens),
+    Route("admin-tokens-create", "POST", "/admin/tokens", ADMIN, admin.create_token, status=201),
+    Route(
+        "admin-tokens-revoke",
+        "DELETE",
+        "/admin/tokens/{name}",
+        ADMIN,
+        admin.revoke_token,
+        status=204,
+    ),
+    Route("iid", "GET", "/IHEInvokeImageDisplay", READ, viewer.invoke_image_display),
+    # STOW-RS (PS3.18 10.5)
+    Route("stow", "POST", DICOMWEB_PREFIX + "/studies", WRITE, stow.store_instances),
+    Route("stow", "POST", _S, WRITE, stow.store_instances),
+    # QIDO-RS (PS3.18 10.6)
+    Route(
+        "qido-studies",
+        "GET",
+        DICOMWEB_PREFIX + "/studies",
+        READ,
+        qido.search_studies,
+        _search(Level.STUDY),
+    ),
+    Route(
+        "qido-series",
+        "GET",
+        DICOMWEB_PREFIX + "/series",
+        READ,
+        qido.search_series,
+        _search(Level.SERIES),
+    ),
+    Route(
+        "qido-instances",
+        "GET",
+        DICOMWEB_PREFIX + "/instances",
+        READ,
+        qido.search_instances,
+        _search(Level.INSTANCE),
+    ),
+    Route(
+        "qido-study-series",
+        "GET",
+        _S + "/series",
+        READ,
+        qido.search_study_series,
+        _search(Level.SERIES),
+    ),
+    Route(
+        "qido-study-instances",
+        "GET",
+        _S + "/instances",
+        READ,
+        qido.search_study_instances,
+        _search(Level.INSTANCE),
+    ),
+    Route(
+        "qido-series-instances",
+        "GET",
+        _SE + "/instances",
+        READ,
+        qido.search_series_instances,
+        _search(Level.INSTANCE),
+    ),
+    # WADO-RS (PS3.18 10.4)
+    Route("wado-study", "GET", _S, READ, wado.retrieve_study),
+    Route("wado-series", "GET", _SE, READ, wado.retrieve_series),
+    Route("wado-instance", "GET", _I, READ, wado.retrieve_instance),
+    Route("wado-study-metadata", "GET", _S + "/metadata", READ, wado.study_metadata),
+    Route("wado-series-metadata", "GET", _SE + "/metadata", READ, wado.series_metadata),
+    Route("wado-instance-metadata", "GET", _I + "/metadata", READ, wado.instance_metadata),
+    Route("wado-frames", "GET", _F, READ, wado.retrieve_frames, wado.hot_frames),
+    Route("wado-bulk", "GET", _I + "/bulk/{path}", READ, wado.retrieve_bulk),
+    Route("wado-study-rendered", "GET", _S + "/rendered", READ, rendered.study_rendered),
+    Route("wado-series-rendered", "GET", _SE + "/rendered", READ, rendered.series_rendered),
+    Route("wado-instance-rendered", "GET", _I + "/rendered", READ, rendered.instance_rendered),
+    Route("wado-frames-rendered", "GET", _F + "/rendered", READ, rendered.frames_rendered),
+    Route("wado-study-thumbnail", "GET", _S + "/thumbnail", READ, rendered.study_thumbnail),
+    Route("wado-series-thumbnail", "GET", _SE + "/thumbnail", READ, rendered.series_thumbnail),
+    Route("wado-instance-thumbnail", "GET", _I + "/thumbnail", READ, rendered.instance_thumbnail),
+    Route("wado-frame-thumbnail", "GET", _F + "/thumbnail", READ, rendered.frame_thumbnail),
 )
+
+
+def _litestar_path(template: str) -> str:
+    return re.sub(r"\{(\w+)\}", r"{\1:str}", template)
+
+
+def framework_routes() -> list[HTTPRouteHandler]:
+    """litestar's route handlers, one per handler function (STOW's two paths are one)."""
+    grouped: dict[tuple[str, str], list[Route]] = {}
+    for route in ROUTES:
+        grouped.setdefault((route.name, route.method), []).append(route)
+    handlers = []
+    for (name, method), routes in grouped.items():
+        first = routes[0]
+        assert all(r.handler is first.handler for r in routes), name
+        handler = HTTPRouteHandler(
+            path=[_litestar_path(r.template) for r in routes],
+            http_method=method,  # type: ignore[arg-type]
+            name=name,
+            status_code=first.status,
+            request_max_body_size=None,  # bodies are streamed and bounded by the handler
+        )
+        handlers.append(handler(first.handler))
+    return handlers
 
 
 @dataclass(frozen=True)
@@ -130,6 +225,23 @@ def _match_segments(route: Route, parts: list[str]) -> dict[str, str] | None:
     return params if len(parts) == len(route.segments) else None
 
 
+def _by_length() -> tuple[dict[int, list[Route]], list[Route]]:
+    fixed: dict[int, list[Route]] = {}
+    tails = []
+    for route in ROUTES:
+        if any(seg.endswith(":path}") for seg in route.segments):
+            tails.append(route)
+        else:
+            fixed.setdefault(len(route.segments), []).append(route)
+    return fixed, tails
+
+
+_FIXED, _TAILS = _by_length()
+
+#: the ASGI scope key where the first layer to match a request leaves its :class:`Match`
+MATCH_KEY = "pictor.match"
+
+
 def match(method: str, path: str) -> Match:
     """The route ``method`` and the canonical ``path`` dispatch to (the framework, as
     here, answers HEAD only where a route declares it)."""
@@ -137,7 +249,7 @@ def match(method: str, path: str) -> Match:
     wanted = method
     allowed: list[str] = []
     found: tuple[Route, dict[str, str]] | None = None
-    for route in ROUTES:
+    for route in (*_FIXED.get(len(parts), ()), *_TAILS):
         params = _match_segments(route, parts)
         if params is None:
             continue
@@ -191,6 +303,34 @@ class PathGuard:
             except BadPath as exc:
                 await _refuse(send, 400, str(exc))
                 return
+        await self.app(scope, receive, send)
+
+
+def matched(scope: Any) -> Match:
+    """The request's :class:`Match`, computed once per request."""
+    found = scope.get(MATCH_KEY)
+    if found is None:
+        found = scope[MATCH_KEY] = match(scope["method"], scope["path"])
+    return found  # type: ignore[no-any-return]
+
+
+class HotDispatch:
+    """The routes the table marks hot, answered below the framework (the requests a
+    viewer makes most: searches and stored frames); what their hot handler declines
+    goes on to litestar. Inside access control and CORS."""
+
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            found = matched(scope)
+            route = found.route
+            if route is not None and route.hot is not None:
+                scope[ROUTE_KEY] = route.name
+                if await route.hot(self.state, scope, receive, send, found.params):
+                    return
         await self.app(scope, receive, send)
 
 

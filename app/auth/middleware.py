@@ -44,14 +44,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
-from app.asgi import StatusRecorder, error_body, header, quoted, send_whole, warning_header
+from app.asgi import StatusRecorder, header, quoted, send_error, send_whole
 from app.auth import links
 from app.auth.audit import AuditLog
 from app.auth.oidc import JwtError, JwtVerifier, looks_like_jwt
 from app.auth.principal import ANONYMOUS, AUDIT_UIDS_KEY, CONFINED_KEY, READ, Principal
-from app.auth.routes import Target, classify
+from app.auth.routes import Target, target_of
 from app.auth.tokens import TokenVerifier, looks_like_token
+from app.errors import Forbidden, MethodNotAllowed, NotFound, PictorError, Unauthorized
 from app.observability import ROUTE_KEY
+from app.routes import matched
 
 REALM = 'Bearer realm="pictor"'
 
@@ -77,17 +79,8 @@ class Access:
         self.audit = audit
 
 
-class Denied(Exception):
-    def __init__(self, status: int, message: str, challenge: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.challenge = challenge
-
-
-def _invalid(message: str) -> Denied:
-    return Denied(
-        401,
+def _invalid(message: str) -> Unauthorized:
+    return Unauthorized(
         message,
         f'{REALM}, error="invalid_token", error_description="{quoted(message, 200)}"',
     )
@@ -125,7 +118,7 @@ class AccessMiddleware:
         if link and scope["method"] in ("GET", "HEAD"):
             await self._open_link(access, scope, send, path[len("/link/") :])
             return
-        target = classify(scope["method"], path)
+        target = target_of(scope["method"], matched(scope))
         if target.refusal is not None:
             await self._refuse(access, scope, send, target)
             return
@@ -137,18 +130,10 @@ class AccessMiddleware:
             if access.enforce:
                 principal = await self._authenticate(access, scope)
                 self._authorize(principal, target, scope)
-        except Denied as denied:
+        except (Unauthorized, Forbidden, NotFound) as denied:
             scope[ROUTE_KEY] = target.action
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"warning", warning_header([denied.message]).encode()),
-            ]
-            if denied.challenge:
-                headers.append((b"www-authenticate", denied.challenge.encode()))
-            await send_whole(
-                send, denied.status, error_body(denied.status, denied.message), headers
-            )
-            self._audit(access, scope, target, principal, denied.status)
+            await send_error(send, denied)
+            self._audit(access, scope, target, principal, denied.status_code)
             return
         if access.audit is None:
             await self.app(scope, receive, send)
@@ -177,7 +162,7 @@ class AccessMiddleware:
                     raise _invalid("the link cookie carries a study link only")
                 token = cookie
         if token is None:
-            raise Denied(401, "authentication required: send Authorization: Bearer TOKEN", REALM)
+            raise Unauthorized("authentication required: send Authorization: Bearer TOKEN", REALM)
         if token.startswith(links.PREFIX):
             try:
                 study, _ = links.verify(access.link_secret, token)
@@ -225,8 +210,7 @@ class AccessMiddleware:
         if principal.study is not None:
             self._confine(principal.study, target, scope)
         if target.scope not in principal.scopes:
-            raise Denied(
-                403,
+            raise Forbidden(
                 f"this token lacks the {target.scope!r} scope",
                 f'{REALM}, error="insufficient_scope", scope="{target.scope}"',
             )
@@ -235,8 +219,8 @@ class AccessMiddleware:
     def _confine(study: str, target: Target, scope: Any) -> None:
         """A study link reads its own study and nothing else."""
         if target.scope != READ:
-            raise Denied(403, "a study link only reads its study", "")
-        hidden = Denied(404, "not found", "")
+            raise Forbidden("a study link only reads its study")
+        hidden = NotFound("not found")
         if target.study is not None:
             if target.study != study:
                 raise hidden
@@ -248,21 +232,17 @@ class AccessMiddleware:
 
     async def _refuse(self, access: Access, scope: Any, send: Any, target: Target) -> None:
         """A request no route takes: answered here, never dispatched."""
-        status = target.refusal or 404
         scope[ROUTE_KEY] = "unmatched"
-        message = (
-            f"{scope['method']} is not allowed here; allowed: {', '.join(target.allowed)}"
-            if status == 405
-            else "no such resource"
+        refusal: PictorError = (
+            MethodNotAllowed(
+                f"{scope['method']} is not allowed here; allowed: {', '.join(target.allowed)}",
+                target.allowed,
+            )
+            if target.refusal == 405
+            else NotFound("no such resource")
         )
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"warning", warning_header([message]).encode()),
-        ]
-        if status == 405:
-            headers.append((b"allow", ", ".join(target.allowed).encode()))
-        await send_whole(send, status, error_body(status, message), headers)
-        self._audit(access, scope, target, ANONYMOUS, status)
+        await send_error(send, refusal)
+        self._audit(access, scope, target, ANONYMOUS, refusal.status_code)
 
     # -- study links -----------------------------------------------------------------------
 
@@ -273,13 +253,7 @@ class AccessMiddleware:
             study, expires = links.verify(access.link_secret, token)
         except links.LinkError as exc:
             message = f"{exc}: ask for a new link"
-            body = error_body(401, message)
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"www-authenticate", f'{REALM}, error="invalid_token"'.encode()),
-                (b"cache-control", b"no-store"),
-            ]
-            await send_whole(send, 401, body, headers)
+            await send_error(send, Unauthorized(message, f'{REALM}, error="invalid_token"'))
             self._audit(access, scope, target, ANONYMOUS, 401)
             return
         secure = scope.get("scheme") == "https" or (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.routes import Route, match
+from app.routes import Match, Route, match
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,12 @@ PREFLIGHT = Target("preflight", None)
 
 def classify(method: str, path: str) -> Target:
     """``path`` is canonical (:func:`app.routes.canonical_path`)."""
+    return target_of(method, match(method, path))
+
+
+def target_of(method: str, found: Match) -> Target:
     if method == "OPTIONS":
         return PREFLIGHT  # CORS preflights carry no credentials (Fetch 4.8)
-    found = match(method, path)
     route = found.route
     if route is None:
         status = 405 if found.allowed else 404

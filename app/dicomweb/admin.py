@@ -13,7 +13,7 @@ import datetime as dt
 from typing import Any
 
 import msgspec
-from litestar import Request, delete, get, post
+from litestar import Request
 from litestar.response import Response
 
 from app.auth import links, tokens
@@ -68,7 +68,6 @@ def link_answer(root: str, study: str, token: str, expires: int) -> dict[str, An
     }
 
 
-@post("/admin/links", name="admin-links", status_code=201)
 async def create_link(request: Request[Any, Any, Any]) -> Response[bytes]:
     wanted: LinkRequest = await _body(request, LinkRequest)
     if (problem := uid_problem(wanted.study)) is not None:
@@ -81,7 +80,6 @@ async def create_link(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json(link_answer(root_url(request), wanted.study, token, expires), 201)
 
 
-@get("/admin/tokens", name="admin-tokens")
 async def list_tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
     async with request.app.state.pool.acquire() as conn:
         rows = await access.list_tokens(conn)
@@ -98,7 +96,6 @@ async def list_tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
     )
 
 
-@post("/admin/tokens", name="admin-tokens-create", status_code=201)
 async def create_token(request: Request[Any, Any, Any]) -> Response[bytes]:
     wanted: TokenRequest = await _body(request, TokenRequest)
     try:
@@ -112,10 +109,7 @@ async def create_token(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json({"name": name, "scopes": scopes, "token": token}, 201)
 
 
-@delete("/admin/tokens/{name:str}", name="admin-tokens-revoke", status_code=204)
-async def revoke_token(request: Request[Any, Any, Any], name: str) -> None:
+async def revoke_token(request: Request[Any, Any, Any]) -> None:
+    name: str = request.path_params["name"]
     async with request.app.state.pool.acquire() as conn:
         await access.revoke_token(conn, _name(name))
-
-
-ROUTES = [create_link, list_tokens, create_token, revoke_token]

@@ -9,25 +9,22 @@ more results beyond the limit, a matching feature applied partly.
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from litestar import Litestar, Request, get
+from litestar import Request
 from litestar.response import Response
-from litestar.types import ASGIApp
 
 from app.asgi import header, send_error, send_whole, warning_header
 from app.auth.principal import confined_study
 from app.dicom.uids import uid_problem
 from app.dicomweb.negotiation import SEARCH_MEDIA_TYPES, choose
-from app.dicomweb.urls import DICOMWEB_PREFIX, request_base_url, scope_base_url
+from app.dicomweb.urls import scope_base_url
 from app.errors import BadRequest, PictorError
-from app.index.query import MAX_PARAMETERS, Level, confine, parse_query
-from app.index.search import search
-from app.observability import ROUTE_KEY
+from app.index.query import MAX_PARAMETERS, Level
+from app.services.search import build_query, run
 
 T = TypeVar("T")
 
@@ -73,96 +70,64 @@ async def answer(
     media = choose(accept, SEARCH_MEDIA_TYPES)
     _check_uid(study, "Study Instance UID")
     _check_uid(series, "Series Instance UID")
-    query = parse_query(level, query_parameters(query_string), study_uid=study, series_uid=series)
-    if confined is not None:
-        query = confine(query, confined)
-    result = await search(state.pool, query, base)
-    warnings = list(query.warnings)
-    if result.more:
-        warnings.append(
-            f"There are additional results that can be requested: the limit is {query.limit}; "
-            f"use offset={query.offset + query.limit} for the next page"
-        )
-    return Answer(result.body, media, warning_header(warnings) if warnings else None)
+    params = query_parameters(query_string)
+    query = build_query(level, params, study=study, series=series, confined=confined)
+    found = await run(state.pool, query, base)
+    warnings = found.warnings
+    return Answer(found.body, media, warning_header(list(warnings)) if warnings else None)
 
 
-async def _search(
-    request: Request[Any, Any, Any],
-    level: Level,
-    study: str | None = None,
-    series: str | None = None,
-) -> Response[bytes]:
-    state = request.app.state
-    base = request_base_url(state.settings.public_base_url, request.headers, request.url)
-    accept = request.headers.get("accept")
-    query_string = request.scope.get("query_string", b"").decode("latin-1")
-    found = await answer(
-        state, level, study, series, query_string, accept, base, confined_study(request.scope)
+def _query_string(scope: Any) -> str:
+    try:
+        return bytes(scope.get("query_string", b"")).decode()
+    except UnicodeDecodeError:
+        raise BadRequest("the query string is not UTF-8 (RFC 3986 2.5)") from None
+
+
+async def respond(state: Any, scope: Any, level: Level, params: Mapping[str, str]) -> Answer:
+    """The answer to the search ``scope`` asks for, whichever door it came in by: the
+    framework route or the hot dispatcher (:func:`hot_search`)."""
+    base = scope_base_url(state.settings.public_base_url, scope)
+    return await answer(
+        state,
+        level,
+        params.get("study"),
+        params.get("series"),
+        _query_string(scope),
+        header(scope, b"accept"),
+        base,
+        confined_study(scope),
     )
+
+
+async def _search(request: Request[Any, Any, Any], level: Level) -> Response[bytes]:
+    found = await respond(request.app.state, request.scope, level, request.path_params)
     headers = {"Warning": found.warning} if found.warning else {}
     return Response(found.body, media_type=found.media_type, headers=headers)
 
 
-_LEVEL_PATHS = [
-    (re.compile(f"^{re.escape(DICOMWEB_PREFIX)}{pattern}$"), level, route)
-    for pattern, level, route in [
-        ("/studies", Level.STUDY, "qido-studies"),
-        ("/studies/([^/]+)/series", Level.SERIES, "qido-study-series"),
-        ("/series", Level.SERIES, "qido-series"),
-        ("/studies/([^/]+)/instances", Level.INSTANCE, "qido-study-instances"),
-        ("/studies/([^/]+)/series/([^/]+)/instances", Level.INSTANCE, "qido-series-instances"),
-        ("/instances", Level.INSTANCE, "qido-instances"),
-    ]
-]
-
-
-class SearchFastPath:
-    """Searches answered below the framework: a study list is a viewer's first request
-    and an integration's most frequent one, and on a busy 2-core machine litestar's
-    request and response objects cost about as much CPU as the search's own Python.
-    The same :func:`answer` as the routes, and errors through the same renderer
-    (:func:`app.asgi.send_error`): a search runs once, whatever its outcome. A client
-    that hangs up cancels its search, and the database query with it."""
-
-    def __init__(self, app: Litestar, inner: ASGIApp) -> None:
-        self.app = app
-        self.inner = inner
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            path = scope["path"]
-            for pattern, level, route in _LEVEL_PATHS:
-                match = pattern.match(path)
-                if match is None:
-                    continue
-                scope[ROUTE_KEY] = route
-                try:
-                    found = await until_disconnect(
-                        self._answer(scope, level, list(match.groups())), receive
-                    )
-                except PictorError as exc:
-                    await send_error(send, exc)
-                    return
-                except ClientGone:
-                    return
-                headers = [(b"content-type", found.media_type.encode())]
-                if found.warning:
-                    headers.append((b"warning", found.warning.encode()))
-                await send_whole(send, 200, found.body, headers)
-                return
-        await self.inner(scope, receive, send)
-
-    async def _answer(self, scope: Any, level: Level, uids: list[str]) -> Answer:
-        state = self.app.state
-        base = scope_base_url(state.settings.public_base_url, scope)
-        study, series = (uids + [None, None])[:2]
-        try:
-            query_string = scope["query_string"].decode()
-        except UnicodeDecodeError:
-            raise BadRequest("the query string is not UTF-8 (RFC 3986 2.5)") from None
-        accept = header(scope, b"accept")
-        confined = confined_study(scope)
-        return await answer(state, level, study, series, query_string, accept, base, confined)
+async def hot_search(
+    level: Level, state: Any, scope: Any, receive: Any, send: Any, params: Mapping[str, str]
+) -> bool:
+    """A search answered below the framework (the route table marks QIDO hot): a study
+    list is a viewer's first request and an integration's most frequent one, and on a
+    busy 2-core machine litestar's request and response objects cost about as much CPU
+    as the search's own Python. The same :func:`respond` as the route, and errors
+    through the same renderer (:func:`app.asgi.send_error`): a search runs once,
+    whatever its outcome. A client that hangs up cancels its search, and the database
+    query with it."""
+    try:
+        found = await until_disconnect(respond(state, scope, level, params), receive)
+    except PictorError as exc:
+        await send_error(send, exc)
+        return True
+    except ClientGone:
+        return True
+    headers = [(b"content-type", found.media_type.encode())]
+    if found.warning:
+        headers.append((b"warning", found.warning.encode()))
+    await send_whole(send, 200, found.body, headers)
+    return True
 
 
 class ClientGone(Exception):
@@ -192,48 +157,31 @@ async def _disconnected(receive: Any) -> None:
         pass
 
 
-@get("/studies", name="qido-studies")
 async def search_studies(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Search for studies (PS3.18 10.6.1, resource "All Studies")."""
     return await _search(request, Level.STUDY)
 
 
-@get("/studies/{study:str}/series", name="qido-study-series")
 async def search_study_series(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Search for the series of a study (resource "Study's Series")."""
-    return await _search(request, Level.SERIES, request.path_params["study"])
+    return await _search(request, Level.SERIES)
 
 
-@get("/series", name="qido-series")
 async def search_series(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Search for series in all studies (resource "All Series")."""
     return await _search(request, Level.SERIES)
 
 
-@get("/studies/{study:str}/instances", name="qido-study-instances")
 async def search_study_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Search for the instances of a study (resource "Study's Instances")."""
-    return await _search(request, Level.INSTANCE, request.path_params["study"])
-
-
-@get("/studies/{study:str}/series/{series:str}/instances", name="qido-series-instances")
-async def search_series_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Search for the instances of a series (resource "Study Series' Instances")."""
-    params = request.path_params
-    return await _search(request, Level.INSTANCE, params["study"], params["series"])
-
-
-@get("/instances", name="qido-instances")
-async def search_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Search for instances in all studies (resource "All Instances")."""
     return await _search(request, Level.INSTANCE)
 
 
-ROUTES = [
-    search_studies,
-    search_study_series,
-    search_series,
-    search_study_instances,
-    search_series_instances,
-    search_instances,
-]
+async def search_series_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Search for the instances of a series (resource "Study Series' Instances")."""
+    return await _search(request, Level.INSTANCE)
+
+
+async def search_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Search for instances in all studies (resource "All Instances")."""
+    return await _search(request, Level.INSTANCE)

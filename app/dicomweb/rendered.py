@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from litestar import Request, get
+from litestar import Request
 from litestar.response import Response, Stream
 
 from app.codec import pool
@@ -24,8 +24,8 @@ from app.codec.render import FORMATS, RenderOptions, render_animation, render_fr
 from app.dicomweb.negotiation import choose
 from app.dicomweb.wado import multipart_stream, parse_frame_list, target_scope
 from app.errors import BadRequest, NotFound
-from app.index import retrieve
-from app.index.retrieve import StoredInstance
+from app.services import retrieve
+from app.services.retrieve import StoredInstance
 
 RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")
 THUMBNAIL_SIZE = (128, 128)
@@ -121,28 +121,18 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-@get("/studies/{study:str}/rendered", name="wado-study-rendered")
 async def study_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
     return await _render_all(request, await _pixel_instances(request))
 
 
-@get("/studies/{study:str}/series/{series:str}/rendered", name="wado-series-rendered")
 async def series_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
     return await _render_all(request, await _pixel_instances(request))
 
 
-@get(
-    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/rendered",
-    name="wado-instance-rendered",
-)
 async def instance_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
     return await _render_all(request, await _pixel_instances(request))
 
 
-@get(
-    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/frames/{frames:str}/rendered",
-    name="wado-frames-rendered",
-)
 async def frames_rendered(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
     stored = await _pixel_instances(request)
     frames = parse_frame_list(request.path_params["frames"], stored[0].number_of_frames or 0)
@@ -183,41 +173,19 @@ async def _thumbnail(
     return _image(data, options.media_type)
 
 
-@get("/studies/{study:str}/thumbnail", name="wado-study-thumbnail")
 async def study_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _thumbnail(request, await _pixel_instances(request))
 
 
-@get("/studies/{study:str}/series/{series:str}/thumbnail", name="wado-series-thumbnail")
 async def series_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _thumbnail(request, await _pixel_instances(request))
 
 
-@get(
-    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/thumbnail",
-    name="wado-instance-thumbnail",
-)
 async def instance_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _thumbnail(request, await _pixel_instances(request))
 
 
-@get(
-    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/frames/{frames:str}/thumbnail",
-    name="wado-frame-thumbnail",
-)
 async def frame_thumbnail(request: Request[Any, Any, Any]) -> Response[bytes]:
     stored = await _pixel_instances(request)
     frames = parse_frame_list(request.path_params["frames"], stored[0].number_of_frames or 0)
     return await _thumbnail(request, stored, frames[0])
-
-
-ROUTES = [
-    study_rendered,
-    series_rendered,
-    instance_rendered,
-    frames_rendered,
-    study_thumbnail,
-    series_thumbnail,
-    instance_thumbnail,
-    frame_thumbnail,
-]

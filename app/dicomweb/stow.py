@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from litestar import Request, post
+from litestar import Request
 from litestar.exceptions import InternalServerException
 from litestar.response import Response
 from msgspec.json import encode
@@ -33,15 +33,14 @@ from app.dicomweb.multipart import (
 )
 from app.dicomweb.urls import instance_url, request_base_url, study_url
 from app.errors import BadRequest, FailureReason, UnsupportedMediaType
-from app.ingest import FAILED, Ingest, Outcome, Part
-from app.storage import TempBlob
+from app.services.ingest import BATCH, FAILED, Ingest, Outcome, Part
+from app.storage import Upload
 
 log = logging.getLogger(__name__)
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 #: parts committed together: one fsync group and one index transaction
-BATCH_PARTS = 32
 
 
 def check_content_type(value: str | None) -> tuple[str, str | None]:
@@ -140,7 +139,7 @@ class _Upload:
     def __init__(self, ingest: Ingest, study: str | None) -> None:
         self.ingest = ingest
         self.study = study
-        self.current: TempBlob | None = None
+        self.current: Upload | None = None
         self.skipping = False
         self.pending: list[Part] = []
         self.outcomes: list[Outcome] = []
@@ -172,7 +171,7 @@ class _Upload:
             return
         temp, self.current = self.current, None
         self.pending.append(await self.ingest.complete(temp))
-        if len(self.pending) >= BATCH_PARTS:
+        if len(self.pending) >= BATCH:
             await self.flush()
 
     async def flush(self) -> None:
@@ -189,12 +188,6 @@ class _Upload:
         await self.ingest.discard(pending)
 
 
-@post(
-    ["/studies", "/studies/{study:str}"],
-    request_max_body_size=None,
-    status_code=200,
-    name="stow",
-)
 async def store_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Store Instances (PS3.18 10.5): the Studies Store transaction."""
     study: str | None = request.path_params.get("study")

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 import msgspec
-from litestar import Request, get
+from litestar import Request
 from litestar.response import File, Redirect, Response
 
 from app import viewer
@@ -39,8 +39,8 @@ from app.auth.principal import confined_study
 from app.dicom.uids import uid_problem
 from app.dicomweb.urls import request_base_url
 from app.errors import BadRequest, PictorError
-from app.index.query import Level, confine, parse_query
-from app.index.search import search
+from app.index.query import Level
+from app.services.search import build_query, run
 
 #: media types the browser needs exactly (WebAssembly.instantiateStreaming insists on
 #: application/wasm); others come from :mod:`mimetypes`
@@ -105,7 +105,6 @@ def _query_string(request: Request[Any, Any, Any]) -> str:
     return request.url.query or ""
 
 
-@get("/viewer", name="viewer-root", include_in_schema=False)
 async def viewer_root(request: Request[Any, Any, Any]) -> Response[Any]:
     """``/viewer/``: OHIF's study list; ``/viewer?StudyInstanceUIDs=...``: that study."""
     settings = request.app.state.settings
@@ -122,7 +121,6 @@ async def viewer_root(request: Request[Any, Any, Any]) -> Response[Any]:
     return Redirect(f"viewer/?{query}" if query else "viewer/", status_code=302)
 
 
-@get("/viewer/{path:path}", name="viewer", include_in_schema=False)
 async def viewer_files(request: Request[Any, Any, Any]) -> Response[Any]:
     """The bundle's files, the generated configuration, and ``index.html`` for any deep
     link into the single-page application."""
@@ -181,7 +179,7 @@ async def _find_studies(
 ) -> list[_Study]:
     """QIDO-RS study search (PS3.18 10.6) on the index: the matching studies, newest first."""
     state = request.app.state
-    query = parse_query(
+    query = build_query(
         Level.STUDY,
         [
             *params,
@@ -189,11 +187,10 @@ async def _find_studies(
             ("orderby", "-StudyDate"),
             ("limit", str(MAX_STUDIES + 1)),
         ],
+        confined=confined_study(request.scope),  # a study link opens its own study only
     )
-    if (confined := confined_study(request.scope)) is not None:
-        query = confine(query, confined)  # a study link opens its own study only
     base = request_base_url(state.settings.public_base_url, request.headers, request.url)
-    result = await search(state.pool, query, base)
+    result = await run(state.pool, query, base)
     found = []
     for item in msgspec.json.decode(result.body):
         uid = _values(item, "0020000D")
@@ -313,7 +310,6 @@ class _NoStudy(PictorError):
     status_code = 404
 
 
-@get("/IHEInvokeImageDisplay", name="iid", include_in_schema=False)
 async def invoke_image_display(request: Request[Any, Any, Any]) -> Response[Any]:
     """IHE RAD-106 Invoke Image Display: redirect to the viewer showing the studies."""
     try:
@@ -330,6 +326,3 @@ async def invoke_image_display(request: Request[Any, Any, Any]) -> Response[Any]
             "<code>requestType=PATIENT&amp;patientID=...</code>.</p>",
         )
     return Redirect(location, status_code=303)
-
-
-ROUTES = [viewer_root, viewer_files, invoke_image_display]

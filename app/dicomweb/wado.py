@@ -18,16 +18,14 @@ import gzip
 import hashlib
 import io
 import itertools
-import re
 import secrets
 import time
 import zipfile
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, get
+from litestar import Request
 from litestar.response import Response, Stream
 
 from app.asgi import header, send_error, send_whole
@@ -41,10 +39,9 @@ from app.codec.transcode import (
     transcode_instance,
 )
 from app.dicom.json_model import BASE_MARKER
-from app.dicom.uids import uid_problem
+from app.dicom.uids import EXPLICIT_VR_LE, uid_problem
 from app.dicomweb.media import (
     DEFAULT_SYNTAX,
-    EXPLICIT_VR_LE,
     FRAME_MEDIA_TYPES,
     Offer,
     frame_offers,
@@ -52,11 +49,10 @@ from app.dicomweb.media import (
     negotiate_multipart,
 )
 from app.dicomweb.negotiation import SEARCH_MEDIA_TYPES, choose, parse_accept
-from app.dicomweb.urls import DICOMWEB_PREFIX, request_base_url
+from app.dicomweb.urls import request_base_url
 from app.errors import BadRequest, NotAcceptable, NotFound, PictorError, RangeNotSatisfiable
-from app.index import retrieve
-from app.index.retrieve import Scope, StoredInstance
-from app.observability import ROUTE_KEY
+from app.services import retrieve
+from app.services.retrieve import InstanceCache, Scope, StoredInstance
 from app.storage import FileBlobStore
 
 
@@ -99,20 +95,14 @@ async def _metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(body, media_type=media, headers=headers)
 
 
-@get("/studies/{study:str}/metadata", name="wado-study-metadata")
 async def study_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _metadata(request)
 
 
-@get("/studies/{study:str}/series/{series:str}/metadata", name="wado-series-metadata")
 async def series_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _metadata(request)
 
 
-@get(
-    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/metadata",
-    name="wado-instance-metadata",
-)
 async def instance_metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     return await _metadata(request)
 
@@ -327,17 +317,14 @@ async def _instances(request: Request[Any, Any, Any]) -> Stream:
     return multipart_stream(parts(), "application/dicom")
 
 
-@get("/studies/{study:str}", name="wado-study")
 async def retrieve_study(request: Request[Any, Any, Any]) -> Stream:
     return await _instances(request)
 
 
-@get("/studies/{study:str}/series/{series:str}", name="wado-series")
 async def retrieve_series(request: Request[Any, Any, Any]) -> Stream:
     return await _instances(request)
 
 
-@get("/studies/{study:str}/series/{series:str}/instances/{instance:str}", name="wado-instance")
 async def retrieve_instance(request: Request[Any, Any, Any]) -> Stream:
     return await _instances(request)
 
@@ -426,10 +413,6 @@ async def _stored_frames(
     return f'multipart/related; type="{chosen.media_type}"; boundary={boundary}', body
 
 
-@get(
-    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/frames/{frames:str}",
-    name="wado-frames",
-)
 async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream | Response[bytes]:
     """Retrieve frames (PS3.18 10.4.1.1.4): each frame as one part, as stored (byte
     ranges recorded at ingest), or transcoded in a worker: decoded to native Explicit VR
@@ -480,80 +463,48 @@ async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream | Response[
     return multipart_stream(parts(), chosen.media_type)
 
 
-_FRAMES_PATH = re.compile(
-    "^"
-    + re.escape(DICOMWEB_PREFIX)
-    + "/studies/([^/]+)/series/([^/]+)/instances/([^/]+)/frames/([^/]+)$"
-)
-
-
-class FramesFastPath:
+async def hot_frames(
+    state: Any, scope: Any, receive: Any, send: Any, params: Mapping[str, str]
+) -> bool:
     """The request a viewer makes most (one per frame: OHIF's ``transfer-syntax=*``),
-    answered below the framework: a stored frame is one index probe, one read and one
-    send. Errors are answered here too, through the same renderer as the framework's
-    (:func:`app.asgi.send_error`), so nothing is looked up twice. Transcoding and
-    answers too large to build whole go on to the ``wado-frames`` route. Sits inside
-    the CORS middleware and access control."""
+    answered below the framework: a stored frame is one (cached) index probe, one read
+    and one send. Errors are answered here too, through the same renderer as the
+    framework's (:func:`app.asgi.send_error`), so nothing is looked up twice.
+    Transcoding and answers too large to build whole go on to the ``wado-frames``
+    route (False)."""
+    if scope["method"] != "GET":
+        return False
+    try:
+        answer = await _stored_answer(state, scope, params)
+    except PictorError as exc:
+        await send_error(send, exc)
+        return True
+    if answer is None:
+        return False
+    media_type, body = answer
+    await send_whole(send, 200, body, [(b"content-type", media_type.encode())])
+    return True
 
-    #: seconds a looked-up instance serves further frame requests (a cine loop, a slide's
-    #: tiles: many frames of one instance) without another index probe. A replaced
-    #: instance can be answered as it was for this long; a file gone since falls back
-    #: to the route.
-    TTL = 2.0
-    SIZE = 2048
 
-    def __init__(self, app: Litestar, inner: Callable[..., Awaitable[None]]) -> None:
-        self.app = app
-        self.inner = inner
-        self._recent: OrderedDict[tuple[str, str, str], tuple[float, StoredInstance]] = (
-            OrderedDict()
-        )
-
-    async def _instance(self, key: tuple[str, str, str]) -> StoredInstance:
-        now = time.monotonic()
-        hit = self._recent.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        inst = await retrieve.instance(self.app.state.pool, checked_scope(*key))
-        self._recent[key] = (now + self.TTL, inst)
-        self._recent.move_to_end(key)
-        while len(self._recent) > self.SIZE:
-            self._recent.popitem(last=False)
-        return inst
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            match = _FRAMES_PATH.match(scope["path"])
-            if match is not None:
-                scope[ROUTE_KEY] = "wado-frames"
-                try:
-                    answer = await self._stored(match, scope)
-                except PictorError as exc:
-                    await send_error(send, exc)
-                    return
-                if answer is not None:
-                    media_type, body = answer
-                    await send_whole(send, 200, body, [(b"content-type", media_type.encode())])
-                    return
-        await self.inner(scope, receive, send)
-
-    async def _stored(self, match: re.Match[str], scope: Any) -> tuple[str, bytearray] | None:
-        """The stored frames' answer; None for what the route does (transcoding, large
-        answers, a file replaced since it was looked up)."""
-        study, series, instance, frames = match.groups()
-        key = (study, series, instance)
-        inst = await self._instance(key)
-        if not inst.number_of_frames:
-            raise NotFound(f"{Scope(*key).describe()} has no pixel data frames")
-        numbers = parse_frame_list(frames, inst.number_of_frames)
-        chosen, as_stored = _frame_choice(inst, header(scope, b"accept"))
-        if not as_stored:
-            return None
-        try:
-            return await _stored_frames(self.app.state.store, inst, numbers, chosen)
-        except FileNotFoundError:
-            self._recent.pop(key, None)  # replaced meanwhile: the route looks again
-            return None
+async def _stored_answer(
+    state: Any, scope: Any, params: Mapping[str, str]
+) -> tuple[str, bytearray] | None:
+    """The stored frames' answer; None for what the route does (transcoding, large
+    answers, a file replaced since it was looked up)."""
+    target = checked_scope(params["study"], params["series"], params["instance"])
+    cache: InstanceCache = state.instances
+    inst = await cache.instance(target)
+    if not inst.number_of_frames:
+        raise NotFound(f"{target.describe()} has no pixel data frames")
+    numbers = parse_frame_list(params["frames"], inst.number_of_frames)
+    chosen, as_stored = _frame_choice(inst, header(scope, b"accept"))
+    if not as_stored:
+        return None
+    try:
+        return await _stored_frames(state.store, inst, numbers, chosen)
+    except FileNotFoundError:
+        cache.forget(target.instance or "")  # replaced meanwhile: the route looks again
+        return None
 
 
 # -- bulk data --------------------------------------------------------------------------
@@ -590,10 +541,6 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, last - first + 1
 
 
-@get(
-    "/studies/{study:str}/series/{series:str}/instances/{instance:str}/bulk/{path:path}",
-    name="wado-bulk",
-)
 async def retrieve_bulk(request: Request[Any, Any, Any]) -> Stream:
     """Retrieve bulk data (PS3.18 10.4.1.1.5): the value a BulkDataURI in the metadata
     points at, in multipart/related, or as a single ``application/octet-stream`` body
@@ -636,15 +583,3 @@ async def retrieve_bulk(request: Request[Any, Any, Any]) -> Stream:
     response.status_code = status
     response.headers.update(headers)
     return response
-
-
-ROUTES = [
-    study_metadata,
-    series_metadata,
-    instance_metadata,
-    retrieve_study,
-    retrieve_series,
-    retrieve_instance,
-    retrieve_frames,
-    retrieve_bulk,
-]
