@@ -4,12 +4,15 @@ No transport here: the CLI reaches this, never the HTTP application factory."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from app.config import Settings
-from app.index.database import apply_migrations, create_pool
+from app.index.database import EmbeddedPostgres, Pool, apply_migrations, create_pool
 from app.index.instances import referenced_keys
-from app.storage import FileBlobStore
+from app.storage import BlobStore, FileBlobStore
 
 log = logging.getLogger("pictor")
 
@@ -22,9 +25,40 @@ async def prepare(settings: Settings, dsn: str) -> None:
             applied = await apply_migrations(conn)
         if applied:
             log.info("applied schema migrations %s", applied)
-        store = FileBlobStore(settings.storage_dir, settings.tmp_dir)
+        store = open_store(settings)
         swept = await store.sweep(lambda keys: referenced_keys(pool, keys))
         if any(swept.values()):
             log.warning("start-up sweep: removed %s", swept)
     finally:
         await pool.close()
+
+
+__all__ = ["EmbeddedPostgres", "Pool", "create_pool", "open_index", "open_store", "prepare"]
+
+
+def open_store(settings: Settings) -> BlobStore:
+    """The archive's blob store, as the settings say (the data directory's storage)."""
+    return FileBlobStore(settings.storage_dir, settings.tmp_dir)
+
+
+@asynccontextmanager
+async def open_index(settings: Settings) -> AsyncIterator[Pool]:
+    """A small pool on the archive's index, as a command reaches it: ``DATABASE_URL``,
+    or the embedded PostgreSQL of the data directory (reattached when a server is
+    running on it, else started and stopped again); migrations applied."""
+    embedded: EmbeddedPostgres | None = None
+    try:
+        dsn = settings.database_url
+        if not dsn:
+            embedded = EmbeddedPostgres(settings.pg_dir)
+            dsn = await asyncio.to_thread(embedded.start)
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None and not embedded.reattached:
+            await asyncio.to_thread(embedded.stop)

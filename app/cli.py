@@ -50,9 +50,8 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.auth.links import load_secret
-    from app.bootstrap import prepare
+    from app.bootstrap import EmbeddedPostgres, prepare
     from app.config import exposure_problem, to_environment
-    from app.index.database import EmbeddedPostgres
     from app.observability import MULTIPROC_VARIABLE, setup_logging, uvicorn_log_config
 
     settings = _settings(args)
@@ -173,40 +172,23 @@ def viewer_install(args: argparse.Namespace) -> int:
 
 
 def _with_index(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``work(connection)`` on the archive's index, as ``pictor import`` reaches it:
-    ``DATABASE_URL``, or the embedded PostgreSQL of the data directory (reattached when
-    a server is running on it, else started and stopped again); migrations applied."""
+    """Run ``work(pool)`` on the archive's index (:func:`app.bootstrap.open_index`)."""
     import asyncio
 
-    from app.index.database import EmbeddedPostgres, apply_migrations, create_pool
+    from app.bootstrap import open_index
 
-    async def run(dsn: str) -> T:
-        pool = await create_pool(dsn, min_size=1, max_size=1)
-        try:
-            async with pool.acquire() as conn:
-                await apply_migrations(conn)
-                return await work(conn)
-        finally:
-            await pool.close()
+    async def run() -> T:
+        async with open_index(settings) as pool:
+            return await work(pool)
 
-    embedded: EmbeddedPostgres | None = None
-    try:
-        dsn = settings.database_url
-        if not dsn:
-            embedded = EmbeddedPostgres(settings.pg_dir)
-            dsn = embedded.start()
-        return asyncio.run(run(dsn))
-    finally:
-        if embedded is not None and not embedded.reattached:
-            embedded.stop()
+    return asyncio.run(run())
 
 
 def token(args: argparse.Namespace) -> int:
     """``pictor token create|list|revoke``: API tokens (stored hashed; shown once)."""
-    from app.auth import tokens
     from app.auth.principal import parse_scopes
     from app.errors import PictorError
-    from app.index import access
+    from app.services import access
 
     settings = _settings(args)
     try:
@@ -215,12 +197,8 @@ def token(args: argparse.Namespace) -> int:
                 scopes = parse_scopes(args.scopes)
             except ValueError as exc:
                 sys.exit(f"pictor: {exc}")
-            secret = tokens.new_token()
-            _with_index(
-                settings,
-                lambda conn: access.create_token(
-                    conn, args.name, tokens.token_hash(secret), scopes
-                ),
+            secret = _with_index(
+                settings, lambda pool: access.create_token(pool, args.name, scopes)
             )
             print(secret)
             print(
@@ -234,7 +212,7 @@ def token(args: argparse.Namespace) -> int:
                 state = f"revoked {r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "active"
                 print(f"{r.name}\t{','.join(r.scopes)}\t{r.created_at:%Y-%m-%d %H:%M}\t{state}")
         else:
-            _with_index(settings, lambda conn: access.revoke_token(conn, args.name))
+            _with_index(settings, lambda pool: access.revoke_token(pool, args.name))
             print(
                 f"token {args.name!r} revoked (servers stop accepting it within "
                 f"{settings.auth_cache_seconds:g} s)",
@@ -287,13 +265,13 @@ def audit(args: argparse.Namespace) -> int:
     import json
 
     from app.auth.fhir import bundle
-    from app.index import access
+    from app.services import access
 
     settings = _settings(args)
     rows = _with_index(
         settings,
-        lambda conn: access.query_audit(
-            conn,
+        lambda pool: access.audit_events(
+            pool,
             patient=args.patient,
             study=args.study,
             user=args.user,

@@ -53,12 +53,11 @@ def looks_like_dicom(path: Path) -> bool:
 async def _ingest_files(
     settings: Settings, files: list[str], skipped: list[str]
 ) -> list[tuple[str, Outcome]]:
-    from app.index.database import create_pool
-    from app.storage import FileBlobStore
+    from app.bootstrap import create_pool, open_store
 
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:
-        ingest = Ingest(settings, pool, FileBlobStore(settings.storage_dir, settings.tmp_dir))
+        ingest = Ingest(settings, pool, open_store(settings))
         parts: list[Part] = []
         for name in files:
             if not looks_like_dicom(Path(name)):
@@ -92,8 +91,7 @@ def run_import(settings: Settings, paths: list[Path], *, jobs: int = 0) -> int:
     """Import ``paths``; print a progress bar and a summary. Exit status 1 if any failed."""
     from tqdm import tqdm
 
-    from app.bootstrap import prepare
-    from app.index.database import EmbeddedPostgres
+    from app.bootstrap import EmbeddedPostgres, prepare
 
     missing = [p for p in paths if not p.exists()]
     for p in missing:

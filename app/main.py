@@ -15,12 +15,11 @@ from app.auth.audit import AuditLog
 from app.auth.middleware import Access, AccessMiddleware
 from app.auth.oidc import JwtVerifier
 from app.auth.tokens import TokenVerifier
-from app.bootstrap import prepare
+from app.bootstrap import EmbeddedPostgres, create_pool, open_store, prepare
 from app.codec import pool as codec_pool
 from app.config import Settings
 from app.dicomweb.cors import CrossOriginMiddleware
 from app.dicomweb.errors import EXCEPTION_HANDLERS
-from app.index.database import EmbeddedPostgres, create_pool
 from app.observability import (
     MetricsMiddleware,
     setup_logging,
@@ -28,7 +27,6 @@ from app.observability import (
 from app.routes import HotDispatch, PathGuard, framework_routes
 from app.services.ingest import Ingest
 from app.services.retrieve import InstanceCache
-from app.storage import FileBlobStore
 
 log = logging.getLogger("pictor")
 
@@ -59,7 +57,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             if embedded is not None:
                 await prepare(settings, dsn)
             pool = await create_pool(dsn)
-            store = FileBlobStore(settings.storage_dir, settings.tmp_dir)
+            store = open_store(settings)
             app.state.settings = settings
             app.state.pool = pool
             app.state.store = store

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,9 +84,9 @@ def _image(ds: pydicom.Dataset, array: np.ndarray, options: RenderOptions) -> Im
     return image
 
 
-def render_frame(path: str, index: int, options: RenderOptions) -> bytes:
-    """Frame ``index`` (0-based) of the stored instance, rendered."""
-    ds = pydicom.dcmread(Path(path))
+def render_frame(data: bytes, index: int, options: RenderOptions) -> bytes:
+    """Frame ``index`` (0-based) of an instance (its bytes), rendered."""
+    ds = pydicom.dcmread(io.BytesIO(data))
     image = _image(ds, pixel_array(ds, index=index), options)
     out = io.BytesIO()
     fmt = FORMATS[options.media_type]
@@ -116,10 +115,11 @@ def _frame_time_ms(ds: pydicom.Dataset) -> int:
     return 100
 
 
-def render_animation(path: str, indices: list[int], options: RenderOptions) -> bytes:
-    """Several frames (0-based) of a multi-frame instance as one animated GIF, played at
-    the instance's own frame rate (the multi-frame rendered form of PS3.18 8.3.5)."""
-    ds = pydicom.dcmread(Path(path))
+def render_animation(data: bytes, indices: list[int], options: RenderOptions) -> bytes:
+    """Several frames (0-based) of a multi-frame instance (its bytes) as one animated
+    GIF, played at the instance's own frame rate (the multi-frame rendered form of
+    PS3.18 8.3.5)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
     images = [_image(ds, pixel_array(ds, index=i), options) for i in indices[:MAX_ANIMATION_FRAMES]]
     out = io.BytesIO()
     images[0].save(

@@ -7,8 +7,11 @@ RLE Lossless (pylibjpeg-rle or its own), JPEG-LS (pyjpegls) and JPEG 2000
 (pylibjpeg-openjpeg); JPEG Baseline for 8-bit data is written with Pillow's libjpeg.
 
 The functions that the server process calls before it starts a response
-(:func:`can_decode`, :func:`can_encode`) only look at what the index knows; the rest
-open the stored file and run in a worker.
+(:func:`can_decode`, :func:`can_encode`) only look at what the index knows. The rest
+run in a worker and take bytes, never a file: one frame's bytes (as the index recorded
+their ranges at ingest) with the image pixel attributes the index recorded
+(:class:`PixelInfo`), or a whole instance's bytes where a whole instance is needed
+(re-encoding one, or a frame the recorded ranges do not hold whole).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import functools
 import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,45 +134,29 @@ class PixelInfo:
             return "RGB"
         return self.photometric
 
-
-@functools.lru_cache(maxsize=256)
-def pixel_info(path: str) -> PixelInfo:
-    """Read once per worker: stored files never change (a replacement gets a new key)."""
-    ds = pydicom.dcmread(Path(path), stop_before_pixels=True)
-    return PixelInfo(
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
-        samples=int(ds.get("SamplesPerPixel", 1)),
-        bits_allocated=int(ds.BitsAllocated),
-        bits_stored=int(ds.get("BitsStored", ds.BitsAllocated)),
-        pixel_representation=int(ds.get("PixelRepresentation", 0)),
-        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
-        planar=int(ds.get("PlanarConfiguration", 0)) == 1,
-        syntax=str(ds.file_meta.TransferSyntaxUID),
-    )
+    @classmethod
+    def of(cls, ds: pydicom.Dataset) -> PixelInfo:
+        """The attributes of a parsed data set (a whole instance's bytes)."""
+        return cls(
+            rows=int(ds.Rows),
+            columns=int(ds.Columns),
+            samples=int(ds.get("SamplesPerPixel", 1)),
+            bits_allocated=int(ds.BitsAllocated),
+            bits_stored=int(ds.get("BitsStored", ds.BitsAllocated)),
+            pixel_representation=int(ds.get("PixelRepresentation", 0)),
+            photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+            planar=int(ds.get("PlanarConfiguration", 0)) == 1,
+            syntax=str(ds.file_meta.TransferSyntaxUID),
+        )
 
 
-#: where a frame's compressed bytes lie in the stored file: (offset, length) of each of
-#: its fragments, as the index records them at ingest
-Ranges = tuple[tuple[int, int], ...]
+class FrameMismatch(ValueError):
+    """A frame's own bytes do not decode with the recorded attributes: the caller
+    decodes the whole instance instead."""
 
 
-def _read_ranges(path: str, ranges: Ranges) -> bytes:
-    with open(path, "rb", buffering=0) as f:
-        parts = []
-        for offset, length in ranges:
-            f.seek(offset)
-            parts.append(f.read(length))
-    return b"".join(parts)
-
-
-def _decode_fragments(path: str, ranges: Ranges) -> np.ndarray:
-    """One compressed frame decoded from its own bytes, with the image pixel attributes
-    read once per worker (:func:`pixel_info`): the same decoder and corrections as
-    :func:`pixel_array` on the file, without parsing the data set again for each frame
-    (a 512 x 512 JPEG 2000 frame: 0.9 of 22.5 ms)."""
-    info = pixel_info(path)
-    options: dict[str, Any] = {
+def _options(info: PixelInfo) -> dict[str, Any]:
+    return {
         "number_of_frames": 1,
         "rows": info.rows,
         "columns": info.columns,
@@ -181,40 +167,45 @@ def _decode_fragments(path: str, ranges: Ranges) -> np.ndarray:
         "photometric_interpretation": info.photometric,
         "planar_configuration": int(info.planar),
     }
-    decoder = get_decoder(info.syntax)
-    array, _ = decoder.as_array(encapsulate([_read_ranges(path, ranges)]), index=0, **options)
-    return array
 
 
-def _frame_array(path: str, index: int, ranges: Ranges | None = None) -> np.ndarray:
-    array = None
-    if ranges and pixel_info(path).syntax not in NATIVE_SYNTAXES:
-        try:
-            array = _decode_fragments(path, ranges)
-        except (AttributeError, ValueError, NotImplementedError, RuntimeError):
-            array = None  # what the data set says and the frame disagree: decode the file
-    if array is None:
-        try:
-            array = pixel_array(path, index=index)
-        except (AttributeError, ValueError, NotImplementedError):
-            # e.g. a deflated data set: read it whole first
-            array = pixel_array(pydicom.dcmread(Path(path)), index=index)
+def _little_endian(array: np.ndarray) -> np.ndarray:
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return array
 
 
-def decode_frame(path: str, index: int, ranges: Ranges | None = None) -> bytes:
-    """Frame ``index`` (0-based) of the stored file as native little endian pixel bytes.
+def frame_array(frame: bytes, info: PixelInfo) -> np.ndarray:
+    """One frame decoded from its own bytes (the compressed codestream of an
+    encapsulated syntax, or the native pixel bytes), with pydicom's decoder and
+    corrections, as :func:`pixel_array` on the file would give it. Raises
+    :class:`FrameMismatch` when the bytes and the attributes disagree."""
+    options = _options(info)
+    if info.syntax in NATIVE_SYNTAXES:
+        source, options["pixel_keyword"] = frame, "PixelData"
+    else:
+        source = encapsulate([frame])
+    try:
+        array, _ = get_decoder(info.syntax).as_array(source, index=0, **options)
+    except (AttributeError, ValueError, NotImplementedError, RuntimeError) as exc:
+        raise FrameMismatch(str(exc)) from exc
+    return _little_endian(array)
 
-    Colour frames stored as YCbCr in JPEG come out as RGB (pydicom's default), as a
-    decoder would show them; native colour keeps its Planar Configuration (0028,0006).
-    """
-    array = _frame_array(path, index, ranges)
-    info = pixel_info(path)
+
+def _native_bytes(array: np.ndarray, info: PixelInfo) -> bytes:
+    """Colour frames stored as YCbCr in JPEG come out as RGB (pydicom's default), as a
+    decoder would show them; native colour keeps its Planar Configuration (0028,0006)."""
     if array.ndim == 3 and info.planar and info.syntax in NATIVE_SYNTAXES:
         array = array.transpose(2, 0, 1)  # colour-by-plane, as the metadata says
     return np.ascontiguousarray(array).tobytes()
+
+
+def _file_frame(ds: pydicom.Dataset, index: int) -> np.ndarray:
+    return _little_endian(pixel_array(ds, index=index))
+
+
+def _parse(data: bytes) -> pydicom.Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
 
 
 def _jpeg_baseline(array: np.ndarray) -> bytes:
@@ -277,16 +268,28 @@ def _encode_array(array: np.ndarray, info: PixelInfo, target: str) -> bytes:
         raise TranscodeError(f"cannot encode as {UID(target).name}: {exc}") from exc
 
 
-def encode_frame(path: str, index: int, target: str, ranges: Ranges | None = None) -> bytes:
-    """Frame ``index`` (0-based) of the stored file, decoded and encoded in ``target``
-    (one encapsulated frame, PS3.5 A.4; its media type per PS3.18 Table 8.7.3-5).
-    ``ranges``: where the frame's compressed bytes are, when the index knows it."""
+def encode_frame(frame: bytes, info: PixelInfo, target: str) -> bytes:
+    """One frame from its own bytes, decoded and encoded in ``target`` (one
+    encapsulated frame, PS3.5 A.4, its media type per PS3.18 Table 8.7.3-5; native
+    little endian pixel bytes for Explicit VR Little Endian). Raises
+    :class:`FrameMismatch` (decode the whole instance) or :class:`TranscodeError`."""
+    array = frame_array(frame, info)
     if target == EXPLICIT_VR_LE:
-        return decode_frame(path, index, ranges)
-    return _encode_array(_frame_array(path, index, ranges), pixel_info(path), target)
+        return _native_bytes(array, info)
+    return _encode_array(array, info, target)
 
 
-def transcode_instance(path: str, target: str) -> bytes:
+def encode_frame_of_instance(data: bytes, index: int, target: str) -> bytes:
+    """Frame ``index`` (0-based) of a whole instance's bytes, as :func:`encode_frame`."""
+    ds = _parse(data)
+    info = PixelInfo.of(ds)
+    array = _file_frame(ds, index)
+    if target == EXPLICIT_VR_LE:
+        return _native_bytes(array, info)
+    return _encode_array(array, info, target)
+
+
+def transcode_instance(data: bytes, target: str) -> bytes:
     """The stored instance re-encoded in ``target`` (a Part 10 file).
 
     Explicit VR Little Endian is the default of application/dicom (PS3.18 8.7.3.5.2). For
@@ -299,10 +302,10 @@ def transcode_instance(path: str, target: str) -> bytes:
 
     if target != EXPLICIT_VR_LE and target not in ENCODABLE:
         raise TranscodeError(f"cannot encode instances in {target}")
-    ds = pydicom.dcmread(Path(path))
+    ds = _parse(data)
     syntax = ds.file_meta.TransferSyntaxUID
     if "PixelData" in ds and target != str(syntax):
-        info = pixel_info(path)
+        info = PixelInfo.of(ds)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if target == EXPLICIT_VR_LE:
             if syntax.is_compressed:
@@ -317,7 +320,7 @@ def transcode_instance(path: str, target: str) -> bytes:
                 if "PlanarConfiguration" in ds:
                     ds.PlanarConfiguration = 0
         else:
-            encoded = [encode_frame(path, i, target) for i in range(frames)]
+            encoded = [_encode_array(_file_frame(ds, i), info, target) for i in range(frames)]
             ds.PixelData = encapsulate(encoded)
             ds["PixelData"].VR = "OB"
             ds["PixelData"].is_undefined_length = True
@@ -337,6 +340,6 @@ def transcode_instance(path: str, target: str) -> bytes:
     return out.getvalue()
 
 
-def to_explicit_le(path: str) -> bytes:
-    """The stored instance as Explicit VR Little Endian with native pixel data."""
-    return transcode_instance(path, EXPLICIT_VR_LE)
+def to_explicit_le(data: bytes) -> bytes:
+    """The instance as Explicit VR Little Endian with native pixel data."""
+    return transcode_instance(data, EXPLICIT_VR_LE)

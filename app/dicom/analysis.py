@@ -250,6 +250,8 @@ def analyse_parsed(
             "samples_per_pixel": samples if pixel is not None else None,
             "photometric_interpretation": text(0x00280004),
             "number_of_frames": number_of_frames if pixel is not None else None,
+            "pixel_representation": integer(0x00280103),
+            "planar_configuration": integer(0x00280006),
         },
         study_json=encode(study_json),
         series_json=encode(series_json),

@@ -16,12 +16,12 @@ import msgspec
 from litestar import Request
 from litestar.response import Response
 
-from app.auth import links, tokens
+from app.auth import links
 from app.auth.principal import parse_scopes
 from app.dicom.uids import uid_problem
 from app.dicomweb.urls import DICOMWEB_PREFIX, request_base_url
 from app.errors import BadRequest
-from app.index import access
+from app.services import access
 
 
 class LinkRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -81,8 +81,7 @@ async def create_link(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 async def list_tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
-    async with request.app.state.pool.acquire() as conn:
-        rows = await access.list_tokens(conn)
+    rows = await access.list_tokens(request.app.state.pool)
     return _json(
         [
             {
@@ -103,13 +102,10 @@ async def create_token(request: Request[Any, Any, Any]) -> Response[bytes]:
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
     name = _name(wanted.name)
-    token = tokens.new_token()
-    async with request.app.state.pool.acquire() as conn:
-        await access.create_token(conn, name, tokens.token_hash(token), scopes)
+    token = await access.create_token(request.app.state.pool, name, scopes)
     return _json({"name": name, "scopes": scopes, "token": token}, 201)
 
 
 async def revoke_token(request: Request[Any, Any, Any]) -> None:
     name: str = request.path_params["name"]
-    async with request.app.state.pool.acquire() as conn:
-        await access.revoke_token(conn, _name(name))
+    await access.revoke_token(request.app.state.pool, _name(name))

@@ -11,30 +11,17 @@ import msgspec
 from litestar import Request
 from litestar.response import Response
 
-from app.errors import ServiceUnavailable
-from app.index.database import ping
 from app.observability import METRICS_CONTENT_TYPE, metrics_text
+from app.services.health import readiness
 
 log = logging.getLogger("pictor")
 
 
 async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Liveness and readiness: the index answers a query and the storage directories
-    take a new file (created, synced and removed); 503 naming what fails otherwise."""
+    """Liveness and readiness: the index answers a query and the storage takes a new
+    file (created, synced and removed); 503 naming what fails otherwise."""
     state = request.app.state
-    try:
-        await ping(state.pool)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-        log.error("health: the index does not answer: %s", exc)
-        raise ServiceUnavailable("index unreachable") from exc
-    try:
-        free = await state.store.probe()
-    except OSError as exc:
-        log.error("health: the storage is not writable: %s", exc)
-        raise ServiceUnavailable("storage not writable") from exc
-    body = msgspec.json.encode(
-        {"status": "ok", "database": "ok", "storage": {"writable": True, "free_bytes": free}}
-    )
+    body = msgspec.json.encode(await readiness(state.pool, state.store))
     return Response(body, media_type="application/json")
 
 

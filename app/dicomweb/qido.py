@@ -23,8 +23,7 @@ from app.dicom.uids import uid_problem
 from app.dicomweb.negotiation import SEARCH_MEDIA_TYPES, choose
 from app.dicomweb.urls import scope_base_url
 from app.errors import BadRequest, PictorError
-from app.index.query import MAX_PARAMETERS, Level
-from app.services.search import build_query, run
+from app.services.search import MAX_PARAMETERS, Level, build_query, run
 
 T = TypeVar("T")
 

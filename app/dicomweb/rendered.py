@@ -19,8 +19,7 @@ from typing import Any
 from litestar import Request
 from litestar.response import Response, Stream
 
-from app.codec import pool
-from app.codec.render import FORMATS, RenderOptions, render_animation, render_frame
+from app.codec.render import FORMATS, RenderOptions
 from app.dicomweb.negotiation import choose
 from app.dicomweb.wado import multipart_stream, parse_frame_list, target_scope
 from app.errors import BadRequest, NotFound
@@ -70,10 +69,6 @@ def render_options(request: Request[Any, Any, Any], *, thumbnail: bool = False) 
     return RenderOptions(media, window, viewport, quality)
 
 
-def _path(request: Request[Any, Any, Any], inst: StoredInstance) -> str:
-    return str(request.app.state.store.path(inst.file_key))
-
-
 def _image(data: bytes, media: str) -> Response[bytes]:
     return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
@@ -98,21 +93,18 @@ async def _render_all(
         count = stored[0].number_of_frames or 1
         indices = [n - 1 for n in frames] if frames else list(range(count))
         if len(indices) > 1:
-            data = await pool.run(render_animation, _path(request, stored[0]), indices, options)
+            data = await retrieve.animated(request.app.state.store, stored[0], indices, options)
             return _image(data, options.media_type)
     targets = [(inst, n - 1) for inst in stored for n in (frames or [1])]
     if len(targets) == 1:
         inst, index = targets[0]
-        return _image(
-            await pool.run(render_frame, _path(request, inst), index, options), options.media_type
-        )
+        data = await retrieve.rendered(request.app.state.store, inst, index, options)
+        return _image(data, options.media_type)
 
     async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         for inst, index in targets:
-            yield (
-                options.media_type,
-                _one(await pool.run(render_frame, _path(request, inst), index, options)),
-            )
+            data = await retrieve.rendered(request.app.state.store, inst, index, options)
+            yield options.media_type, _one(data)
 
     return multipart_stream(parts(), options.media_type)
 
@@ -153,9 +145,8 @@ async def _thumbnail(
     if options.window is not None or options.viewport != THUMBNAIL_SIZE or options.quality != 90:
         # only the default thumbnail is cached: a cache keyed by whatever parameters a
         # client sends would let it fill the disk (issue #13, bounded request dimensions)
-        return _image(
-            await pool.run(render_frame, _path(request, inst), index, options), options.media_type
-        )
+        data = await retrieve.rendered(request.app.state.store, inst, index, options)
+        return _image(data, options.media_type)
     settings = request.app.state.settings
     cache = Path(settings.data_dir) / "cache" / "thumbnails"
     extension = FORMATS[options.media_type].lower()
@@ -165,7 +156,7 @@ async def _thumbnail(
         return _image(path.read_bytes(), options.media_type)
     except OSError:
         pass
-    data = await pool.run(render_frame, _path(request, inst), index, options)
+    data = await retrieve.rendered(request.app.state.store, inst, index, options)
     cache.mkdir(parents=True, exist_ok=True)
     temp = cache / f".{name}.{secrets.token_hex(4)}"
     temp.write_bytes(data)

@@ -39,8 +39,7 @@ from app.auth.principal import confined_study
 from app.dicom.uids import uid_problem
 from app.dicomweb.urls import request_base_url
 from app.errors import BadRequest, PictorError
-from app.index.query import Level
-from app.services.search import build_query, run
+from app.services.search import Level, build_query, run
 
 #: media types the browser needs exactly (WebAssembly.instantiateStreaming insists on
 #: application/wasm); others come from :mod:`mimetypes`

@@ -29,14 +29,11 @@ from litestar import Request
 from litestar.response import Response, Stream
 
 from app.asgi import header, send_error, send_whole
-from app.codec import pool
 from app.codec.transcode import (
     ENCODABLE,
     TranscodeError,
     can_decode,
     can_encode,
-    encode_frame,
-    transcode_instance,
 )
 from app.dicom.json_model import BASE_MARKER
 from app.dicom.uids import EXPLICIT_VR_LE, uid_problem
@@ -53,7 +50,7 @@ from app.dicomweb.urls import request_base_url
 from app.errors import BadRequest, NotAcceptable, NotFound, PictorError, RangeNotSatisfiable
 from app.services import retrieve
 from app.services.retrieve import InstanceCache, Scope, StoredInstance
-from app.storage import FileBlobStore
+from app.storage import BlobStore
 
 
 def target_scope(request: Request[Any, Any, Any]) -> Scope:
@@ -243,7 +240,7 @@ class _Sink(io.RawIOBase):
         return out
 
 
-async def zip_body(store: FileBlobStore, stored: list[StoredInstance]) -> AsyncIterator[bytes]:
+async def zip_body(store: BlobStore, stored: list[StoredInstance]) -> AsyncIterator[bytes]:
     """The instances as stored, in a ZIP archive (stored entries, ZIP64 where needed),
     named ``study/series/sop.dcm``; memory holds one chunk at a time."""
     sink = _Sink()
@@ -270,7 +267,7 @@ async def _instances(request: Request[Any, Any, Any]) -> Stream:
     state = request.app.state
     stored = await retrieve.instances(state.pool, scope)
     accept = request.headers.get("accept")
-    store: FileBlobStore = state.store
+    store: BlobStore = state.store
     if wants_zip(accept):
         name = (scope.series or scope.study) + ".zip"
         return Stream(
@@ -286,9 +283,9 @@ async def _instances(request: Request[Any, Any, Any]) -> Stream:
         offers += [Offer("application/dicom", t) for t in _targets(inst)]
         chosen[inst.sop_instance_uid] = negotiate_multipart(accept, offers, DEFAULT_SYNTAX)
 
-    async def convert(path: str, target: str) -> bytes:
+    async def convert(inst: StoredInstance, target: str) -> bytes:
         try:
-            return await pool.run(transcode_instance, path, target)
+            return await retrieve.transcoded(store, inst, target)
         except TranscodeError as exc:
             raise NotAcceptable(str(exc)) from exc
 
@@ -298,7 +295,7 @@ async def _instances(request: Request[Any, Any, Any]) -> Stream:
     head = stored[0]
     if chosen[head.sop_instance_uid].transfer_syntax != head.transfer_syntax:
         target = chosen[head.sop_instance_uid].transfer_syntax
-        first = await convert(str(store.path(head.file_key)), target)
+        first = await convert(head, target)
 
     async def once(data: bytes) -> AsyncIterator[bytes]:
         yield data
@@ -311,7 +308,7 @@ async def _instances(request: Request[Any, Any, Any]) -> Stream:
             elif i == 0 and first is not None:
                 yield offer.header(), once(first)
             else:
-                data = await convert(str(store.path(inst.file_key)), offer.transfer_syntax)
+                data = await convert(inst, offer.transfer_syntax)
                 yield offer.header(), once(data)
 
     return multipart_stream(parts(), "application/dicom")
@@ -387,7 +384,7 @@ def _frame_choice_for(
 
 
 async def _stored_frames(
-    store: FileBlobStore, inst: StoredInstance, numbers: list[int], chosen: Offer
+    store: BlobStore, inst: StoredInstance, numbers: list[int], chosen: Offer
 ) -> tuple[str, bytearray] | None:
     """Stored frames as one multipart body (its media type and bytes), read straight into
     it; None when they are too large to build whole (they are streamed then)."""
@@ -418,7 +415,7 @@ async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream | Response[
     ranges recorded at ingest), or transcoded in a worker: decoded to native Explicit VR
     Little Endian, or encoded as RLE, JPEG-LS, JPEG 2000 or JPEG Baseline, with the
     media type of PS3.18 Table 8.7.3-5. (Stored frames usually leave through
-    :class:`FramesFastPath` before reaching this handler.)"""
+    :func:`hot_frames` before reaching this handler.)"""
     scope = target_scope(request)
     state = request.app.state
     inst = await retrieve.instance(state.pool, scope)
@@ -426,14 +423,12 @@ async def retrieve_frames(request: Request[Any, Any, Any]) -> Stream | Response[
         raise NotFound(f"{scope.describe()} has no pixel data frames")
     numbers = parse_frame_list(request.path_params["frames"], inst.number_of_frames)
     chosen, as_stored = _frame_choice(inst, request.headers.get("accept"))
-    store: FileBlobStore = state.store
-    path = str(store.path(inst.file_key))
+    store: BlobStore = state.store
     header = chosen.header()
 
     async def encoded(number: int) -> bytes:
         try:
-            ranges = tuple(inst.frame_ranges(number)) if inst.frame_offsets is not None else None
-            return await pool.run(encode_frame, path, number - 1, chosen.transfer_syntax, ranges)
+            return await retrieve.encoded_frame(store, inst, number, chosen.transfer_syntax)
         except TranscodeError as exc:
             raise NotAcceptable(f"frame {number}: {exc}") from exc
 
@@ -566,7 +561,7 @@ async def retrieve_bulk(request: Request[Any, Any, Any]) -> Stream:
         start, size = wanted
         headers["Content-Range"] = f"bytes {start}-{start + size - 1}/{length}"
         offset, length, status = offset + start, size, 206
-    store: FileBlobStore = state.store
+    store: BlobStore = state.store
     if single:
         headers["Content-Length"] = str(length)
         return Stream(

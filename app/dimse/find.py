@@ -43,8 +43,7 @@ from app.dicom.uids import (
 from app.dimse.resources import Resources
 from app.dimse.status import CANCEL, PENDING, IdentifierError, Service, failure
 from app.errors import BadRequest
-from app.index.query import Level, Query
-from app.services.search import build_query, run
+from app.services.search import Level, Query, build_query, run
 
 QUERY_RETRIEVE_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005

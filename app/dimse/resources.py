@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.bootstrap import Pool
 from app.config import Settings
 from app.dimse.bridge import Bridge
-from app.index.database import Pool
 from app.services.ingest import Ingest
-from app.storage import FileBlobStore
+from app.storage import BlobStore
 
 
 @dataclass(frozen=True)
 class Resources:
     settings: Settings
     pool: Pool
-    store: FileBlobStore
+    store: BlobStore
     ingest: Ingest
     bridge: Bridge

@@ -11,7 +11,7 @@ Transfer syntax (PS3.4 C.4.2.3.1 / C.4.3.3.1): an instance goes out in its store
 transfer syntax when the peer accepted that syntax for its SOP class; an uncompressed
 little endian one may go in any other uncompressed little endian syntax the peer took
 (pynetdicom re-encodes the data set); otherwise it is decoded and sent as Explicit VR
-Little Endian (:func:`app.codec.transcode.to_explicit_le`) if the peer took an
+Little Endian (:func:`app.services.retrieve.transcoded`) if the peer took an
 uncompressed syntax, else re-encoded in a lossless syntax the peer took and the codecs
 can write (JPEG 2000 lossless, JPEG-LS lossless, RLE; never a lossy one), or the
 sub-operation fails. pynetdicom counts the sub-operations
@@ -40,19 +40,22 @@ from pynetdicom.presentation import PresentationContext
 
 from app.codec.transcode import (
     can_encode,
-    pixel_info,
-    to_explicit_le,
-    transcode_instance,
 )
-from app.dicom.uids import J2K_LOSSLESS, JPEG_LS_LOSSLESS, RLE_LOSSLESS, VERIFICATION
+from app.dicom.uids import (
+    EXPLICIT_VR_LE,
+    J2K_LOSSLESS,
+    JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
+    VERIFICATION,
+)
 from app.dimse.find import MODELS, SERIES_UID, SOP_INSTANCE_UID, STUDY_UID, parse_identifier
 from app.dimse.find import search_all as search_all_pages
 from app.dimse.network import no_delay
 from app.dimse.resources import Resources
 from app.dimse.status import CANCEL, PENDING, Service, failure
 from app.errors import NotFound
-from app.index.query import Query
-from app.services.retrieve import Scope, StoredInstance, instances
+from app.services.retrieve import Scope, StoredInstance, instances, transcoded
+from app.services.search import Query
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +90,16 @@ def plan(stored: str, offered: frozenset[str]) -> Plan | None:
     return None
 
 
-def lossless_target(path: str, offered: frozenset[str]) -> str | None:
-    """A lossless syntax of ``offered`` the codecs can encode this instance's pixels in."""
-    info = pixel_info(path)
+def lossless_target(inst: StoredInstance, offered: frozenset[str]) -> str | None:
+    """A lossless syntax of ``offered`` the codecs can encode this instance's pixels in
+    (by the attributes the index recorded)."""
     for target in LOSSLESS_TARGETS:
         if target in offered and can_encode(
             target,
-            bits_allocated=info.bits_allocated,
-            bits_stored=info.bits_stored,
-            samples=info.samples,
-            photometric=info.photometric,
+            bits_allocated=inst.bits_allocated,
+            bits_stored=inst.bits_stored,
+            samples=inst.samples_per_pixel or 1,
+            photometric=inst.photometric or "",
         ):
             return target
     return None
@@ -228,19 +231,8 @@ class Retrieve:
         """The data set to send, or one pynetdicom cannot send (counted as a failed
         sub-operation with its SOP Instance UID in the Failed SOP Instance UID List)."""
         how = plan(inst.transfer_syntax, offered)
-        path = self.res.store.path(inst.file_key)
-        try:
-            if how is Plan.AS_STORED:
-                return dcmread(path)
-            if how is Plan.TRANSCODE:
-                return _same_instance(dcmread(io.BytesIO(to_explicit_le(str(path)))), inst)
-            target = lossless_target(str(path), offered) if how is Plan.ENCODE else None
-            if target is not None:
-                encoded = transcode_instance(str(path), target)
-                return _same_instance(dcmread(io.BytesIO(encoded)), inst)
-        except Exception:  # noqa: BLE001 - one failed sub-operation, the others go on
-            log.exception("instance %s could not be prepared", inst.sop_instance_uid)
-        else:
+        target = lossless_target(inst, offered) if how is Plan.ENCODE else None
+        if how is None or (how is Plan.ENCODE and target is None):
             log.warning(
                 "instance %s (%s) cannot be sent: the peer accepted %s for %s",
                 inst.sop_instance_uid,
@@ -248,6 +240,19 @@ class Retrieve:
                 sorted(offered) or "nothing",
                 inst.sop_class_uid,
             )
+        else:
+            try:
+                # through the retrieve service on the loop: bytes from the blob store,
+                # re-encoding in the codec workers
+                store, run = self.res.store, self.res.bridge.run
+                if how is Plan.AS_STORED:
+                    return dcmread(io.BytesIO(run(store.read(inst.file_key))))
+                syntax = EXPLICIT_VR_LE if how is Plan.TRANSCODE else target
+                assert syntax is not None
+                encoded = run(transcoded(store, inst, syntax))
+                return _same_instance(dcmread(io.BytesIO(encoded)), inst)
+            except Exception:  # noqa: BLE001 - one failed sub-operation, the others go on
+                log.exception("instance %s could not be prepared", inst.sop_instance_uid)
         unsendable = Dataset()  # no File Meta: no presentation context can carry it
         unsendable.SOPClassUID = inst.sop_class_uid
         unsendable.SOPInstanceUID = inst.sop_instance_uid

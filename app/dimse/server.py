@@ -42,6 +42,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from app.auth.audit import AuditLog
+from app.bootstrap import create_pool, open_store
 from app.config import ConfigError, Settings, load_settings
 from app.dicom.uids import VERIFICATION
 from app.dimse.audit import audited
@@ -53,9 +54,7 @@ from app.dimse.resources import Resources
 from app.dimse.retrieve import Retrieve
 from app.dimse.status import SUCCESS
 from app.dimse.store import Storage
-from app.index.database import create_pool
 from app.services.ingest import Ingest
-from app.storage import FileBlobStore
 
 log = logging.getLogger("pictor.dimse")
 
@@ -161,7 +160,7 @@ async def serve(settings: Settings) -> None:
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     audit = AuditLog(pool) if settings.audit_enabled else None
     try:
-        store = FileBlobStore(settings.storage_dir, settings.tmp_dir)
+        store = open_store(settings)
         res = Resources(settings, pool, store, Ingest(settings, pool, store), Bridge(loop))
         evt_handlers = handlers(res)
         if restricted(settings):

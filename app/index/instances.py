@@ -87,16 +87,17 @@ _INSERT_INSTANCES = """
 INSERT INTO instance (series_pk, study_pk, sop_instance_uid, sop_class_uid, instance_number,
     transfer_syntax_uid, rows, columns, bits_allocated, bits_stored, samples_per_pixel,
     photometric_interpretation, number_of_frames, file_key, file_size, file_sha256,
-    frame_offsets, frame_lengths, frame_first, bulk, metadata, attrs)
+    frame_offsets, frame_lengths, frame_first, bulk, metadata, attrs, pixel_representation,
+    planar_configuration)
 SELECT t.series_pk, t.study_pk, t.sop, t.cls, t.num, t.ts, t.r, t.c, t.ba, t.bs, t.spp, t.pi,
     t.nf, t.key, t.size, t.sha, t.offs::bigint[], t.lens::bigint[], t.firsts::int[], t.bulk,
-    t.meta, t.attrs
+    t.meta, t.attrs, t.pr, t.pc
 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[],
     $7::int[], $8::int[], $9::int[], $10::int[], $11::int[], $12::text[], $13::int[],
     $14::text[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[],
-    $20::json[], $21::json[], $22::jsonb[])
+    $20::json[], $21::json[], $22::jsonb[], $23::smallint[], $24::smallint[])
     AS t(series_pk, study_pk, sop, cls, num, ts, r, c, ba, bs, spp, pi, nf, key, size, sha,
-         offs, lens, firsts, bulk, meta, attrs)
+         offs, lens, firsts, bulk, meta, attrs, pr, pc)
 ON CONFLICT (sop_instance_uid) DO NOTHING
 RETURNING sop_instance_uid
 """
@@ -322,7 +323,7 @@ def _instance_columns(
     series_pks: dict[str, tuple[int, int]],
     study_pks: dict[str, int],
 ) -> list[list[Any]]:
-    cols: list[list[Any]] = [[] for _ in range(22)]
+    cols: list[list[Any]] = [[] for _ in range(24)]
     for item in items:
         a = item.analysis
         inst = a.instance
@@ -350,6 +351,8 @@ def _instance_columns(
             msgspec.json.encode(a.bulk),
             a.metadata,
             a.instance_json,
+            inst["pixel_representation"],
+            inst["planar_configuration"],
         )
         for col, value in zip(cols, row):
             col.append(value)

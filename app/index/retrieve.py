@@ -44,6 +44,10 @@ class StoredInstance:
     bits_stored: int | None = None
     samples_per_pixel: int | None = None
     photometric: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+    pixel_representation: int | None = None
+    planar_configuration: int | None = None
 
     def frame_ranges(self, number: int) -> list[tuple[int, int]]:
         """Byte ranges of frame ``number`` (1-based, PS3.18 10.4.1.1.4) in the stored file."""
@@ -88,27 +92,36 @@ async def metadata(pool: asyncpg.Pool, scope: Scope) -> list[tuple[bytes, str]]:
 _COLUMNS = """i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_key,
     i.file_size, i.file_sha256, i.number_of_frames, i.frame_offsets, i.frame_lengths,
     i.frame_first, i.bits_allocated, i.bulk, se.series_uid, i.bits_stored,
-    i.samples_per_pixel, i.photometric_interpretation"""
+    i.samples_per_pixel, i.photometric_interpretation, i.rows, i.columns,
+    i.pixel_representation, i.planar_configuration"""
 
 
 def _stored(r: asyncpg.Record) -> StoredInstance:
+    def ints(name: str) -> list[int] | None:
+        value = r[name]
+        return list(value) if value is not None else None
+
     return StoredInstance(
-        sop_instance_uid=r[0],
-        series_uid=r[12],
-        sop_class_uid=r[1],
-        transfer_syntax=r[2],
-        file_key=r[3],
-        file_size=r[4],
-        file_sha256=r[5],
-        number_of_frames=r[6],
-        frame_offsets=list(r[7]) if r[7] is not None else None,
-        frame_lengths=list(r[8]) if r[8] is not None else None,
-        frame_first=list(r[9]) if r[9] is not None else None,
-        bits_allocated=r[10],
-        bulk=bytes(r[11]),
-        bits_stored=r[13],
-        samples_per_pixel=r[14],
-        photometric=r[15],
+        sop_instance_uid=r["sop_instance_uid"],
+        series_uid=r["series_uid"],
+        sop_class_uid=r["sop_class_uid"],
+        transfer_syntax=r["transfer_syntax_uid"],
+        file_key=r["file_key"],
+        file_size=r["file_size"],
+        file_sha256=r["file_sha256"],
+        number_of_frames=r["number_of_frames"],
+        frame_offsets=ints("frame_offsets"),
+        frame_lengths=ints("frame_lengths"),
+        frame_first=ints("frame_first"),
+        bits_allocated=r["bits_allocated"],
+        bulk=bytes(r["bulk"]),
+        bits_stored=r["bits_stored"],
+        samples_per_pixel=r["samples_per_pixel"],
+        photometric=r["photometric_interpretation"],
+        rows=r["rows"],
+        columns=r["columns"],
+        pixel_representation=r["pixel_representation"],
+        planar_configuration=r["planar_configuration"],
     )
 
 
@@ -133,6 +146,6 @@ async def instance(pool: asyncpg.Pool, scope: Scope) -> StoredInstance:
         )
     except INDEX_ERRORS as exc:
         raise index_failure("the index could not be read", exc) from exc
-    if row is None or row[12] != scope.series or row[16] != scope.study:
+    if row is None or row["series_uid"] != scope.series or row["study_uid"] != scope.study:
         raise NotFound(f"no {scope.describe()} is stored here")
     return _stored(row)

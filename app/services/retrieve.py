@@ -15,10 +15,20 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+from app.codec import pool
+from app.codec.render import RenderOptions, render_animation, render_frame
+from app.codec.transcode import (
+    FrameMismatch,
+    PixelInfo,
+    encode_frame,
+    encode_frame_of_instance,
+    transcode_instance,
+)
 from app.index import retrieve as index_retrieve
 from app.index.database import Listener, Pool
 from app.index.instances import CHANGED_CHANNEL
 from app.index.retrieve import Scope, StoredInstance
+from app.storage import BlobStore
 
 #: seconds a looked-up instance serves further requests without another index probe (a
 #: cine loop, a slide's tiles), and how many are kept per server process
@@ -27,11 +37,18 @@ CACHE_SIZE = 2048
 
 __all__ = [
     "InstanceCache",
+    "PixelInfo",
     "Scope",
     "StoredInstance",
+    "animated",
+    "encoded_frame",
+    "frame_bytes",
     "instance",
     "instances",
     "metadata",
+    "pixel_info",
+    "rendered",
+    "transcoded",
 ]
 
 
@@ -97,3 +114,74 @@ class InstanceCache:
             old, _ = self._recent.popitem(last=False)
             self._keys.pop(old[2], None)
         return inst
+
+
+# -- pixels: bytes from the blob store, work in the codec pool --------------------------
+
+
+def pixel_info(inst: StoredInstance) -> PixelInfo | None:
+    """The image pixel attributes the index recorded at ingest (PS3.3 C.7.6.3), or
+    None where one is missing (an instance indexed before they were recorded)."""
+    needed = (inst.rows, inst.columns, inst.bits_allocated, inst.pixel_representation)
+    if any(v is None for v in needed) or inst.photometric is None:
+        return None
+    assert inst.rows is not None and inst.columns is not None
+    assert inst.bits_allocated is not None and inst.pixel_representation is not None
+    return PixelInfo(
+        rows=inst.rows,
+        columns=inst.columns,
+        samples=inst.samples_per_pixel or 1,
+        bits_allocated=inst.bits_allocated,
+        bits_stored=inst.bits_stored or inst.bits_allocated,
+        pixel_representation=inst.pixel_representation,
+        photometric=inst.photometric,
+        planar=inst.planar_configuration == 1,
+        syntax=inst.transfer_syntax,
+    )
+
+
+async def frame_bytes(store: BlobStore, inst: StoredInstance, number: int) -> bytes:
+    """Frame ``number``'s bytes as stored: its fragments' ranges, read in one go."""
+    ranges = inst.frame_ranges(number)
+    buffer = bytearray(sum(length for _, length in ranges))
+    view = memoryview(buffer)
+    targets, at = [], 0
+    for offset, length in ranges:
+        targets.append((offset, view[at : at + length]))
+        at += length
+    await store.read_into(inst.file_key, targets)
+    return bytes(buffer)
+
+
+async def encoded_frame(store: BlobStore, inst: StoredInstance, number: int, target: str) -> bytes:
+    """Frame ``number`` (1-based) decoded and encoded in ``target`` by a codec worker,
+    from the frame's own bytes and the recorded attributes; from the whole instance
+    when those do not hold a decodable frame (or are not recorded)."""
+    info = pixel_info(inst)
+    if info is not None and inst.frame_offsets is not None:
+        frame = await frame_bytes(store, inst, number)
+        try:
+            return await pool.run(encode_frame, frame, info, target)
+        except FrameMismatch:
+            pass
+    data = await store.read(inst.file_key)
+    return await pool.run(encode_frame_of_instance, data, number - 1, target)
+
+
+async def transcoded(store: BlobStore, inst: StoredInstance, target: str) -> bytes:
+    """The whole instance re-encoded in ``target`` (a Part 10 file)."""
+    return await pool.run(transcode_instance, await store.read(inst.file_key), target)
+
+
+async def rendered(
+    store: BlobStore, inst: StoredInstance, index: int, options: RenderOptions
+) -> bytes:
+    """Frame ``index`` (0-based) rendered for people (PS3.18 8.3.5)."""
+    return await pool.run(render_frame, await store.read(inst.file_key), index, options)
+
+
+async def animated(
+    store: BlobStore, inst: StoredInstance, indices: list[int], options: RenderOptions
+) -> bytes:
+    """Frames (0-based) of a multi-frame instance as one animated GIF."""
+    return await pool.run(render_animation, await store.read(inst.file_key), indices, options)

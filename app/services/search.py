@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from app.index import search as index_search
 from app.index.database import Pool
-from app.index.query import DEFAULT_LIMIT, Level, Query, confine, parse_query
+from app.index.query import DEFAULT_LIMIT, MAX_PARAMETERS, Level, Query, confine, parse_query
+
+__all__ = ["MAX_PARAMETERS", "Found", "Level", "Query", "build_query", "run"]
 
 
 @dataclass(frozen=True)
