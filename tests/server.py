@@ -121,10 +121,12 @@ class PictorProcess:
         return int(code)
 
     def kill(self) -> None:
-        """SIGKILL the server and its worker processes at once (a crash)."""
+        """SIGKILL the server and its worker processes at once (a crash). The parent
+        goes first: uvicorn's supervisor replaces a dead worker, and a replacement
+        started between two kills would live on, taking uploads, after the "crash"."""
         if self.proc is None:
             return
-        for pid in reversed(self.pids()):
+        for pid in self.pids():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
