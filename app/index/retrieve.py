@@ -89,11 +89,15 @@ async def metadata(pool: asyncpg.Pool, scope: Scope) -> list[tuple[bytes, str]]:
     return [(bytes(r[0]), str(r[1])) for r in rows]
 
 
+#: (rows stored before schemas/007 have the two pixel attributes in their metadata only)
 _COLUMNS = """i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_key,
     i.file_size, i.file_sha256, i.number_of_frames, i.frame_offsets, i.frame_lengths,
     i.frame_first, i.bits_allocated, i.bulk, se.series_uid, i.bits_stored,
     i.samples_per_pixel, i.photometric_interpretation, i.rows, i.columns,
-    i.pixel_representation, i.planar_configuration"""
+    COALESCE(i.pixel_representation, (i.metadata #>> '{00280103,Value,0}')::smallint)
+        AS pixel_representation,
+    COALESCE(i.planar_configuration, (i.metadata #>> '{00280006,Value,0}')::smallint)
+        AS planar_configuration"""
 
 
 def _stored(r: asyncpg.Record) -> StoredInstance:

@@ -8,6 +8,7 @@ decoding of the original bit for bit; lossy ones stay within their bounds.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
@@ -25,7 +26,11 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.pixels import pixel_array
 from test_wado import parts
 
-from conftest import Archive, multipart
+from app.index.database import create_pool
+from app.index.retrieve import Scope, StoredInstance, instance
+from app.services.retrieve import pixel_info
+
+from conftest import Archive, Pictor, embedded_dsn, multipart
 from synth import big_multiframe, ct_slice, new_uids
 
 RLE = "1.2.840.10008.1.2.5"
@@ -72,6 +77,50 @@ def decode_part(header: Dataset, body: bytes, syntax: str, photometric: str) -> 
 def encodable(header: Dataset) -> bool:
     """What every one of RLE, JPEG-LS and JPEG 2000 lossless accepts (PS3.5 8.2)."""
     return header.get("SamplesPerPixel", 1) in (1, 3) and header.BitsAllocated in (8, 16)
+
+
+def test_instances_indexed_before_the_pixel_columns_still_decode_from_their_frames(
+    archive: Archive,
+) -> None:
+    """Rows stored before schemas/007 have no Pixel Representation / Planar
+    Configuration columns: the index reads them from the stored metadata, and a
+    frame is decoded from its own bytes as for a new row."""
+    study, series = new_uids()
+    ds = pydicom.dcmread(DicomBytesIO(ct_slice(study, series, 0, rows=64, cols=64)))
+    ds.compress(J2K_LOSSLESS, generate_instance_uid=False)
+    out = DicomBytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    assert archive.stow(multipart([out.getvalue()])).status_code == 200
+    archive.query(
+        "UPDATE instance SET pixel_representation = NULL, planar_configuration = NULL"
+        " WHERE sop_instance_uid = $1",
+        ds.SOPInstanceUID,
+    )
+    base = f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}"
+    r = archive.http.get(
+        f"{base}/frames/1", headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+    )
+    assert r.status_code == 200
+    ((_, body),) = parts(r)
+    assert body == np.ascontiguousarray(ds.pixel_array).tobytes()
+    row = archive.query(
+        "SELECT pixel_representation FROM instance WHERE sop_instance_uid = $1", ds.SOPInstanceUID
+    )
+    assert row[0][0] is None  # the row itself was not rewritten
+
+    async def lookup() -> StoredInstance:
+        pool = await create_pool(embedded_dsn(archive.data_dir), min_size=1, max_size=1)
+        try:
+            return await instance(pool, Scope(study, series, ds.SOPInstanceUID))
+        finally:
+            await pool.close()
+
+    found = asyncio.run(lookup())
+    assert (found.pixel_representation, found.planar_configuration) == (
+        ds.PixelRepresentation,
+        None,
+    )
+    assert pixel_info(found) is not None  # so the frame is decoded from its own bytes
 
 
 def test_frames_in_every_lossless_syntax_decode_to_the_original(
@@ -270,40 +319,38 @@ def test_search_answers_while_workers_transcode(archive: Archive, tmp_path: Path
     assert answered < min(finished)
 
 
-def test_a_replaced_instance_is_never_served_from_the_old_file(tmp_path: Path) -> None:
+def test_a_replaced_instance_is_never_served_from_the_old_file(
+    tmp_path: Path, pictor: Pictor
+) -> None:
     """The frames fast path reuses a looked-up instance for later frames; after the
     instance is replaced (PICTOR_ON_DUPLICATE=replace) the next frame is the new one."""
-    from server import PictorProcess
 
-    server = PictorProcess(tmp_path / "data", env={"PICTOR_ON_DUPLICATE": "replace"}).start()
-    try:
-        http = httpx.Client(base_url=server.dicomweb, timeout=60)
-        study, series = new_uids()
-        first = ct_slice(study, series, 0, rows=32, cols=32, seed=1)
-        second = ct_slice(study, series, 0, rows=32, cols=32, seed=2)
-        ds = pydicom.dcmread(DicomBytesIO(first))
-        star = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-        ctype = 'multipart/related; type="application/dicom"; boundary=pictor-test-boundary'
-        assert (
-            http.post(
-                "/studies", content=multipart([first]), headers={"Content-Type": ctype}
-            ).status_code
-            == 200
-        )
-        for _ in range(3):  # every server process has it now
-            r = http.get(f"{instance_path(ds)}/frames/1", headers={"Accept": star})
-            assert parts(r)[0][1] == ds.PixelData
-        assert (
-            http.post(
-                "/studies", content=multipart([second]), headers={"Content-Type": ctype}
-            ).status_code
-            == 200
-        )
-        new = pydicom.dcmread(DicomBytesIO(second)).PixelData
-        assert new != ds.PixelData
-        for _ in range(3):
-            r = http.get(f"{instance_path(ds)}/frames/1", headers={"Accept": star})
-            assert parts(r)[0][1] == new
-        http.close()
-    finally:
-        server.stop()
+    server = pictor(tmp_path / "data", env={"PICTOR_ON_DUPLICATE": "replace"})
+    http = httpx.Client(base_url=server.dicomweb, timeout=60)
+    study, series = new_uids()
+    first = ct_slice(study, series, 0, rows=32, cols=32, seed=1)
+    second = ct_slice(study, series, 0, rows=32, cols=32, seed=2)
+    ds = pydicom.dcmread(DicomBytesIO(first))
+    star = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    ctype = 'multipart/related; type="application/dicom"; boundary=pictor-test-boundary'
+    assert (
+        http.post(
+            "/studies", content=multipart([first]), headers={"Content-Type": ctype}
+        ).status_code
+        == 200
+    )
+    for _ in range(3):  # every server process has it now
+        r = http.get(f"{instance_path(ds)}/frames/1", headers={"Accept": star})
+        assert parts(r)[0][1] == ds.PixelData
+    assert (
+        http.post(
+            "/studies", content=multipart([second]), headers={"Content-Type": ctype}
+        ).status_code
+        == 200
+    )
+    new = pydicom.dcmread(DicomBytesIO(second)).PixelData
+    assert new != ds.PixelData
+    for _ in range(3):
+        r = http.get(f"{instance_path(ds)}/frames/1", headers={"Accept": star})
+        assert parts(r)[0][1] == new
+    http.close()
