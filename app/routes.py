@@ -32,8 +32,8 @@ from app.asgi import error_body, send_whole, warning_header
 from app.auth.principal import ADMIN, READ, WRITE
 from app.dicomweb import admin, monitoring, qido, rendered, stow, viewer, wado
 from app.dicomweb.urls import DICOMWEB_PREFIX
-from app.index.query import Level
 from app.observability import ROUTE_KEY
+from app.services.search import Level
 
 #: a handler answering below the framework: (app state, scope, receive, send, path
 #: parameters) -> whether it answered (False: the framework route takes the request)

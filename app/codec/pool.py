@@ -3,7 +3,7 @@
 Each server process has its own pool of up to one worker per core: the kernel hands
 connections to server processes unevenly (a viewer's six connections can all land on
 one), and a process with a single codec worker then transcoded on one core while the
-others idled (measured: 40 instead of 70 JPEG 2000 frames/s in one round out of three).
+others idled (benchmarks/README.md has the figures).
 Workers beyond the first start on demand (ProcessPoolExecutor spawns one only when
 none is idle), so an archive that transcodes little keeps one per server process. The
 first is started and warmed (pydicom, numpy and the codec plugins imported) in the

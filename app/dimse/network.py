@@ -2,9 +2,8 @@
 
 pynetdicom writes a DIMSE message as several PDUs (a command set, then the data set,
 PS3.8 9.3.5 / PS3.7 6.3.1), each with its own send. With Nagle's algorithm on, the
-second small send waits for the peer's delayed acknowledgement of the first: about 40 ms
-on every C-FIND response and C-STORE (measured here: a C-FIND of no match took 50 ms,
-of a few matches 100 ms). TCP_NODELAY sends each PDU at once.
+second small send waits for the peer's delayed acknowledgement of the first (40 ms on
+Linux) on every C-FIND response and C-STORE. TCP_NODELAY sends each PDU at once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The PostgreSQL index: schema migrations, ingest writes, and (later) the QIDO compiler.
+"""The PostgreSQL index: schema migrations, ingest writes, retrieve reads, the QIDO
+query model and its compiler, access control's tables, change notification.
 
 Only this package imports asyncpg.
 """

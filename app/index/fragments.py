@@ -1,7 +1,7 @@
 """Precomputed study-level QIDO answers, kept current by a trigger.
 
 Most study searches return the default attributes of PS3.18 Table 10.6.3-3 (or all of
-them): building those objects for ~100 rows cost PostgreSQL 2-4 ms per search. Each study
+them): building those objects for every page is PostgreSQL's largest cost. Each study
 row instead stores both answers as JSON text (columns ``qido`` and ``qido_all``, migration
 005), RetrieveURL under the base-URL marker, and a search sends the stored text.
 

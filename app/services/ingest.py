@@ -97,10 +97,10 @@ class Part:
 
 
 class Ingest:
-    """Analysis runs in the calling process: parsing costs about 0.5 ms per instance
-    whatever its size (values are not read, only walked), less than handing the file to
-    a worker process would cost (measured). Several server processes use several cores;
-    file I/O and hashing run in threads, in parallel with the event loop."""
+    """Analysis runs in the calling process: parsing walks the data set without reading
+    its values, which costs less than handing the bytes to a worker process would.
+    Several server processes use several cores; file I/O and hashing run in threads, in
+    parallel with the event loop."""
 
     def __init__(self, settings: Settings, pool: Pool, store: BlobStore) -> None:
         self.settings = settings
