@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,37 @@ class Archive:
 
     def tmp_files(self) -> list[str]:
         return sorted(p.name for p in (self.data_dir / "tmp").iterdir())
+
+
+#: starts a ``pictor serve`` (PictorProcess's arguments) that the test's end stops
+Pictor = Callable[..., PictorProcess]
+
+
+def _servers() -> Iterator[Pictor]:
+    started: list[PictorProcess] = []
+
+    def start(data_dir: Path, **options: Any) -> PictorProcess:
+        process = PictorProcess(data_dir, **options).start()
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+@pytest.fixture
+def pictor() -> Iterator[Pictor]:
+    """A factory of real servers on loopback, each stopped when the test ends."""
+    yield from _servers()
+
+
+@pytest.fixture(scope="module")
+def pictor_module() -> Iterator[Pictor]:
+    """The same, for module fixtures: stopped when the module's tests are done."""
+    yield from _servers()
 
 
 @pytest.fixture(scope="session")

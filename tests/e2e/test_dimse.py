@@ -33,7 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from conftest import Archive, multipart
+from conftest import Archive, Pictor, multipart
 from corpus import get_ref, make_patched_copy, reference_files
 from server import PictorProcess, free_port
 from synth import ct_slice, new_uids
@@ -727,51 +727,47 @@ def test_pynetdicom_get_reencodes_for_a_peer_taking_only_jpeg2000(
 # -- restriction ---------------------------------------------------------------------------------
 
 
-def test_restricted_calling_ae_titles(tmp_path: Path) -> None:
+def test_restricted_calling_ae_titles(tmp_path: Path, pictor: Pictor) -> None:
     """PICTOR_DIMSE_RESTRICT: an unknown calling AE title gets A-ASSOCIATE-RJ (PS3.8
     9.3.4, reason 3); a known one associates. Ctrl-C stops the DIMSE process too."""
     port = free_port()
-    process = PictorProcess(
+    process = pictor(
         tmp_path / "data",
         env={
             "PICTOR_DIMSE_PORT": str(port),
             "PICTOR_DIMSE_RESTRICT": "1",
             "PICTOR_DIMSE_PEERS": f"KNOWN@127.0.0.1:{free_port()}",
         },
-    ).start()
-    try:
-        pids = [
-            pid for pid in process.pids() if "app.dimse" in " ".join(psutil.Process(pid).cmdline())
-        ]
-        assert len(pids) == 1
+    )
+    pids = [pid for pid in process.pids() if "app.dimse" in " ".join(psutil.Process(pid).cmdline())]
+    assert len(pids) == 1
 
-        def echo(aet: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [
-                    str(DCMTK / "echoscu"),
-                    "-v",
-                    "-aet",
-                    aet,
-                    "-aec",
-                    "PICTOR",
-                    "127.0.0.1",
-                    str(port),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-
-        stranger = echo("STRANGER")
-        assert stranger.returncode != 0
-        assert (
-            "Association Rejected" in stranger.stderr
-            and "Calling AE Title Not Recognized" in stranger.stderr
+    def echo(aet: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(DCMTK / "echoscu"),
+                "-v",
+                "-aet",
+                aet,
+                "-aec",
+                "PICTOR",
+                "127.0.0.1",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
-        known = echo("KNOWN")
-        assert known.returncode == 0, known.stderr
-    finally:
-        process.stop()
+
+    stranger = echo("STRANGER")
+    assert stranger.returncode != 0
+    assert (
+        "Association Rejected" in stranger.stderr
+        and "Calling AE Title Not Recognized" in stranger.stderr
+    )
+    known = echo("KNOWN")
+    assert known.returncode == 0, known.stderr
+    process.stop()  # Ctrl-C
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(
         psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids

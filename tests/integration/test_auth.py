@@ -40,7 +40,7 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 
 from app.auth import links
 
-from conftest import Archive, content_type, multipart
+from conftest import Archive, Pictor, content_type, multipart
 from server import PictorProcess, free_port
 from synth import ct_slice, new_uids, sop_instance_uid
 
@@ -754,23 +754,20 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_https(tmp_path: Path) -> None:
+def test_https(tmp_path: Path, pictor: Pictor) -> None:
     cert, key = _self_signed(tmp_path)
-    process = PictorProcess(
+    process = pictor(
         tmp_path / "data",
         workers=1,
         env={"PICTOR_TLS_CERT": str(cert), "PICTOR_TLS_KEY": str(key)},
-    ).start()
-    try:
-        assert process.base.startswith("https://127.0.0.1:")
-        trusted = ssl.create_default_context(cafile=str(cert))
-        with httpx.Client(verify=trusted) as client:
-            assert client.get(process.base + "/health").status_code == 200
-            assert client.get(process.dicomweb + "/studies").status_code == 200
-        with pytest.raises(httpx.ConnectError):  # not trusted without that certificate
-            httpx.get(process.base + "/health", verify=ssl.create_default_context())
-    finally:
-        process.stop()
+    )
+    assert process.base.startswith("https://127.0.0.1:")
+    trusted = ssl.create_default_context(cafile=str(cert))
+    with httpx.Client(verify=trusted) as client:
+        assert client.get(process.base + "/health").status_code == 200
+        assert client.get(process.dicomweb + "/studies").status_code == 200
+    with pytest.raises(httpx.ConnectError):  # not trusted without that certificate
+        httpx.get(process.base + "/health", verify=ssl.create_default_context())
 
 
 def test_non_loopback_without_auth_is_refused(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from app.config import ConfigError, load_settings
 from app.dicomweb.cors import ALLOWED_REQUEST_HEADERS
 
-from server import PictorProcess
+from conftest import Pictor
 
 ALLOWED = "http://viewer.example.org:3000"
 OTHER = "http://evil.example.net"
@@ -31,16 +31,15 @@ ROUTES = [
 
 
 @pytest.fixture(scope="module")
-def cors_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def cors_server(
+    tmp_path_factory: pytest.TempPathFactory, pictor_module: Pictor
+) -> Iterator[httpx.Client]:
     data = tmp_path_factory.mktemp("cors") / "data"
-    process = PictorProcess(
+    process = pictor_module(
         data, workers=1, env={"PICTOR_CORS_ORIGINS": f"{ALLOWED}, http://127.0.0.1:9"}
-    ).start()
-    try:
-        with httpx.Client(base_url=process.base, timeout=30) as client:
-            yield client
-    finally:
-        process.stop()
+    )
+    with httpx.Client(base_url=process.base, timeout=30) as client:
+        yield client
 
 
 def preflight(client: httpx.Client, path: str, origin: str, method: str = "GET") -> httpx.Response:
@@ -128,32 +127,26 @@ def test_existing_vary_is_kept(cors_server: httpx.Client) -> None:
     assert "access-control-allow-origin" not in r.headers
 
 
-def test_no_cors_by_default(tmp_path: Path) -> None:
-    process = PictorProcess(tmp_path / "data", workers=1).start()
-    try:
-        with httpx.Client(base_url=process.base, timeout=30) as client:
-            r = preflight(client, "/dicom-web/studies", ALLOWED)
-            assert not any(h.startswith("access-control-") for h in r.headers)
-            r = client.get("/dicom-web/studies", headers={"Origin": ALLOWED})
-            assert r.status_code == 200
-            assert not any(h.startswith("access-control-") for h in r.headers)
-    finally:
-        process.stop()
+def test_no_cors_by_default(tmp_path: Path, pictor: Pictor) -> None:
+    process = pictor(tmp_path / "data", workers=1)
+    with httpx.Client(base_url=process.base, timeout=30) as client:
+        r = preflight(client, "/dicom-web/studies", ALLOWED)
+        assert not any(h.startswith("access-control-") for h in r.headers)
+        r = client.get("/dicom-web/studies", headers={"Origin": ALLOWED})
+        assert r.status_code == 200
+        assert not any(h.startswith("access-control-") for h in r.headers)
 
 
-def test_any_origin_only_when_asked(tmp_path: Path) -> None:
-    process = PictorProcess(tmp_path / "data", workers=1, env={"PICTOR_CORS_ORIGINS": "*"}).start()
-    try:
-        with httpx.Client(base_url=process.base, timeout=30) as client:
-            r = client.get("/dicom-web/studies", headers={"Origin": OTHER})
-            assert r.headers["access-control-allow-origin"] == "*"
-            r = preflight(client, "/dicom-web/studies", OTHER, "POST")
-            assert r.headers["access-control-allow-origin"] == "*"
-            assert set(ALLOWED_REQUEST_HEADERS) == {
-                h.strip() for h in r.headers["access-control-allow-headers"].split(",")
-            }
-    finally:
-        process.stop()
+def test_any_origin_only_when_asked(tmp_path: Path, pictor: Pictor) -> None:
+    process = pictor(tmp_path / "data", workers=1, env={"PICTOR_CORS_ORIGINS": "*"})
+    with httpx.Client(base_url=process.base, timeout=30) as client:
+        r = client.get("/dicom-web/studies", headers={"Origin": OTHER})
+        assert r.headers["access-control-allow-origin"] == "*"
+        r = preflight(client, "/dicom-web/studies", OTHER, "POST")
+        assert r.headers["access-control-allow-origin"] == "*"
+        assert set(ALLOWED_REQUEST_HEADERS) == {
+            h.strip() for h in r.headers["access-control-allow-headers"].split(",")
+        }
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from pathlib import Path
 import msgspec
 import pydicom
 import pytest
-from dicomweb_client.api import DICOMwebClient
 
 from conftest import BOUNDARY, Archive, content_type, multipart
 from corpus import expected_frames, make_encapsulated_pdf, make_patched_copy, reference_files
@@ -37,23 +36,6 @@ def instance_row(archive: Archive, sop: str) -> dict | None:
 
 
 # -- content types and multipart forms ---------------------------------------------------
-
-
-def test_dicomweb_client_store_instances(archive: Archive) -> None:
-    """The real client nobody here wrote (dicomweb-client) stores a series."""
-    study, series = new_uids()
-    datasets = [
-        pydicom.dcmread(pydicom.filebase.DicomBytesIO(ct_slice(study, series, i))) for i in range(3)
-    ]
-    client = DICOMwebClient(url=archive.url)
-    result = client.store_instances(datasets=datasets)
-    assert len(result.ReferencedSOPSequence) == 3
-    assert result.RetrieveURL == f"{archive.url}/studies/{study}"
-    rows = archive.query(
-        "SELECT num_instances, num_series, modalities FROM study WHERE study_uid = $1", study
-    )
-    assert rows[0]["num_instances"] == 3 and rows[0]["num_series"] == 1
-    assert rows[0]["modalities"] == ["CT"]
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,7 @@ import pytest
 
 from app import viewer
 
-from conftest import content_type, multipart
-from server import PictorProcess
+from conftest import Pictor, content_type, multipart
 from synth import ct_slice, new_uids
 
 INDEX = (
@@ -36,40 +35,37 @@ def _bundle(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
+def site(
+    tmp_path_factory: pytest.TempPathFactory, pictor_module: Pictor
+) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
     root = tmp_path_factory.mktemp("viewer")
     bundle = _bundle(root / "bundle")
-    process = PictorProcess(
-        root / "data", workers=1, env={"PICTOR_VIEWER_DIR": str(bundle)}
-    ).start()
-    try:
-        with httpx.Client(base_url=process.base, timeout=30) as client:
-            uids: dict[str, str] = {}
-            parts = []
-            for key, pid, name in (
-                ("a", "IID-1", "IID^ONE"),
-                ("b", "IID-2", "IID^TWO"),
-                ("c", "IID-2", "IID^TWO"),
-            ):
-                study, series = new_uids()
-                uids[key] = study
-                parts.append(
-                    ct_slice(study, series, 0, rows=32, cols=32, patient_id=pid, patient_name=name)
-                )
-            r = client.post(
-                "/dicom-web/studies",
-                content=multipart(parts),
-                headers={"Content-Type": content_type()},
+    process = pictor_module(root / "data", workers=1, env={"PICTOR_VIEWER_DIR": str(bundle)})
+    with httpx.Client(base_url=process.base, timeout=30) as client:
+        uids: dict[str, str] = {}
+        parts = []
+        for key, pid, name in (
+            ("a", "IID-1", "IID^ONE"),
+            ("b", "IID-2", "IID^TWO"),
+            ("c", "IID-2", "IID^TWO"),
+        ):
+            study, series = new_uids()
+            uids[key] = study
+            parts.append(
+                ct_slice(study, series, 0, rows=32, cols=32, patient_id=pid, patient_name=name)
             )
-            assert r.status_code == 200, r.text
-            found = client.get(
-                "/dicom-web/studies",
-                params={"StudyInstanceUID": uids["a"], "includefield": "AccessionNumber"},
-            ).json()
-            uids["accession"] = found[0]["00080050"]["Value"][0]
-            yield client, uids
-    finally:
-        process.stop()
+        r = client.post(
+            "/dicom-web/studies",
+            content=multipart(parts),
+            headers={"Content-Type": content_type()},
+        )
+        assert r.status_code == 200, r.text
+        found = client.get(
+            "/dicom-web/studies",
+            params={"StudyInstanceUID": uids["a"], "includefield": "AccessionNumber"},
+        ).json()
+        uids["accession"] = found[0]["00080050"]["Value"][0]
+        yield client, uids
 
 
 def test_viewer_links_redirect_relatively(site: tuple[httpx.Client, dict[str, str]]) -> None:
@@ -189,22 +185,19 @@ def test_iid_errors_are_pages(
     assert text in r.text
 
 
-def test_without_a_bundle_the_viewer_says_how_to_install_it(tmp_path: Path) -> None:
-    process = PictorProcess(
+def test_without_a_bundle_the_viewer_says_how_to_install_it(tmp_path: Path, pictor: Pictor) -> None:
+    process = pictor(
         tmp_path / "data", workers=1, env={"PICTOR_VIEWER_DIR": str(tmp_path / "none")}
-    ).start()
-    try:
-        with httpx.Client(base_url=process.base, timeout=30) as client:
-            for path in (
-                "/viewer/",
-                "/viewer/viewer?StudyInstanceUIDs=1.2",
-                "/viewer/app-config.js",
-            ):
-                r = client.get(path)
-                assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
-                assert viewer.INSTALL_COMMAND in r.text
-    finally:
-        process.stop()
+    )
+    with httpx.Client(base_url=process.base, timeout=30) as client:
+        for path in (
+            "/viewer/",
+            "/viewer/viewer?StudyInstanceUIDs=1.2",
+            "/viewer/app-config.js",
+        ):
+            r = client.get(path)
+            assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+            assert viewer.INSTALL_COMMAND in r.text
 
 
 def test_relative_root_and_index_rewrite() -> None:

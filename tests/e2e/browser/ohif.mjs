@@ -5,7 +5,7 @@
 // Usage: node ohif.mjs <scenario.json>. The scenario names the server, the studies to
 // expect, the file to upload, the artifacts directory and the CORS pages. The script
 // takes screenshots, records what it saw (texts, requests, statuses) and prints one
-// JSON object on its last line; tests/browser/test_ohif.py asserts on it (and on the
+// JSON object on its last line; tests/e2e/browser/test_ohif.py asserts on it (and on the
 // screenshots' pixels). Steps fail fast with a screenshot of where they stopped.
 
 import fs from 'node:fs';

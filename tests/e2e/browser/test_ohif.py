@@ -1,8 +1,8 @@
 """OHIF in a real browser against a real Pictor (issue 6).
 
 Debian's headless Chromium, driven by playwright-core from npm (``ohif.mjs``), uses the
-OHIF bundle that ``pictor viewer install`` put in ``tests/browser/viewer`` (``.ci/run``
-installs both; see ``tests/browser/package.json``). One browser session walks through
+OHIF bundle that ``pictor viewer install`` put in ``tests/e2e/browser/viewer`` (``.ci/run``
+installs both; see ``tests/e2e/browser/package.json``). One browser session walks through
 the study list, a wildcard filter, opening a CT series and a multi-frame ultrasound
 (WADO-RS frames with ``transfer-syntax=*``, PS3.18 10.4.1.1.3; once with OHIF's
 ``omitQuotationForMultipartRequest`` on, once off), an upload through OHIF's dialog
@@ -50,7 +50,7 @@ def _missing() -> str | None:
     if shutil.which("node") is None:
         return "node is not installed"
     if not (HERE / "node_modules" / "playwright-core").is_dir():
-        return "playwright-core is not installed (npm ci --prefix tests/browser)"
+        return "playwright-core is not installed (npm ci --prefix tests/e2e/browser)"
     if installed(VIEWER_DIR) is None:
         return f"no OHIF bundle in {VIEWER_DIR} (pictor viewer install --viewer-dir {VIEWER_DIR})"
     return None
