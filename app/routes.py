@@ -209,30 +209,39 @@ class Match:
     allowed: tuple[str, ...] = ()
 
 
-def _match_segments(route: Route, parts: list[str]) -> dict[str, str] | None:
-    params: dict[str, str] = {}
+@dataclass(frozen=True)
+class _Pattern:
+    """A route's template taken apart once: the literal segments to compare, the
+    parameters to take, and the name of a last parameter that takes the rest."""
+
+    route: Route
+    literals: tuple[tuple[int, str], ...]
+    params: tuple[tuple[int, str], ...]
+    tail: str | None
+
+
+def _pattern(route: Route) -> _Pattern:
+    literals, params, tail = [], [], None
     for i, seg in enumerate(route.segments):
         if seg.startswith("{"):
             name, _, kind = seg[1:-1].partition(":")
             if kind == "path":
-                params[name] = "/".join(parts[i:])
-                return params
-            if i >= len(parts):
-                return None
-            params[name] = parts[i]
-        elif i >= len(parts) or parts[i] != seg:
-            return None
-    return params if len(parts) == len(route.segments) else None
-
-
-def _by_length() -> tuple[dict[int, list[Route]], list[Route]]:
-    fixed: dict[int, list[Route]] = {}
-    tails = []
-    for route in ROUTES:
-        if any(seg.endswith(":path}") for seg in route.segments):
-            tails.append(route)
+                tail = name
+            else:
+                params.append((i, name))
         else:
-            fixed.setdefault(len(route.segments), []).append(route)
+            literals.append((i, seg))
+    return _Pattern(route, tuple(literals), tuple(params), tail)
+
+
+def _by_length() -> tuple[dict[int, list[_Pattern]], list[_Pattern]]:
+    fixed: dict[int, list[_Pattern]] = {}
+    tails = []
+    for pattern in map(_pattern, ROUTES):
+        if pattern.tail is not None:
+            tails.append(pattern)
+        else:
+            fixed.setdefault(len(pattern.route.segments), []).append(pattern)
     return fixed, tails
 
 
@@ -242,23 +251,31 @@ _FIXED, _TAILS = _by_length()
 MATCH_KEY = "pictor.match"
 
 
+def _params(pattern: _Pattern, parts: list[str]) -> dict[str, str] | None:
+    n = len(pattern.route.segments)
+    if pattern.tail is not None and len(parts) < n:
+        return None
+    for i, literal in pattern.literals:
+        if parts[i] != literal:
+            return None
+    found = {name: parts[i] for i, name in pattern.params}
+    if pattern.tail is not None:
+        found[pattern.tail] = "/".join(parts[n - 1 :])
+    return found
+
+
 def match(method: str, path: str) -> Match:
     """The route ``method`` and the canonical ``path`` dispatch to (the framework, as
     here, answers HEAD only where a route declares it)."""
-    parts = path.strip("/").split("/")
-    wanted = method
-    allowed: list[str] = []
-    found: tuple[Route, dict[str, str]] | None = None
-    for route in (*_FIXED.get(len(parts), ()), *_TAILS):
-        params = _match_segments(route, parts)
-        if params is None:
-            continue
-        allowed.append(route.method)
-        if route.method == wanted and found is None:
-            found = (route, params)
-    if found is not None:
-        return Match(found[0], found[1], tuple(allowed))
-    return Match(None, {}, tuple(allowed))
+    parts = path[1:].split("/")
+    candidates = [*_FIXED.get(len(parts), ()), *_TAILS]
+    for pattern in candidates:
+        if pattern.route.method == method:
+            params = _params(pattern, parts)
+            if params is not None:
+                return Match(pattern.route, params)
+    allowed = tuple(p.route.method for p in candidates if _params(p, parts) is not None)
+    return Match(None, {}, allowed)
 
 
 class BadPath(ValueError):
@@ -271,6 +288,14 @@ def canonical_path(path: str) -> str:
     ``..`` segments (RFC 3986 5.2.4: a client resolves them, a server must not guess)
     and control characters are refused, since a layer reading them literally and one
     resolving them would see two different resources."""
+    if (
+        path.startswith("/")
+        and "//" not in path
+        and "/." not in path
+        and not path.endswith("/")
+        and path.isprintable()
+    ):
+        return path  # already canonical: nearly every request, in a few string scans
     if _CONTROL.search(path):
         raise BadPath("the path contains control characters")
     parts = [p for p in path.split("/") if p]

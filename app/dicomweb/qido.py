@@ -135,20 +135,28 @@ class ClientGone(Exception):
 
 async def until_disconnect(work: Coroutine[Any, Any, T], receive: Any) -> T:
     """``work``'s result, or :class:`ClientGone` (with ``work`` cancelled: asyncpg
-    then cancels the query on the server) once the client has hung up."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(receive))
+    then cancels the query on the server) once the client has hung up. ``work`` runs
+    in the calling task; one watcher task waits for ``http.disconnect``."""
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(receive)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        done, _ = await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        raise
+        if not gone:
+            raise
+        current.uncancel()  # our own cancellation: it ends here
+        raise ClientGone from None
     finally:
-        watch.cancel()
-    if task not in done:
-        task.cancel()
-        raise ClientGone
-    return task.result()
+        watcher.cancel()
 
 
 async def _disconnected(receive: Any) -> None:

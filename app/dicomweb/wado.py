@@ -486,9 +486,11 @@ async def _stored_answer(
 ) -> tuple[str, bytearray] | None:
     """The stored frames' answer; None for what the route does (transcoding, large
     answers, a file replaced since it was looked up)."""
-    target = checked_scope(params["study"], params["series"], params["instance"])
     cache: InstanceCache = state.instances
-    inst = await cache.instance(target)
+    study, series, sop = params["study"], params["series"], params["instance"]
+    found = cache.peek(study, series, sop)  # a viewer's next frame: no check, no I/O
+    target = Scope(study, series, sop) if found else checked_scope(study, series, sop)
+    inst = found or await cache.instance(target)
     if not inst.number_of_frames:
         raise NotFound(f"{target.describe()} has no pixel data frames")
     numbers = parse_frame_list(params["frames"], inst.number_of_frames)

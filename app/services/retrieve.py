@@ -96,6 +96,13 @@ class InstanceCache:
         if key is not None:
             self._recent.pop(key, None)
 
+    def peek(self, study: str, series: str, instance: str) -> StoredInstance | None:
+        """The cached instance, if it is (no I/O; the key was validated when cached)."""
+        hit = self._recent.get((study, series, instance))
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return None
+
     async def instance(self, scope: Scope) -> StoredInstance:
         assert scope.series is not None and scope.instance is not None
         key = (scope.study, scope.series, scope.instance)
@@ -164,24 +171,46 @@ async def encoded_frame(store: BlobStore, inst: StoredInstance, number: int, tar
             return await pool.run(encode_frame, frame, info, target)
         except FrameMismatch:
             pass
-    data = await store.read(inst.file_key)
-    return await pool.run(encode_frame_of_instance, data, number - 1, target)
+    return await pool.run(_encode_stored, store, inst.file_key, number - 1, target)
+
+
+# Whole-instance work runs in a codec worker that reads the instance's bytes itself
+# (BlobStore.read_blocking): the bytes do not cross a pipe, and the server process,
+# which also answers every other request, neither reads nor copies them.
+
+
+def _transcode_stored(store: BlobStore, key: str, target: str) -> bytes:
+    return transcode_instance(store.read_blocking(key), target)
+
+
+def _render_stored(store: BlobStore, key: str, index: int, options: RenderOptions) -> bytes:
+    return render_frame(store.read_blocking(key), index, options)
+
+
+def _animate_stored(
+    store: BlobStore, key: str, indices: list[int], options: RenderOptions
+) -> bytes:
+    return render_animation(store.read_blocking(key), indices, options)
+
+
+def _encode_stored(store: BlobStore, key: str, index: int, target: str) -> bytes:
+    return encode_frame_of_instance(store.read_blocking(key), index, target)
 
 
 async def transcoded(store: BlobStore, inst: StoredInstance, target: str) -> bytes:
     """The whole instance re-encoded in ``target`` (a Part 10 file)."""
-    return await pool.run(transcode_instance, await store.read(inst.file_key), target)
+    return await pool.run(_transcode_stored, store, inst.file_key, target)
 
 
 async def rendered(
     store: BlobStore, inst: StoredInstance, index: int, options: RenderOptions
 ) -> bytes:
     """Frame ``index`` (0-based) rendered for people (PS3.18 8.3.5)."""
-    return await pool.run(render_frame, await store.read(inst.file_key), index, options)
+    return await pool.run(_render_stored, store, inst.file_key, index, options)
 
 
 async def animated(
     store: BlobStore, inst: StoredInstance, indices: list[int], options: RenderOptions
 ) -> bytes:
     """Frames (0-based) of a multi-frame instance as one animated GIF."""
-    return await pool.run(render_animation, await store.read(inst.file_key), indices, options)
+    return await pool.run(_animate_stored, store, inst.file_key, indices, options)

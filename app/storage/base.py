@@ -106,6 +106,11 @@ class BlobStore(Protocol):
     async def read(self, key: str) -> bytes:
         """The whole blob."""
 
+    def read_blocking(self, key: str) -> bytes:
+        """The whole blob, read in the calling thread: for a codec worker process, which
+        reads what it works on itself instead of receiving it through a pipe. The store
+        object is sent to the worker, so it holds no open resources."""
+
     async def size(self, key: str) -> int: ...
 
     async def sweep(self, referenced: Callable[[list[str]], Awaitable[set[str]]]) -> dict[str, int]:

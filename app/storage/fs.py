@@ -393,7 +393,10 @@ class FileBlobStore:
     # -- reading -------------------------------------------------------------------------
 
     async def read(self, key: str) -> bytes:
-        return await asyncio.to_thread(self.path(key).read_bytes)
+        return await asyncio.to_thread(self.read_blocking, key)
+
+    def read_blocking(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
 
     async def size(self, key: str) -> int:
         return (await asyncio.to_thread(os.stat, self.path(key))).st_size

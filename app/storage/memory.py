@@ -1,5 +1,5 @@
 """An in-memory :class:`~app.storage.base.BlobStore`, for unit tests: the same contract
-as the file system's (``tests/unit/test_storage.py`` runs both), nothing durable."""
+as the file system's (``tests/unit/storage/test_storage.py`` runs both), nothing durable."""
 
 from __future__ import annotations
 
@@ -132,6 +132,9 @@ class MemoryBlobStore:
         yield blob[offset:end]
 
     async def read(self, key: str) -> bytes:
+        return self._blob(key)
+
+    def read_blocking(self, key: str) -> bytes:
         return self._blob(key)
 
     async def size(self, key: str) -> int:
