@@ -45,6 +45,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._in_body = False
+        self._last_body = 0.0
         self._refusal: int | None = None
 
     # -- the head ----------------------------------------------------------------------
@@ -100,21 +101,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
         super().on_headers_complete()
         self._in_body = True
+        self._last_body = self.loop.time()
         self._arm_body_timer()
 
     # -- the body ----------------------------------------------------------------------
 
-    def _arm_body_timer(self) -> None:
+    def _arm_body_timer(self, delay: float = BODY_TIMEOUT) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
-        self._body_timer = self.loop.call_later(BODY_TIMEOUT, self._body_timed_out)
+        self._body_timer = self.loop.call_later(delay, self._body_timed_out)
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
         if not self._in_body or self.transport.is_closing():
             return
-        if self.flow.read_paused:  # the server is not reading: not the client's delay
+        now = self.loop.time()
+        if self.flow.read_paused:
+            # the server is not reading (back-pressure): not the client's delay
+            self._last_body = now
             self._arm_body_timer()
+            return
+        idle = now - self._last_body
+        if idle < BODY_TIMEOUT:  # a chunk came meanwhile: look again when it would be due
+            self._arm_body_timer(max(BODY_TIMEOUT - idle, 0.05))
             return
         started = self.cycle is not None and self.cycle.response_started
         if started:
@@ -123,7 +132,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(408, "the request body stalled")
 
     def on_body(self, body: bytes) -> None:
-        self._arm_body_timer()
+        self._last_body = self.loop.time()  # one store per chunk; the timer checks it
         super().on_body(body)
 
     def on_message_complete(self) -> None:

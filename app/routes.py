@@ -30,7 +30,18 @@ from litestar.handlers import HTTPRouteHandler
 
 from app.asgi import error_body, send_whole, warning_header
 from app.auth.principal import ADMIN, READ, WRITE
-from app.dicomweb import admin, monitoring, qido, rendered, stow, viewer, wado
+from app.dicomweb import (
+    admin,
+    bulk,
+    frames,
+    metadata,
+    monitoring,
+    qido,
+    rendered,
+    stow,
+    viewer,
+    wado,
+)
 from app.dicomweb.urls import DICOMWEB_PREFIX
 from app.observability import ROUTE_KEY
 from app.services.search import Level
@@ -159,11 +170,11 @@ ROUTES: tuple[Route, ...] = (
     Route("wado-study", "GET", _S, READ, wado.retrieve_study),
     Route("wado-series", "GET", _SE, READ, wado.retrieve_series),
     Route("wado-instance", "GET", _I, READ, wado.retrieve_instance),
-    Route("wado-study-metadata", "GET", _S + "/metadata", READ, wado.study_metadata),
-    Route("wado-series-metadata", "GET", _SE + "/metadata", READ, wado.series_metadata),
-    Route("wado-instance-metadata", "GET", _I + "/metadata", READ, wado.instance_metadata),
-    Route("wado-frames", "GET", _F, READ, wado.retrieve_frames, wado.hot_frames),
-    Route("wado-bulk", "GET", _I + "/bulk/{path}", READ, wado.retrieve_bulk),
+    Route("wado-study-metadata", "GET", _S + "/metadata", READ, metadata.study_metadata),
+    Route("wado-series-metadata", "GET", _SE + "/metadata", READ, metadata.series_metadata),
+    Route("wado-instance-metadata", "GET", _I + "/metadata", READ, metadata.instance_metadata),
+    Route("wado-frames", "GET", _F, READ, frames.retrieve_frames, frames.hot_frames),
+    Route("wado-bulk", "GET", _I + "/bulk/{path}", READ, bulk.retrieve_bulk),
     Route("wado-study-rendered", "GET", _S + "/rendered", READ, rendered.study_rendered),
     Route("wado-series-rendered", "GET", _SE + "/rendered", READ, rendered.series_rendered),
     Route("wado-instance-rendered", "GET", _I + "/rendered", READ, rendered.instance_rendered),

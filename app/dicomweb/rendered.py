@@ -20,8 +20,9 @@ from litestar import Request
 from litestar.response import Response, Stream
 
 from app.codec.render import FORMATS, RenderOptions
+from app.dicomweb.frames import parse_frame_list
 from app.dicomweb.negotiation import choose
-from app.dicomweb.wado import multipart_stream, parse_frame_list, target_scope
+from app.dicomweb.responses import multipart_stream, target_scope
 from app.errors import BadRequest, NotFound
 from app.services import retrieve
 from app.services.retrieve import StoredInstance
