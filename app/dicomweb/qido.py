@@ -63,7 +63,7 @@ async def answer(
     base: str,
     confined: str | None = None,
 ) -> Answer:
-    """The answer to one search (both ways in: the routes below and :class:`SearchFastPath`).
+    """The answer to one search (both ways in: the framework routes and :func:`hot_search`).
     ``confined``: the one study the caller may see (a study link), applied to the parsed
     query. Raises :class:`~app.errors.PictorError` for what PS3.18 answers with an error."""
     media = choose(accept, SEARCH_MEDIA_TYPES)
