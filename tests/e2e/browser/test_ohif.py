@@ -39,7 +39,7 @@ from synth import ct_slice, new_uids
 
 HERE = Path(__file__).resolve().parent
 VIEWER_DIR = Path(os.environ.get("PICTOR_TEST_VIEWER_DIR", HERE / "viewer"))
-ARTIFACTS = Path(os.environ.get("PICTOR_TEST_ARTIFACTS", HERE.parent / "artifacts")) / "browser"
+ARTIFACTS = Path(os.environ.get("PICTOR_TEST_ARTIFACTS", HERE.parents[1] / "artifacts")) / "browser"
 CHROMIUM = os.environ.get("PICTOR_TEST_CHROMIUM", "/usr/bin/chromium")
 US_FILE = "examples_ybr_color.dcm"  # 30 frames of JPEG Baseline YBR_FULL_422, patient "PLA"
 
