@@ -82,10 +82,6 @@ class Route:
         """A QIDO search not confined to one study by its path."""
         return self.name in ("qido-studies", "qido-series", "qido-instances")
 
-    @property
-    def is_search(self) -> bool:
-        return self.name.startswith("qido-")
-
 
 _S = DICOMWEB_PREFIX + "/studies/{study}"
 _SE = _S + "/series/{series}"

@@ -338,8 +338,3 @@ def transcode_instance(data: bytes, target: str) -> bytes:
     out = io.BytesIO()
     pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, force_encoding=True)
     return out.getvalue()
-
-
-def to_explicit_le(data: bytes) -> bytes:
-    """The instance as Explicit VR Little Endian with native pixel data."""
-    return transcode_instance(data, EXPLICIT_VR_LE)

@@ -25,12 +25,12 @@ from app.dicomweb.media import (
 )
 from app.dicomweb.responses import (
     SMALL_RESPONSE,
-    _boundary,
-    _close,
-    _part_head,
     checked_scope,
+    close_delimiter,
     multipart_response,
     multipart_stream,
+    new_boundary,
+    part_head,
     target_scope,
     transcode_targets,
 )
@@ -105,9 +105,9 @@ async def _stored_frames(
     size = sum(length for r in ranges for _, length in r)
     if size > SMALL_RESPONSE:
         return None
-    boundary = _boundary()
-    head = _part_head(boundary, chosen.header())
-    tail = _close(boundary)
+    boundary = new_boundary()
+    head = part_head(boundary, chosen.header())
+    tail = close_delimiter(boundary)
     body = bytearray(size + len(head) * len(ranges) + len(tail))
     view = memoryview(body)
     targets = []

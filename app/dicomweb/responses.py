@@ -36,12 +36,12 @@ def checked_scope(study: str, series: str | None, instance: str | None) -> Scope
 # -- multipart streaming ----------------------------------------------------------------
 
 
-def _part_head(boundary: str, content_type: str) -> bytes:
+def part_head(boundary: str, content_type: str) -> bytes:
     """The delimiter and header of one part (RFC 2046 5.1.1; RFC 2387)."""
     return f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
 
 
-def _close(boundary: str) -> bytes:
+def close_delimiter(boundary: str) -> bytes:
     return f"\r\n--{boundary}--\r\n".encode()
 
 
@@ -50,10 +50,10 @@ async def multipart_body(
 ) -> AsyncIterator[bytes]:
     """multipart/related framing (RFC 2387) around parts that stream themselves."""
     async for content_type, chunks in parts:
-        yield _part_head(boundary, content_type)
+        yield part_head(boundary, content_type)
         async for chunk in chunks:
             yield chunk
-    yield _close(boundary)
+    yield close_delimiter(boundary)
 
 
 _BOUNDARY_PREFIX = secrets.token_hex(12)
@@ -64,7 +64,7 @@ _BOUNDARY_COUNTER = itertools.count()
 SMALL_RESPONSE = 8 << 20
 
 
-def _boundary() -> str:
+def new_boundary() -> str:
     """Random per process, unique per response: cheaper than fresh randomness each time
     and as unlikely to occur inside a part."""
     return f"{_BOUNDARY_PREFIX}{next(_BOUNDARY_COUNTER):x}"
@@ -73,7 +73,7 @@ def _boundary() -> str:
 def multipart_stream(
     parts: AsyncIterator[tuple[str, AsyncIterator[bytes]]], part_type: str
 ) -> Stream:
-    boundary = _boundary()
+    boundary = new_boundary()
     return Stream(
         multipart_body(parts, boundary),
         media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
@@ -82,12 +82,12 @@ def multipart_stream(
 
 def multipart_response(parts: list[tuple[str, bytes]], part_type: str) -> Response[bytes]:
     """multipart/related built whole, for small answers (a frame or a few)."""
-    boundary = _boundary()
+    boundary = new_boundary()
     pieces = []
     for content_type, body in parts:
-        pieces.append(_part_head(boundary, content_type))
+        pieces.append(part_head(boundary, content_type))
         pieces.append(body)
-    pieces.append(_close(boundary))
+    pieces.append(close_delimiter(boundary))
     return Response(
         b"".join(pieces),
         media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
