@@ -223,6 +223,139 @@ def token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_who() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _with_lifecycle(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(lifecycle)`` (:class:`app.services.lifecycle.Lifecycle`) on the index."""
+    from app.bootstrap import open_store
+    from app.services.lifecycle import Lifecycle
+
+    return _with_index(settings, lambda pool: work(Lifecycle(settings, pool, open_store(settings))))
+
+
+def _check_uids(*values: str | None) -> None:
+    from app.dicom.uids import uid_problem
+
+    for value in values:
+        if value is not None and (problem := uid_problem(value)) is not None:
+            sys.exit(f"pictor: {value!r}: the UID {problem}")
+
+
+def trash(args: argparse.Namespace) -> int:
+    """``pictor trash list|restore|empty``: deleted and rejected instances, kept for
+    PICTOR_TRASH_DAYS (issue #15)."""
+    from app.errors import PictorError
+    from app.services.lifecycle import parse_age
+
+    settings = _settings(args)
+    who = _cli_who()
+    try:
+        if args.action == "list":
+            rows = _with_lifecycle(settings, lambda lc: lc.list_trash())
+            columns = "study", "patient id", "patient name", "series", "instances", "bytes"
+            print("\t".join((*columns, "reason", "deleted", "expires")))
+            for r in rows:
+                print(
+                    f"{r.study_uid}\t{r.patient_id or ''}\t{r.patient_name or ''}\t{r.series}\t"
+                    f"{r.instances}\t{r.size_bytes}\t{','.join(r.reasons)}\t{r.deleted_at}\t"
+                    f"{r.expires_at}"
+                )
+        elif args.action == "restore":
+            _check_uids(args.study, *(args.series or []))
+            out = _with_lifecycle(settings, lambda lc: lc.restore(args.study, args.series, who=who))
+            print(f"restored {len(out.sop_uids)} instances of study {args.study}")
+            if out.conflicts:
+                print(
+                    f"{len(out.conflicts)} left in the trash: their SOP Instance UIDs are "
+                    "stored again (or their series is now in another study)",
+                    file=sys.stderr,
+                )
+        else:
+            age = parse_age(args.older_than) if args.older_than else None
+            n = _with_lifecycle(settings, lambda lc: lc.empty(age, who=who))
+            print(f"purged {n} instances from the trash")
+    except PictorError as exc:
+        sys.exit(f"pictor: {exc.message}")
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    """``pictor delete STUDY_UID [--series UID [--instance UID]]``: into the trash."""
+    from app.errors import PictorError
+
+    settings = _settings(args)
+    if args.instance and not args.series:
+        sys.exit("pictor: --instance needs --series")
+    _check_uids(args.study, args.series, args.instance)
+    try:
+        out = _with_lifecycle(
+            settings,
+            lambda lc: lc.delete(args.study, args.series, args.instance, who=_cli_who()),
+        )
+    except PictorError as exc:
+        sys.exit(f"pictor: {exc.message}")
+    days = settings.trash_days
+    kept = f"kept in the trash for {days:g} days" if days else "purged"
+    print(f"deleted {len(out.sop_uids)} instances ({kept})")
+    return 0
+
+
+def update(args: argparse.Namespace) -> int:
+    """``pictor update STUDY_UID --set PatientName=DOE^JANE [--set ...]`` or ``--undo``:
+    correct patient and study attributes (the stored files are not rewritten)."""
+    import json
+
+    from app.errors import PictorError
+
+    settings = _settings(args)
+    _check_uids(args.study)
+    who = _cli_who()
+    if bool(args.set) == bool(args.undo):
+        sys.exit("pictor: give --set KEYWORD=VALUE (one or more) or --undo")
+    try:
+        if args.undo:
+            done = _with_lifecycle(settings, lambda lc: lc.undo(args.study, who=who))
+        else:
+            body = _settings_patch(args.set)
+            done = _with_lifecycle(settings, lambda lc: lc.update(args.study, body, who=who))
+    except PictorError as exc:
+        sys.exit(f"pictor: {exc.message}")
+    print(json.dumps({"study": done.study_uid, "old": done.old, "new": done.new}, indent=1))
+    print(f"{done.instances} instances now carry the new values", file=sys.stderr)
+    return 0
+
+
+def _settings_patch(assignments: list[str]) -> dict[str, Any]:
+    """``KEYWORD=VALUE`` (or ``GGGGEEEE=VALUE``) -> a DICOM JSON object (PS3.18 F.2);
+    an empty value empties the attribute, backslashes separate values (PS3.5 6.4)."""
+    from pydicom.datadict import dictionary_VR
+
+    from app.dicom.patch import PatchError, tag_of
+
+    body: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"pictor: --set {item!r}: expected KEYWORD=VALUE")
+        try:
+            tag = tag_of(key.strip())
+            vr = dictionary_VR(tag)
+        except (PatchError, KeyError) as exc:
+            sys.exit(f"pictor: --set {item!r}: {exc}")
+        values: list[Any] = value.split("\\") if value else []
+        if vr == "PN":
+            values = [{"Alphabetic": v} for v in values]
+        body[f"{tag:08X}"] = {"vr": vr, **({"Value": values} if values else {})}
+    return body
+
+
 def link(args: argparse.Namespace) -> int:
     """``pictor link STUDY_UID --ttl 1h``: a signed URL that opens the study in the viewer
     and grants read access to that study only, until it expires."""
@@ -390,6 +523,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data_dir(lk)
     lk.set_defaults(func=link)
+
+    tr_ = sub.add_parser("trash", help="deleted and rejected instances (restorable until purged)")
+    trsub = tr_.add_subparsers(dest="action", required=True)
+    trl = trsub.add_parser("list", help="studies with instances in the trash")
+    data_dir(trl)
+    trr = trsub.add_parser("restore", help="bring a study's trashed instances back")
+    trr.add_argument("study", help="Study Instance UID")
+    trr.add_argument("--series", action="append", help="only this series (repeatable)")
+    data_dir(trr)
+    tre = trsub.add_parser("empty", help="purge the trash (files and rows)")
+    tre.add_argument("--older-than", help="only what was deleted this long ago: 3d, 12h, 30m")
+    data_dir(tre)
+    tr_.set_defaults(func=trash)
+
+    d = sub.add_parser("delete", help="delete a study, series or instance (into the trash)")
+    d.add_argument("study", help="Study Instance UID")
+    d.add_argument("--series", help="Series Instance UID")
+    d.add_argument("--instance", help="SOP Instance UID (with --series)")
+    data_dir(d)
+    d.set_defaults(func=delete)
+
+    u = sub.add_parser("update", help="correct a study's patient and study attributes")
+    u.add_argument("study", help="Study Instance UID")
+    u.add_argument(
+        "--set",
+        action="append",
+        metavar="KEYWORD=VALUE",
+        help="PatientName=DOE^JANE, PatientID=123, ... (repeatable; empty value: empty)",
+    )
+    u.add_argument("--undo", action="store_true", help="undo the latest correction")
+    data_dir(u)
+    u.set_defaults(func=update)
 
     a = sub.add_parser("audit", help="query the audit trail (who accessed what)")
     a.add_argument("--patient", help="Patient ID of the studies touched")

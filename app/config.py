@@ -45,6 +45,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     public_base_url: str = ""
     #: What STOW / import do with a *different* object under an existing SOP Instance UID.
     on_duplicate: DuplicatePolicy = "reject"
+    #: days a deleted or rejected instance stays in the trash, restorable, before the
+    #: purge removes its file and rows; 0 deletes at once
+    trash_days: float = 7.0
+    #: seconds between runs of the background purge of expired trash
+    purge_interval: float = 600.0
     #: HTTP server processes (0: two per core, at most 8). All share the index and the
     #: storage. Two per core keep both cores busy when a few long-lived connections (a
     #: modality's STOW client) land unevenly on the processes.
@@ -164,6 +169,8 @@ ENVIRONMENT: dict[str, str] = {
     "DATABASE_URL": "database_url",
     "PICTOR_PUBLIC_BASE_URL": "public_base_url",
     "PICTOR_ON_DUPLICATE": "on_duplicate",
+    "PICTOR_TRASH_DAYS": "trash_days",
+    "PICTOR_PURGE_INTERVAL": "purge_interval",
     "PICTOR_WORKERS": "workers",
     "PICTOR_LOG_LEVEL": "log_level",
     "PICTOR_LOG_FORMAT": "log_format",
@@ -281,6 +288,10 @@ def load_settings(
     if not 0 < len(settings.dimse_ae_title.strip()) <= 16:
         raise ConfigError("the AE title must have 1 to 16 characters (PS3.5 6.2, VR AE)")
     parse_peer_sources(settings.dimse_peers)  # refuses a malformed peer at start
+    if not 0 <= settings.trash_days <= 36500:
+        raise ConfigError("PICTOR_TRASH_DAYS is between 0 (delete at once) and 36500")
+    if not 1 <= settings.purge_interval <= 86400:
+        raise ConfigError("PICTOR_PURGE_INTERVAL is between 1 and 86400 seconds")
     _check_access_settings(settings)
     viewer_dir = settings.viewer_dir.strip()
     return msgspec.structs.replace(

@@ -45,6 +45,10 @@ class FailureReason(IntEnum):
     #: Cxxx "Cannot understand": not DICOM, truncated, unparseable.
     CANNOT_UNDERSTAND = 0xC000
     TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+    #: the SOP Instance UID was rejected by an IOCM rejection note (IHE RAD TF-2 4.66):
+    #: no standard code exists; Cxxx is the range PS3.4 B.2.3 leaves to the SCP for
+    #: failures a retry cannot cure (an A7xx "out of resources" would invite one)
+    REJECTED_INSTANCE = 0xC771
 
 
 class PictorError(Exception):
@@ -135,6 +139,10 @@ class RangeNotSatisfiable(RequestError):
 
     def __reduce__(self) -> tuple[type, tuple[str, int]]:
         return (type(self), (self.message, self.size))
+
+
+class PayloadTooLarge(RequestError):
+    status_code = 413
 
 
 class UnsupportedMediaType(RequestError):

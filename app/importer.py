@@ -72,7 +72,7 @@ async def _ingest_files(
                 await temp.abort()
                 raise
             parts.append(await ingest.complete(temp))
-        outcomes = await ingest.commit(parts)
+        outcomes = await ingest.commit(parts, who="cli:import", may_purge=True)
     finally:
         await pool.close()
     names = [n for n in files if n not in set(skipped)]

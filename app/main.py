@@ -26,6 +26,7 @@ from app.observability import (
 )
 from app.routes import HotDispatch, PathGuard, framework_routes
 from app.services.ingest import Ingest
+from app.services.lifecycle import Lifecycle
 from app.services.retrieve import InstanceCache
 
 log = logging.getLogger("pictor")
@@ -61,7 +62,8 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             app.state.settings = settings
             app.state.pool = pool
             app.state.store = store
-            app.state.ingest = Ingest(settings, pool, store)
+            app.state.lifecycle = Lifecycle(settings, pool, store)
+            app.state.ingest = Ingest(settings, pool, store, app.state.lifecycle)
             app.state.instances = InstanceCache(pool)
             audit = AuditLog(pool) if settings.audit_enabled else None
             app.state.access = Access(
@@ -74,10 +76,12 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             if audit is not None:
                 audit.start()
             await app.state.instances.start()
+            app.state.lifecycle.start(settings.purge_interval)
             # started in the background: serving does not wait for the codec workers
             warming = asyncio.get_running_loop().create_task(codec_pool.warm_up())
             yield
             warming.cancel()
+            await app.state.lifecycle.stop()
             await app.state.instances.stop()
             if audit is not None:
                 await audit.stop()  # the last events are written before the pool closes
@@ -100,7 +104,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
     # outermost, outside the exception handlers: error answers carry CORS headers too
     methods = {route.path_format: route.methods for route in app.routes}
     # hot=False: every request through the framework's routes (tests compare both doors)
-    inner: Any = HotDispatch(app.asgi_handler, app.state) if hot else app.asgi_handler
+    inner: Any = HotDispatch(app.asgi_handler, app.state, hot=hot)
     if settings.audit_enabled:  # auth on, or auditing asked for
         # outside the fast path (which answers below the framework), inside CORS (401 /
         # 403 answers carry CORS headers; preflights stay open): app.auth.middleware

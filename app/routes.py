@@ -28,12 +28,13 @@ from typing import Any
 
 from litestar.handlers import HTTPRouteHandler
 
-from app.asgi import error_body, send_whole, warning_header
-from app.auth.principal import ADMIN, READ, WRITE
+from app.asgi import error_body, send_error, send_whole, warning_header
+from app.auth.principal import ADMIN, DELETE, READ, WRITE
 from app.dicomweb import (
     admin,
     bulk,
     frames,
+    lifecycle,
     metadata,
     monitoring,
     qido,
@@ -43,6 +44,7 @@ from app.dicomweb import (
     wado,
 )
 from app.dicomweb.urls import DICOMWEB_PREFIX
+from app.errors import MethodNotAllowed, NotFound
 from app.observability import ROUTE_KEY
 from app.services.search import Level
 
@@ -109,6 +111,32 @@ ROUTES: tuple[Route, ...] = (
         admin.revoke_token,
         status=204,
     ),
+    # lifecycle (issue #15): the trash, corrections, patient merge
+    Route("admin-trash", "GET", "/admin/trash", ADMIN, lifecycle.list_trash),
+    Route("admin-trash-restore", "POST", "/admin/trash/restore", ADMIN, lifecycle.restore_trash),
+    Route("admin-trash-empty", "DELETE", "/admin/trash", ADMIN, lifecycle.empty_trash),
+    Route(
+        "admin-study-update",
+        "POST",
+        "/admin/studies/{study}/update",
+        ADMIN,
+        lifecycle.update_study,
+    ),
+    Route(
+        "admin-study-undo",
+        "POST",
+        "/admin/studies/{study}/update/undo",
+        ADMIN,
+        lifecycle.undo_update,
+    ),
+    Route(
+        "admin-study-updates",
+        "GET",
+        "/admin/studies/{study}/updates",
+        ADMIN,
+        lifecycle.study_updates,
+    ),
+    Route("admin-merge", "POST", "/admin/patients/merge", ADMIN, lifecycle.merge_patients),
     Route("iid", "GET", "/IHEInvokeImageDisplay", READ, viewer.invoke_image_display),
     # STOW-RS (PS3.18 10.5)
     Route("stow", "POST", DICOMWEB_PREFIX + "/studies", WRITE, stow.store_instances),
@@ -163,6 +191,10 @@ ROUTES: tuple[Route, ...] = (
         _search(Level.INSTANCE),
     ),
     # WADO-RS (PS3.18 10.4)
+    # delete (the DICOMweb extension dicomweb-client calls; issue #15)
+    Route("delete-study", "DELETE", _S, DELETE, lifecycle.delete_study, status=204),
+    Route("delete-series", "DELETE", _SE, DELETE, lifecycle.delete_series, status=204),
+    Route("delete-instance", "DELETE", _I, DELETE, lifecycle.delete_instance, status=204),
     Route("wado-study", "GET", _S, READ, wado.retrieve_study),
     Route("wado-series", "GET", _SE, READ, wado.retrieve_series),
     Route("wado-instance", "GET", _I, READ, wado.retrieve_instance),
@@ -349,17 +381,34 @@ def matched(scope: Any) -> Match:
 class HotDispatch:
     """The routes the table marks hot, answered below the framework (the requests a
     viewer makes most: searches and stored frames); what their hot handler declines
-    goes on to litestar. Inside access control and CORS."""
+    goes on to litestar. A request no route takes is answered here, 404 or 405 with
+    ``Allow`` (RFC 9110 15.5.6), whether access control runs or not (it refuses them
+    first when it does). Inside access control and CORS. ``hot=False``: every route
+    through litestar (tests compare both doors)."""
 
-    def __init__(self, app: ASGIApp, state: Any) -> None:
+    def __init__(self, app: ASGIApp, state: Any, *, hot: bool = True) -> None:
         self.app = app
         self.state = state
+        self.hot = hot
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             found = matched(scope)
             route = found.route
-            if route is not None and route.hot is not None:
+            if route is None and scope["method"] != "OPTIONS":  # preflights: CORS's
+                scope[ROUTE_KEY] = "unmatched"
+                await send_error(
+                    send,
+                    MethodNotAllowed(
+                        f"{scope['method']} is not allowed here; allowed: "
+                        + ", ".join(found.allowed),
+                        found.allowed,
+                    )
+                    if found.allowed
+                    else NotFound("no such resource"),
+                )
+                return
+            if self.hot and route is not None and route.hot is not None:
                 scope[ROUTE_KEY] = route.name
                 if await route.hot(self.state, scope, receive, send, found.params):
                     return

@@ -157,9 +157,20 @@ class Connection:
             body = await self.reader.readexactly(length) if length else b""
         return status, headers, body
 
-    def _head(self, path: str, content_type: str, length: int) -> bytes:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+    ) -> tuple[int, bytes]:
+        """Any method (DELETE, POST, ...) with a small body; (status, body)."""
+        if self.writer is None:
+            await self._connect()
+        assert self.writer is not None
+        self.writer.write(self._head(path, content_type, len(body), method) + body)
+        await self.writer.drain()
+        return await self._response()
+
+    def _head(self, path: str, content_type: str, length: int, method: str = "POST") -> bytes:
         return (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
             f"Accept: application/dicom+json\r\n{self.extra}\r\n"
         ).encode()

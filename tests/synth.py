@@ -404,6 +404,86 @@ def big_multiframe(path: Path, target_bytes: int, *, rows: int = 512, cols: int 
     return path
 
 
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def rejection_note(
+    study_uid: str,
+    series_uid: str,
+    rejected: list[tuple[str, str]],
+    code: str = "113001",
+    *,
+    sop_uid: str | None = None,
+    patient_id: str = "PAT0001",
+    patient_name: str = "DOE^JANE",
+) -> bytes:
+    """An IOCM rejection note: a Key Object Selection Document (PS3.3 A.35.4) whose
+    Concept Name is a PS3.16 CID 7011 code, referencing ``rejected`` ((series, SOP
+    Instance UID) of CT images in ``study_uid``) in its Current Requested Procedure
+    Evidence Sequence (IHE RAD TF-2 4.66)."""
+    meanings = {
+        "113001": "Rejected for Quality Reasons",
+        "113037": "Rejected for Patient Safety Reasons",
+        "113038": "Incorrect Modality Worklist Entry",
+        "113039": "Data Retention Policy Expired",
+    }
+    sop_uid = sop_uid or _derived_uid("kos", series_uid, code, *[s for _, s in rejected])
+    ds = Dataset()
+    _patient_study_series(ds, study_uid, series_uid, patient_id, patient_name)
+    ds.SOPClassUID = KEY_OBJECT_SELECTION
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = "KO"
+    ds.SeriesNumber = 99
+    ds.InstanceNumber = 1
+    ds.ContentDate = "20240116"
+    ds.ContentTime = "120000"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    concept = Dataset()
+    concept.CodeValue = code
+    concept.CodingSchemeDesignator = "DCM"
+    concept.CodeMeaning = meanings.get(code, "Other")
+    ds.ConceptNameCodeSequence = [concept]
+    template = Dataset()
+    template.MappingResource = "DCMR"
+    template.TemplateIdentifier = "2010"
+    ds.ContentTemplateSequence = [template]
+    content = []
+    by_series: dict[str, list[str]] = {}
+    for series, sop in rejected:
+        by_series.setdefault(series, []).append(sop)
+        item = Dataset()
+        item.RelationshipType = "CONTAINS"
+        item.ValueType = "IMAGE"
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+        ref.ReferencedSOPInstanceUID = sop
+        item.ReferencedSOPSequence = [ref]
+        content.append(item)
+    ds.ContentSequence = content
+    study_item = Dataset()
+    study_item.StudyInstanceUID = study_uid
+    series_items = []
+    for series, sops in by_series.items():
+        series_item = Dataset()
+        series_item.SeriesInstanceUID = series
+        refs = []
+        for sop in sops:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+            ref.ReferencedSOPInstanceUID = sop
+            refs.append(ref)
+        series_item.ReferencedSOPSequence = refs
+        series_items.append(series_item)
+    study_item.ReferencedSeriesSequence = series_items
+    ds.CurrentRequestedProcedureEvidenceSequence = [study_item]
+    ds.file_meta = _file_meta(KEY_OBJECT_SELECTION, sop_uid)
+    out = DicomBytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
 def _self_test() -> None:
     """Read the generators' output back with pydicom and time ``ct_slice``."""
     import tempfile

@@ -48,7 +48,16 @@ from app.asgi import StatusRecorder, header, quoted, send_error, send_whole
 from app.auth import links
 from app.auth.audit import AuditLog
 from app.auth.oidc import JwtError, JwtVerifier, looks_like_jwt
-from app.auth.principal import ANONYMOUS, AUDIT_UIDS_KEY, CONFINED_KEY, READ, Principal
+from app.auth.principal import (
+    ANONYMOUS,
+    AUDIT_UIDS_KEY,
+    CONFINED_KEY,
+    GRANTED_KEY,
+    READ,
+    WHO_KEY,
+    Principal,
+    grants,
+)
 from app.auth.routes import Target, target_of
 from app.auth.tokens import TokenVerifier, looks_like_token
 from app.errors import Forbidden, MethodNotAllowed, NotFound, PictorError, Unauthorized
@@ -130,6 +139,8 @@ class AccessMiddleware:
             if access.enforce:
                 principal = await self._authenticate(access, scope)
                 self._authorize(principal, target, scope)
+            scope[WHO_KEY] = principal.who
+            scope[GRANTED_KEY] = principal.scopes
         except (Unauthorized, Forbidden, NotFound) as denied:
             scope[ROUTE_KEY] = target.action
             await send_error(send, denied)
@@ -209,7 +220,7 @@ class AccessMiddleware:
         assert target.scope is not None
         if principal.study is not None:
             self._confine(principal.study, target, scope)
-        if target.scope not in principal.scopes:
+        if not grants(principal.scopes, target.scope):
             raise Forbidden(
                 f"this token lacks the {target.scope!r} scope",
                 f'{REALM}, error="insufficient_scope", scope="{target.scope}"',

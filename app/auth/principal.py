@@ -9,6 +9,9 @@ import msgspec
 #: the ASGI scope key where a route handler leaves the UIDs it touched beyond its path
 #: (STOW-RS: the stored instances) as (study, series, instance) triples, for the audit
 AUDIT_UIDS_KEY = "pictor.audit.uids"
+#: the ASGI scope key where access control leaves who the request acts for (the audit
+#: trail's ``who``: lifecycle changes record it with their old and new values)
+WHO_KEY = "pictor.who"
 #: the ASGI scope key where access control leaves the one study a study link may search
 #: (app.index.query.confine applies it to the parsed query)
 CONFINED_KEY = "pictor.confined.study"
@@ -20,10 +23,36 @@ def confined_study(scope: Any) -> str | None:
     return study if isinstance(study, str) else None
 
 
+#: the ASGI scope key where access control leaves the scopes the request holds
+GRANTED_KEY = "pictor.granted"
+
+
+def may(scope: Any, needed: str) -> bool:
+    """Whether the request holds ``needed`` (True when access control does not run:
+    Pictor then listens on loopback only and trusts its callers)."""
+    granted = scope.get(GRANTED_KEY)
+    return True if granted is None else grants(granted, needed)
+
+
+def who_of(scope: Any) -> str:
+    """Who a request acts for (``anonymous`` when access control is off)."""
+    who = scope.get(WHO_KEY)
+    return who if isinstance(who, str) else "anonymous"
+
+
 READ = "read"
 WRITE = "write"
+#: delete studies, series and instances (issue #15); ``admin`` includes it
+DELETE = "delete"
 ADMIN = "admin"
-SCOPES = (READ, WRITE, ADMIN)
+SCOPES = (READ, WRITE, DELETE, ADMIN)
+#: scopes a granted scope carries with it
+IMPLIED = {ADMIN: frozenset({DELETE})}
+
+
+def grants(scopes: frozenset[str], needed: str) -> bool:
+    """Whether holding ``scopes`` allows what needs ``needed``."""
+    return needed in scopes or any(needed in IMPLIED.get(s, ()) for s in scopes)
 
 
 class Principal(msgspec.Struct, frozen=True):

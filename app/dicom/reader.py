@@ -258,15 +258,15 @@ def parse_buffer(buf: Buffer, *, inline_limit: int = 1024) -> ParsedFile:
         raise DicomFormatError(f"malformed data set ({exc})") from None
 
 
-def _parse(buf: Buffer, inline_limit: int) -> ParsedFile:
-    view = memoryview(buf)
+def _parse_meta(view: memoryview) -> tuple[DataSet, int]:
+    """The File Meta Information (always explicit VR little endian, PS3.10 7.1) and the
+    position of the data set after it."""
     if len(view) >= 132 and bytes(view[128:132]) == b"DICM":
         pos = 132
     elif len(view) >= 4 and bytes(view[0:4]) == b"DICM":
         pos = 4  # a few writers omit the preamble
     else:
         raise DicomFormatError("not a DICOM file: no 'DICM' prefix at byte 128 (PS3.10 7.1)")
-    # File Meta Information: always explicit VR little endian (PS3.10 7.1).
     meta_walker = _Walker(view, True, False, inline_limit=1 << 16)
     meta = DataSet()
     while pos + 8 <= len(view) and meta_walker.u16(view, pos)[0] == 0x0002:
@@ -276,6 +276,48 @@ def _parse(buf: Buffer, inline_limit: int) -> ParsedFile:
         meta.elements[element.tag] = element
     if not meta.elements:
         raise DicomFormatError("the file has no File Meta Information group (0002,xxxx)")
+    return meta, pos
+
+
+def _is_implicit(body: Buffer, pos: int, ts: str) -> bool:
+    if ts == IMPLICIT_VR_LE:
+        return True
+    if len(body) >= pos + 6:
+        # Some writers label an implicit VR data set as explicit; the VR bytes tell.
+        vr = bytes(memoryview(body)[pos + 4 : pos + 6])
+        return not (vr.isalpha() and vr.isupper())
+    return False
+
+
+def tail_offset(buf: Buffer) -> int | None:
+    """Where the top-level elements before Pixel Data end in a Part 10 file, or a
+    prefix of one: the position of the first element at or after (7FE0,0000), or the
+    end of ``buf`` when there is none. None when ``buf`` ends inside an element (the
+    prefix is too short) or the data set is deflated (positions are not file bytes).
+    Used to rewrite a header and copy the rest unchanged (app.dicom.patch)."""
+    view = memoryview(buf)
+    try:
+        meta, pos = _parse_meta(view)
+        ts = _meta_transfer_syntax(meta)
+        if ts == DEFLATED_EXPLICIT_VR_LE:
+            return None
+        implicit = _is_implicit(view, pos, ts)
+        walker = _Walker(view, ts != EXPLICIT_VR_BE, implicit, inline_limit=0)
+        while pos < walker.size:
+            if walker.size - pos < 8:
+                return None
+            group, elem = walker.u16(view, pos)[0], walker.u16(view, pos + 2)[0]
+            if (group << 16) | elem >= 0x7FE00000:
+                return pos
+            _, pos = walker.element(pos, implicit=implicit)
+        return pos
+    except (DicomFormatError, struct.error, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _parse(buf: Buffer, inline_limit: int) -> ParsedFile:
+    view = memoryview(buf)
+    meta, pos = _parse_meta(view)
     ts = _meta_transfer_syntax(meta)
     offsets_in_file = True
     body: Buffer = view
@@ -286,11 +328,7 @@ def _parse(buf: Buffer, inline_limit: int) -> ParsedFile:
             raise DicomFormatError(f"deflated data set cannot be inflated: {exc}") from exc
         pos, offsets_in_file = 0, False
     little = ts != EXPLICIT_VR_BE
-    implicit = ts == IMPLICIT_VR_LE
-    if not implicit and len(body) >= pos + 6:
-        # Some writers label an implicit VR data set as explicit; the VR bytes tell.
-        vr = bytes(memoryview(body)[pos + 4 : pos + 6])
-        implicit = not (vr.isalpha() and vr.isupper())
+    implicit = _is_implicit(body, pos, ts)
     walker = _Walker(body, little, implicit, inline_limit)
     dataset, _ = walker.dataset(pos, walker.size, implicit=implicit, in_item=False)
     return ParsedFile(ts, meta, dataset, little, implicit, offsets_in_file)

@@ -20,7 +20,7 @@ from app.auth import links
 from app.auth.principal import parse_scopes
 from app.dicom.uids import uid_problem
 from app.dicomweb.urls import DICOMWEB_PREFIX, request_base_url
-from app.errors import BadRequest
+from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from app.services import access
 
 
@@ -38,9 +38,28 @@ def _json(value: Any, status: int = 200) -> Response[bytes]:
     return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
 
 
-async def _body(request: Request[Any, Any, Any], kind: type[Any]) -> Any:
+#: the largest admin request body (JSON objects of a few attributes)
+MAX_BODY = 1 << 20
+
+
+async def read_body(request: Request[Any, Any, Any], limit: int = MAX_BODY) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes (read no further)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: Request[Any, Any, Any], kind: Any = Any) -> Any:
+    """The JSON body decoded (as ``kind``): 415 for another media type, 400 if malformed."""
+    media = (request.headers.get("content-type") or "application/json").split(";")[0]
+    if media.strip().lower() not in ("application/json", "application/dicom+json"):
+        raise UnsupportedMediaType(f"the body must be application/json, not {media}")
     try:
-        return msgspec.json.decode(await request.body(), type=kind)
+        return msgspec.json.decode(await read_body(request), type=kind)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body: {exc}") from exc
 
@@ -69,7 +88,7 @@ def link_answer(root: str, study: str, token: str, expires: int) -> dict[str, An
 
 
 async def create_link(request: Request[Any, Any, Any]) -> Response[bytes]:
-    wanted: LinkRequest = await _body(request, LinkRequest)
+    wanted: LinkRequest = await json_body(request, LinkRequest)
     if (problem := uid_problem(wanted.study)) is not None:
         raise BadRequest(f"study {problem}")
     try:
@@ -96,7 +115,7 @@ async def list_tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 async def create_token(request: Request[Any, Any, Any]) -> Response[bytes]:
-    wanted: TokenRequest = await _body(request, TokenRequest)
+    wanted: TokenRequest = await json_body(request, TokenRequest)
     try:
         scopes = parse_scopes(",".join(wanted.scopes))
     except ValueError as exc:

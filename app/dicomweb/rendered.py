@@ -151,7 +151,9 @@ async def _thumbnail(
     settings = request.app.state.settings
     cache = Path(settings.data_dir) / "cache" / "thumbnails"
     extension = FORMATS[options.media_type].lower()
-    name = f"{inst.sop_instance_uid}-{index}.{extension}"
+    # keyed by the stored bytes too: an instance deleted and stored again under its
+    # UID with other pixels never shows the old thumbnail
+    name = f"{inst.sop_instance_uid}-{inst.file_sha256[:16]}-{index}.{extension}"
     path = cache / name
     try:
         return _image(path.read_bytes(), options.media_type)

@@ -21,7 +21,7 @@ from litestar.response import Response
 from msgspec.json import encode
 
 from app.asgi import warning_header
-from app.auth.principal import AUDIT_UIDS_KEY
+from app.auth.principal import AUDIT_UIDS_KEY, DELETE, may, who_of
 from app.dicom.uids import uid_problem
 from app.dicomweb.multipart import (
     MultipartError,
@@ -136,9 +136,11 @@ def store_response(
 class _Upload:
     """State of one STOW request: the part being written, parts awaiting commit."""
 
-    def __init__(self, ingest: Ingest, study: str | None) -> None:
+    def __init__(self, ingest: Ingest, study: str | None, who: str, may_purge: bool) -> None:
         self.ingest = ingest
         self.study = study
+        self.who = who
+        self.may_purge = may_purge
         self.current: Upload | None = None
         self.skipping = False
         self.pending: list[Part] = []
@@ -177,7 +179,9 @@ class _Upload:
     async def flush(self) -> None:
         batch, self.pending = self.pending, []
         if batch:
-            self.outcomes.extend(await self.ingest.commit(batch, self.study))
+            self.outcomes.extend(
+                await self.ingest.commit(batch, self.study, who=self.who, may_purge=self.may_purge)
+            )
 
     async def abandon(self) -> None:
         """Throw away everything not yet committed (committed instances stay)."""
@@ -195,7 +199,7 @@ async def store_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
     if study is not None and (problem := uid_problem(study)) is not None:
         raise BadRequest(f"the Study Instance UID in the URL {problem}")
     ingest: Ingest = request.app.state.ingest
-    upload = _Upload(ingest, study)
+    upload = _Upload(ingest, study, who_of(request.scope), may(request.scope, DELETE))
     failure = ""
     try:
         if boundary is None:

@@ -71,8 +71,8 @@ class _Sink(io.RawIOBase):
 
 
 async def zip_body(store: BlobStore, stored: list[StoredInstance]) -> AsyncIterator[bytes]:
-    """The instances as stored, in a ZIP archive (stored entries, ZIP64 where needed),
-    named ``study/series/sop.dcm``; memory holds one chunk at a time."""
+    """The instances as stored (corrections applied), in a ZIP archive (stored entries,
+    ZIP64 where needed), named ``study/series/sop.dcm``; memory holds one chunk at a time."""
     sink = _Sink()
     now = time.localtime()[:6]
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -80,9 +80,9 @@ async def zip_body(store: BlobStore, stored: list[StoredInstance]) -> AsyncItera
             entry = zipfile.ZipInfo(
                 f"{inst.file_key.rsplit('/', 1)[0]}/{inst.sop_instance_uid}.dcm", now
             )
-            entry.file_size = inst.file_size
+            entry.file_size = inst.file_size  # a hint (ZIP64 or not); corrections add bytes
             with archive.open(entry, "w") as out:
-                async for chunk in store.read_range(inst.file_key):
+                async for chunk in retrieve.part10(store, inst):
                     out.write(chunk)
                     yield sink.take()
             yield sink.take()
@@ -134,7 +134,7 @@ async def _instances(request: Request[Any, Any, Any]) -> Stream:
         for i, inst in enumerate(stored):
             offer = chosen[inst.sop_instance_uid]
             if offer.transfer_syntax == inst.transfer_syntax:
-                yield offer.header(), store.read_range(inst.file_key)
+                yield offer.header(), retrieve.part10(store, inst)
             elif i == 0 and first is not None:
                 yield offer.header(), once(first)
             else:

@@ -54,7 +54,7 @@ from app.dimse.network import no_delay
 from app.dimse.resources import Resources
 from app.dimse.status import CANCEL, PENDING, Service, failure
 from app.errors import NotFound
-from app.services.retrieve import Scope, StoredInstance, instances, transcoded
+from app.services.retrieve import Scope, StoredInstance, instance_bytes, instances, transcoded
 from app.services.search import Query
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ class Retrieve:
                 # re-encoding in the codec workers
                 store, run = self.res.store, self.res.bridge.run
                 if how is Plan.AS_STORED:
-                    return dcmread(io.BytesIO(run(store.read(inst.file_key))))
+                    return dcmread(io.BytesIO(run(instance_bytes(store, inst))))
                 syntax = EXPLICIT_VR_LE if how is Plan.TRANSCODE else target
                 assert syntax is not None
                 encoded = run(transcoded(store, inst, syntax))

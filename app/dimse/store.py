@@ -55,7 +55,12 @@ class GroupCommit:
             while self._waiting:
                 batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
                 try:
-                    outcomes = await self.ingest.commit([part for part, _ in batch])
+                    parts = [part for part, _ in batch]
+                    # DIMSE peers may delete only while access control is off
+                    trusted = not self.ingest.settings.auth
+                    outcomes = await self.ingest.commit(
+                        parts, who="dimse:c-store", may_purge=trusted
+                    )
                 except BaseException as exc:  # noqa: BLE001 - every waiter hears of it
                     for _, future in batch:
                         if not future.done():

@@ -47,7 +47,13 @@ async def find_existing(pool: asyncpg.Pool, sop_uids: Sequence[str]) -> dict[str
 
 
 async def referenced_keys(pool: asyncpg.Pool, keys: list[str]) -> set[str]:
-    rows = await pool.fetch("SELECT file_key FROM instance WHERE file_key = ANY($1::text[])", keys)
+    """The keys an index row references: a stored instance's, or a trashed one's (its
+    file is kept until the purge; schemas/008)."""
+    rows = await pool.fetch(
+        "SELECT file_key FROM instance WHERE file_key = ANY($1::text[])"
+        " UNION SELECT file_key FROM trash_instance WHERE file_key = ANY($1::text[])",
+        keys,
+    )
     return {r["file_key"] for r in rows}
 
 
@@ -88,16 +94,16 @@ INSERT INTO instance (series_pk, study_pk, sop_instance_uid, sop_class_uid, inst
     transfer_syntax_uid, rows, columns, bits_allocated, bits_stored, samples_per_pixel,
     photometric_interpretation, number_of_frames, file_key, file_size, file_sha256,
     frame_offsets, frame_lengths, frame_first, bulk, metadata, attrs, pixel_representation,
-    planar_configuration)
+    planar_configuration, patch)
 SELECT t.series_pk, t.study_pk, t.sop, t.cls, t.num, t.ts, t.r, t.c, t.ba, t.bs, t.spp, t.pi,
     t.nf, t.key, t.size, t.sha, t.offs::bigint[], t.lens::bigint[], t.firsts::int[], t.bulk,
-    t.meta, t.attrs, t.pr, t.pc
+    t.meta, t.attrs, t.pr, t.pc, t.patch
 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[],
     $7::int[], $8::int[], $9::int[], $10::int[], $11::int[], $12::text[], $13::int[],
     $14::text[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[],
-    $20::json[], $21::json[], $22::jsonb[], $23::smallint[], $24::smallint[])
+    $20::json[], $21::json[], $22::jsonb[], $23::smallint[], $24::smallint[], $25::jsonb[])
     AS t(series_pk, study_pk, sop, cls, num, ts, r, c, ba, bs, spp, pi, nf, key, size, sha,
-         offs, lens, firsts, bulk, meta, attrs, pr, pc)
+         offs, lens, firsts, bulk, meta, attrs, pr, pc, patch)
 ON CONFLICT (sop_instance_uid) DO NOTHING
 RETURNING sop_instance_uid
 """
@@ -132,8 +138,10 @@ async def notify_changed(conn: asyncpg.Connection, sop_uids: Sequence[str]) -> N
     """Announce, in the caller's transaction, that these instances changed: every
     server process (on every machine) drops what it cached of them at commit
     (DESIGN.md decision 8)."""
-    for uid in sop_uids:
-        await conn.execute("SELECT pg_notify($1, $2)", CHANGED_CHANNEL, uid)
+    if sop_uids:
+        await conn.execute(
+            "SELECT pg_notify($1, u) FROM unnest($2::text[]) AS u", CHANGED_CHANNEL, list(sop_uids)
+        )
 
 
 async def _remove_instance(conn: asyncpg.Connection, pk: int) -> str | None:
@@ -177,12 +185,10 @@ TAKEN = "taken"
 SERIES_ELSEWHERE = "series-elsewhere"
 
 
-async def _pks(
-    conn: asyncpg.Connection, table: str, column: str, uids: list[str]
-) -> dict[str, tuple[int, int]]:
-    extra = ", study_pk" if table == "series" else ", pk"
+async def _series_pks(conn: asyncpg.Connection, uids: list[str]) -> dict[str, tuple[int, int]]:
+    """Series UID -> (pk, study pk)."""
     rows = await conn.fetch(
-        f"SELECT {column}, pk{extra} FROM {table} WHERE {column} = ANY($1::text[])", uids
+        "SELECT series_uid, pk, study_pk FROM series WHERE series_uid = ANY($1::text[])", uids
     )
     return {r[0]: (r[1], r[2]) for r in rows}
 
@@ -195,6 +201,42 @@ async def commit_batch(
     Returns, per item, :data:`INSERTED`, :data:`TAKEN` or :data:`SERIES_ELSEWHERE`, and
     the file keys of the rows that were replaced (their files are deleted by the caller).
     """
+    for attempt in range(3):
+        try:
+            return await _commit_once(pool, items)
+        except (asyncpg.ForeignKeyViolationError, _StudyGone) as exc:
+            # a delete removed the study or series while the batch was on its way
+            # (app.index.lifecycle): the batch is committed again, from scratch
+            if attempt == 2:
+                raise index_failure("the index commit failed", exc, client_values=False) from exc
+    raise AssertionError("unreachable")
+
+
+class _StudyGone(Exception):
+    """A study of the batch was deleted while the batch was being committed."""
+
+
+async def _lock_studies(
+    conn: asyncpg.Connection,
+    uids: list[str],
+    pks: dict[str, int],
+    patches: dict[str, dict[str, Any]],
+) -> None:
+    if not uids:
+        return
+    for row in await conn.fetch(
+        "SELECT study_uid, pk, patch FROM study WHERE study_uid = ANY($1::text[])"
+        " ORDER BY study_uid FOR NO KEY UPDATE",
+        uids,
+    ):
+        pks[row[0]] = row[1]
+        if row[2] is not None:  # a corrected study (app.index.corrections)
+            patches[row[0]] = msgspec.json.decode(bytes(row[2]))
+
+
+async def _commit_once(
+    pool: asyncpg.Pool, items: Sequence[NewInstance]
+) -> tuple[list[str], list[str]]:
     results = [TAKEN] * len(items)
     replaced: list[str] = []
     studies: dict[str, Analysis] = {}
@@ -202,14 +244,21 @@ async def commit_batch(
     for item in items:
         studies.setdefault(item.analysis.study_uid, item.analysis)
         series.setdefault(item.analysis.series_uid, item.analysis)
+    uids = sorted(studies)
     try:
         async with pool.acquire() as conn, conn.transaction():
+            # The batch's existing studies are locked first, in UID order, with the lock
+            # the aggregate update at the end needs: a lifecycle change of the study
+            # (app.index.lifecycle, which locks it first too) then runs wholly before or
+            # after this batch, never waiting on it while it waits on the change.
+            study_pks: dict[str, int] = {}
+            patches: dict[str, dict[str, Any]] = {}
+            await _lock_studies(conn, uids, study_pks, patches)
             for item in sorted(items, key=lambda it: it.analysis.sop_instance_uid):
                 if item.replaces is not None:
                     key = await _remove_instance(conn, item.replaces)
                     if key is not None:
                         replaced.append(key)
-            uids = sorted(studies)
             s = [studies[u].study for u in uids]
             created_studies = await conn.fetch(
                 _INSERT_STUDIES,
@@ -220,7 +269,13 @@ async def commit_batch(
             words = [(r[0], w) for r in created_studies for w in studies[r[1]].name_words]
             if words:
                 await conn.execute(_INSERT_WORDS, [w[0] for w in words], [w[1] for w in words])
-            study_pks = {u: v[0] for u, v in (await _pks(conn, "study", "study_uid", uids)).items()}
+            for row in created_studies:
+                study_pks[row[1]] = row[0]
+                patches.pop(row[1], None)
+            # created by another batch since the first lock: locked now
+            await _lock_studies(conn, [u for u in uids if u not in study_pks], study_pks, patches)
+            if any(u not in study_pks for u in uids):
+                raise _StudyGone  # deleted meanwhile: the batch starts again
             suids = sorted(series)
             r = [series[u].series for u in suids]
             created = await conn.fetch(
@@ -231,7 +286,7 @@ async def commit_batch(
                 [series[u].series_json for u in suids],
             )
             new_series = {row[0] for row in created}
-            series_pks = await _pks(conn, "series", "series_uid", suids)
+            series_pks = await _series_pks(conn, suids)
 
             rows: list[tuple[int, NewInstance]] = []
             for i, item in enumerate(items):
@@ -243,7 +298,7 @@ async def commit_batch(
                 rows.append((i, item))
             inserted: set[str] = set()
             if rows:
-                cols = _instance_columns([it for _, it in rows], series_pks, study_pks)
+                cols = _instance_columns([it for _, it in rows], series_pks, study_pks, patches)
                 inserted = {r[0] for r in await conn.fetch(_INSERT_INSTANCES, *cols)}
             per_series: dict[int, int] = {}
             per_study: dict[int, list[Any]] = {}
@@ -288,6 +343,8 @@ async def commit_batch(
                     "DELETE FROM study WHERE pk = ANY($1::bigint[]) AND num_instances = 0",
                     list(study_pks.values()),
                 )
+    except (asyncpg.ForeignKeyViolationError, _StudyGone):
+        raise
     except INDEX_ERRORS as exc:
         raise index_failure("the index commit failed", exc, client_values=False) from exc
     return results, replaced
@@ -318,16 +375,25 @@ _SERIES_COLUMNS = (
 )
 
 
+def _patched(metadata: bytes, patch: dict[str, Any]) -> bytes:
+    """An instance's metadata with its study's corrections applied."""
+    meta: dict[str, Any] = msgspec.json.decode(metadata)
+    meta.update(patch)
+    return msgspec.json.encode(dict(sorted(meta.items())))
+
+
 def _instance_columns(
     items: list[NewInstance],
     series_pks: dict[str, tuple[int, int]],
     study_pks: dict[str, int],
+    patches: dict[str, dict[str, Any]],
 ) -> list[list[Any]]:
-    cols: list[list[Any]] = [[] for _ in range(24)]
+    cols: list[list[Any]] = [[] for _ in range(25)]
     for item in items:
         a = item.analysis
         inst = a.instance
         fr = a.frames
+        patch = patches.get(a.study_uid)
         row = (
             series_pks[a.series_uid][0],
             study_pks[a.study_uid],
@@ -349,10 +415,11 @@ def _instance_columns(
             _int_array(fr.lengths) if fr else None,
             _int_array(fr.first) if fr else None,
             msgspec.json.encode(a.bulk),
-            a.metadata,
+            a.metadata if patch is None else _patched(a.metadata, patch),
             a.instance_json,
             inst["pixel_representation"],
             inst["planar_configuration"],
+            msgspec.json.encode(patch) if patch is not None else None,
         )
         for col, value in zip(cols, row):
             col.append(value)

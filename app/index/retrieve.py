@@ -48,6 +48,9 @@ class StoredInstance:
     columns: int | None = None
     pixel_representation: int | None = None
     planar_configuration: int | None = None
+    #: DICOM JSON of corrected attributes a retrieved Part 10 file must carry instead of
+    #: the stored file's (app.dicom.patch); None: the file as stored
+    patch: bytes | None = None
 
     def frame_ranges(self, number: int) -> list[tuple[int, int]]:
         """Byte ranges of frame ``number`` (1-based, PS3.18 10.4.1.1.4) in the stored file."""
@@ -80,10 +83,12 @@ async def _fetch(pool: asyncpg.Pool, sql: str, scope: Scope) -> list[asyncpg.Rec
 
 
 async def metadata(pool: asyncpg.Pool, scope: Scope) -> list[tuple[bytes, str]]:
-    """(stored DICOM JSON, file SHA-256) of each instance in scope, in viewing order."""
+    """(stored DICOM JSON, its version: the file's SHA-256 and the correction count) of
+    each instance in scope, in viewing order."""
     rows = await _fetch(
         pool,
-        f"SELECT i.metadata, i.file_sha256 FROM {_FROM} WHERE {_WHERE} ORDER BY {_ORDER}",
+        f"SELECT i.metadata, i.file_sha256 || ':' || i.revision FROM {_FROM} WHERE {_WHERE}"
+        f" ORDER BY {_ORDER}",
         scope,
     )
     return [(bytes(r[0]), str(r[1])) for r in rows]
@@ -97,7 +102,7 @@ _COLUMNS = """i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file
     COALESCE(i.pixel_representation, (i.metadata #>> '{00280103,Value,0}')::smallint)
         AS pixel_representation,
     COALESCE(i.planar_configuration, (i.metadata #>> '{00280006,Value,0}')::smallint)
-        AS planar_configuration"""
+        AS planar_configuration, i.patch"""
 
 
 def _stored(r: asyncpg.Record) -> StoredInstance:
@@ -126,6 +131,7 @@ def _stored(r: asyncpg.Record) -> StoredInstance:
         columns=r["columns"],
         pixel_representation=r["pixel_representation"],
         planar_configuration=r["planar_configuration"],
+        patch=bytes(r["patch"]) if r["patch"] is not None else None,
     )
 
 

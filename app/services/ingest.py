@@ -25,10 +25,12 @@ import msgspec
 
 from app.config import Settings
 from app.dicom.analysis import Analysis, analyse_content
+from app.dicom.iocm import KEY_OBJECT_SELECTION
 from app.errors import FailureReason, InstanceRejected, ServiceUnavailable
 from app.index import instances as index
 from app.index.database import Pool
 from app.observability import record_ingest
+from app.services.lifecycle import Lifecycle
 from app.storage import BlobStore, Publication, Upload, instance_key
 
 log = logging.getLogger(__name__)
@@ -102,10 +104,14 @@ class Ingest:
     Several server processes use several cores; file I/O and hashing run in threads, in
     parallel with the event loop."""
 
-    def __init__(self, settings: Settings, pool: Pool, store: BlobStore) -> None:
+    def __init__(
+        self, settings: Settings, pool: Pool, store: BlobStore, lifecycle: Lifecycle | None = None
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.store = store
+        #: IOCM: rejected instances are refused; stored rejection notes take effect
+        self.lifecycle = lifecycle or Lifecycle(settings, pool, store)
 
     def new_part(self) -> Upload:
         return self.store.create_temp()
@@ -150,9 +156,16 @@ class Ingest:
             part.temp.discard()
 
     async def commit(
-        self, parts: Sequence[Part], expected_study: str | None = None
+        self,
+        parts: Sequence[Part],
+        expected_study: str | None = None,
+        *,
+        who: str = "system",
+        may_purge: bool = False,
     ) -> list[Outcome]:
-        """Decide and store a batch; returns one outcome per part, in order."""
+        """Decide and store a batch; returns one outcome per part, in order. ``who``:
+        whom the audit trail names for what a stored rejection note does; ``may_purge``:
+        whether the storer may delete (a 113039 note purges at once only then)."""
         outcomes: list[Outcome | None] = [None] * len(parts)
         candidates: dict[int, Analysis] = {}
         seen: dict[str, int] = {}
@@ -194,9 +207,9 @@ class Ingest:
             candidates[i] = a
 
         try:
-            existing = await index.find_existing(
-                self.pool, [a.sop_instance_uid for a in candidates.values()]
-            )
+            uids = [a.sop_instance_uid for a in candidates.values()]
+            existing = await index.find_existing(self.pool, uids)
+            rejected = await self.lifecycle.rejected(uids)
         except BaseException:
             await self.discard(parts)  # nothing of this batch was published
             raise
@@ -204,7 +217,18 @@ class Ingest:
         retired: list[str] = []
         for i, a in candidates.items():
             old = existing.get(a.sop_instance_uid)
-            if old is None:
+            rejection = rejected.get(a.sop_instance_uid)
+            if rejection is not None:
+                outcomes[i] = _outcome(
+                    a,
+                    FAILED,
+                    FailureReason.REJECTED_INSTANCE,
+                    f"SOP Instance UID {a.sop_instance_uid} was rejected by rejection note "
+                    f"{rejection[0]} (code {rejection[1]}, IHE IOCM); it is stored again only "
+                    "once the rejection is revoked (delete the note, or restore the instance "
+                    "from the trash)",
+                )
+            elif old is None:
                 key = instance_key(a.study_uid, a.series_uid, a.sop_instance_uid)
                 new[i] = index.NewInstance(a, key)
             elif old.file_sha256 == a.sha256:
@@ -224,6 +248,15 @@ class Ingest:
 
         if new:
             await self._store(parts, new, retired, outcomes)
+        notes = [
+            (a.sop_class_uid, a.sop_instance_uid, a.metadata)
+            for i, a in candidates.items()
+            if a.sop_class_uid == KEY_OBJECT_SELECTION
+            and (o := outcomes[i]) is not None
+            and o.status in (STORED, ALREADY_STORED)
+        ]
+        if notes:
+            await self._apply_notes(notes, who, may_purge)
         for i, part in enumerate(parts):
             if i not in new:
                 part.temp.discard()
@@ -232,6 +265,17 @@ class Ingest:
             stored = o.status == STORED
             record_ingest(o.status, parts[i].temp.size if stored else 0)
         return final
+
+    async def _apply_notes(
+        self, notes: list[tuple[str, str, bytes]], who: str, may_purge: bool
+    ) -> None:
+        """Stored Key Object Selection documents: a rejection note takes effect now.
+        Its own outcome stays "stored" if applying it fails (logged; storing the note
+        again applies it: a rejection is idempotent)."""
+        try:
+            await self.lifecycle.stored(notes, who=who, may_purge=may_purge)
+        except Exception:  # noqa: BLE001 - the note is stored; its effect is logged
+            log.exception("applying rejection notes %s failed", [n[1] for n in notes])
 
     async def _store(
         self,

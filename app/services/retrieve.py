@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 
 from app.codec import pool
 from app.codec.render import RenderOptions, render_animation, render_frame
@@ -24,6 +25,7 @@ from app.codec.transcode import (
     encode_frame_of_instance,
     transcode_instance,
 )
+from app.dicom.patch import head_end, patch_head, patch_part10
 from app.index import retrieve as index_retrieve
 from app.index.database import Listener, Pool
 from app.index.instances import CHANGED_CHANNEL
@@ -44,8 +46,10 @@ __all__ = [
     "encoded_frame",
     "frame_bytes",
     "instance",
+    "instance_bytes",
     "instances",
     "metadata",
+    "part10",
     "pixel_info",
     "rendered",
     "transcoded",
@@ -179,8 +183,13 @@ async def encoded_frame(store: BlobStore, inst: StoredInstance, number: int, tar
 # which also answers every other request, neither reads nor copies them.
 
 
-def _transcode_stored(store: BlobStore, key: str, target: str) -> bytes:
-    return transcode_instance(store.read_blocking(key), target)
+def _transcode_stored(store: BlobStore, key: str, target: str, patch: bytes | None) -> bytes:
+    data = transcode_instance(store.read_blocking(key), target)
+    return data if patch is None else patch_part10(data, patch)
+
+
+def _patch_stored(store: BlobStore, key: str, patch: bytes) -> bytes:
+    return patch_part10(store.read_blocking(key), patch)
 
 
 def _render_stored(store: BlobStore, key: str, index: int, options: RenderOptions) -> bytes:
@@ -198,8 +207,40 @@ def _encode_stored(store: BlobStore, key: str, index: int, target: str) -> bytes
 
 
 async def transcoded(store: BlobStore, inst: StoredInstance, target: str) -> bytes:
-    """The whole instance re-encoded in ``target`` (a Part 10 file)."""
-    return await pool.run(_transcode_stored, store, inst.file_key, target)
+    """The whole instance re-encoded in ``target`` (a Part 10 file, corrections applied)."""
+    return await pool.run(_transcode_stored, store, inst.file_key, target, inst.patch)
+
+
+#: a corrected instance's header is read from this much of its file: headers are a few
+#: KB; a longer one (or a deflated data set) is rewritten from the whole file
+HEAD_BYTES = 256 << 10
+
+
+async def part10(store: BlobStore, inst: StoredInstance) -> AsyncIterator[bytes]:
+    """The instance as a Part 10 file in its stored transfer syntax: the stored bytes,
+    or, for a corrected instance, its header rewritten with the corrections (in a codec
+    worker) followed by the rest of the stored file (app.dicom.patch)."""
+    if inst.patch is None:
+        async for chunk in store.read_range(inst.file_key):
+            yield chunk
+        return
+    length = min(inst.file_size, HEAD_BYTES)
+    head = b"".join([c async for c in store.read_range(inst.file_key, 0, length)])
+    end = head_end(head, whole=length == inst.file_size)
+    if end is None:
+        yield await pool.run(_patch_stored, store, inst.file_key, inst.patch)
+        return
+    yield await pool.run(patch_head, head[:end], inst.patch)
+    if end < inst.file_size:
+        async for chunk in store.read_range(inst.file_key, end):
+            yield chunk
+
+
+async def instance_bytes(store: BlobStore, inst: StoredInstance) -> bytes:
+    """The whole Part 10 file :func:`part10` streams (C-MOVE / C-GET send it whole)."""
+    if inst.patch is None:
+        return await store.read(inst.file_key)
+    return await pool.run(_patch_stored, store, inst.file_key, inst.patch)
 
 
 async def rendered(

@@ -669,6 +669,50 @@ def test_getscu_series(dimse: Dimse, seeded: Seeded) -> None:
     assert len(got) == 3 and all(ds.Modality == "MR" for ds in got.values())
 
 
+def test_corrections_and_deletes_reach_find_get_and_move(dimse: Dimse) -> None:
+    """Issue #15: after a correction C-FIND matches and returns the new values and C-GET
+    / C-MOVE send Part 10 files carrying them (pixel data as stored); after a delete
+    none of them sees the instances."""
+    import httpx
+
+    study, series, files = _ct_series(2, patient_id="LC-OLD", patient_name="OLD^NAME")
+    archive = dimse.archive
+    assert archive.stow(multipart(files)).status_code == 200
+    r = httpx.post(
+        f"{archive.process.base}/admin/studies/{study}/update",
+        json={
+            "PatientID": {"vr": "LO", "Value": ["LC-NEW"]},
+            "PatientName": {"vr": "PN", "Value": [{"Alphabetic": "NEW^NAME"}]},
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert _findscu(dimse, "-S", "QueryRetrieveLevel=STUDY", "PatientID=LC-OLD") == []
+    [found] = _findscu(dimse, "-S", "QueryRetrieveLevel=STUDY", "PatientID=LC-NEW", "PatientName")
+    assert str(found.PatientName) == "NEW^NAME" and found.StudyInstanceUID == study
+    out = dimse.work / "lifecycle-get"
+    out.mkdir()
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+    done = dimse.tool("getscu", "-S", "-od", str(out), *keys)
+    assert done.returncode == 0, done.stderr
+    got = _received(out)
+    assert len(got) == 2
+    originals = {str(pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID): f for f in files}
+    for sop, ds in got.items():
+        assert ds.PatientID == "LC-NEW" and str(ds.PatientName) == "NEW^NAME"
+        assert ds.PixelData == pydicom.dcmread(io.BytesIO(originals[sop])).PixelData
+    done = dimse.tool("movescu", "-v", "-S", "-aem", "DEST", *keys)
+    assert "Received Final Move Response (Success)" in done.stderr
+    moved = {k: v for k, v in _received(dimse.dest_dir).items() if k in originals}
+    assert {ds.PatientID for ds in moved.values()} == {"LC-NEW"}
+    # deleted: C-FIND finds nothing, C-GET retrieves nothing
+    assert archive.http.delete(f"/studies/{study}").status_code == 204
+    assert _findscu(dimse, "-S", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}") == []
+    empty = dimse.work / "lifecycle-get-deleted"
+    empty.mkdir()
+    done = dimse.tool("getscu", "-S", "-od", str(empty), *keys)
+    assert _received(empty) == {}
+
+
 def test_pynetdicom_get_reencodes_for_a_peer_taking_only_jpeg2000(
     dimse: Dimse, seeded: Seeded
 ) -> None:

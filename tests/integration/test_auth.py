@@ -42,7 +42,7 @@ from app.auth import links
 
 from conftest import Archive, Pictor, content_type, multipart
 from server import PictorProcess, free_port
-from synth import ct_slice, new_uids, sop_instance_uid
+from synth import ct_slice, new_uids, rejection_note, sop_instance_uid
 
 PICTOR = [sys.executable, "-m", "app.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -338,6 +338,82 @@ def test_right_scope_passes(secured: Secured) -> None:
     # RFC 6750 2.3: the access_token query parameter, removed before QIDO sees it
     r = secured.get(f"/dicom-web/studies?PatientID=AUTHPAT&access_token={t['reader']}")
     assert r.status_code == 200 and len(r.json()) == 1
+
+
+def test_delete_needs_the_delete_scope_which_admin_includes(secured: Secured) -> None:
+    """Issue #15: DELETE takes scope delete (or admin); the trash, corrections and merge
+    take admin; a study link changes nothing. The delete's audit event names the token."""
+    t = secured.tokens
+    data = secured.archive.data_dir
+    deleter = make_token(data, "deleter", "delete")
+    studies = []
+    for _ in range(2):
+        study, series = new_uids()
+        r = secured.get(
+            "/dicom-web/studies",
+            t["writer"],
+            method="POST",
+            content=multipart([ct_slice(study, series, 0, rows=16, cols=16)]),
+            headers={"Content-Type": content_type()},
+        )
+        assert r.status_code == 200, r.text
+        studies.append(study)
+    path = f"/dicom-web/studies/{studies[0]}"
+    for name in ("reader", "writer", "readwrite"):
+        r = secured.get(path, t[name], method="DELETE")
+        assert r.status_code == 403, name
+        assert 'scope="delete"' in r.headers["www-authenticate"]
+    link = _link(secured, studies[0]).rsplit("/", 1)[1]
+    assert secured.get(path, link, method="DELETE").status_code == 403
+    assert secured.get(path, deleter, method="DELETE").status_code == 204
+    assert (
+        secured.get(f"/dicom-web/studies/{studies[1]}", t["admin"], method="DELETE").status_code
+        == 204
+    )
+    # the trash and corrections are admin work, even for a deleter
+    for method, admin_path in [
+        ("GET", "/admin/trash"),
+        ("POST", "/admin/trash/restore"),
+        ("DELETE", "/admin/trash"),
+        ("POST", f"/admin/studies/{studies[0]}/update"),
+        ("POST", "/admin/patients/merge"),
+    ]:
+        assert secured.get(admin_path, deleter, method=method).status_code == 403, admin_path
+        assert secured.get(admin_path, method=method).status_code == 401, admin_path
+    restored = secured.get(
+        "/admin/trash/restore", t["admin"], method="POST", json={"study": studies[0]}
+    )
+    assert restored.status_code == 200 and restored.json()["instances"] == 1
+    rows = secured.audit(
+        "SELECT who, detail FROM audit_event WHERE action = 'delete' AND $1 = ANY(study_uids)"
+        " AND detail IS NOT NULL",
+        studies[0],
+    )
+    assert [r[0] for r in rows] == ["token:deleter"]
+
+
+def test_a_write_token_cannot_purge_through_a_rejection_note(secured: Secured) -> None:
+    """A 113039 note ("Data Retention Policy Expired") purges at once only for a storer
+    that may delete; from a write-only token what it rejects waits in the trash."""
+    study, series = new_uids()
+    sop = sop_instance_uid(series, 0)
+    note = rejection_note(study, new_uids()[1], [(series, sop)], "113039")
+    for body in ([ct_slice(study, series, 0, rows=16, cols=16)], [note]):
+        r = secured.get(
+            "/dicom-web/studies",
+            secured.tokens["writer"],
+            method="POST",
+            content=multipart(body),
+            headers={"Content-Type": content_type()},
+        )
+        assert r.status_code == 200, r.text
+    trashed = secured.audit("SELECT reason FROM trash_instance WHERE sop_instance_uid = $1", sop)
+    assert [t[0] for t in trashed] == ["rejected:113039"]  # hidden, not destroyed
+    r = secured.get(
+        f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/metadata",
+        secured.tokens["reader"],
+    )
+    assert r.status_code == 404
 
 
 # -- study links ----------------------------------------------------------------------------

@@ -48,7 +48,12 @@ def _uploader(
 
 
 def check_consistency(archive: Archive) -> None:
-    rows = archive.query("SELECT sop_instance_uid, file_key, file_size, file_sha256 FROM instance")
+    """Every index row (stored or in the trash) has its complete file, every file has a
+    row, nothing half-written is left, and the aggregates are true."""
+    rows = archive.query(
+        "SELECT sop_instance_uid, file_key, file_size, file_sha256 FROM instance"
+        " UNION ALL SELECT sop_instance_uid, file_key, file_size, file_sha256 FROM trash_instance"
+    )
     keys = set()
     for row in rows:
         path = archive.data_dir / "storage" / row["file_key"]
