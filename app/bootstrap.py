@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from app.config import Settings
 from app.index.database import EmbeddedPostgres, Pool, apply_migrations, create_pool
 from app.index.instances import referenced_keys
+from app.services.lifecycle import Lifecycle
 from app.storage import BlobStore, FileBlobStore
 
 log = logging.getLogger("pictor")
@@ -29,6 +30,9 @@ async def prepare(settings: Settings, dsn: str) -> None:
         swept = await store.sweep(lambda keys: referenced_keys(pool, keys))
         if any(swept.values()):
             log.warning("start-up sweep: removed %s", swept)
+        recovered = await Lifecycle(settings, pool, store).recover()
+        if recovered:
+            log.warning("start-up: applied %d key object notes stored before a stop", recovered)
     finally:
         await pool.close()
 

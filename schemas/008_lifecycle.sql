@@ -9,15 +9,12 @@
 -- study and series rows it needs to come back are kept in trash_study / trash_series.
 -- Its file stays in the blob store until the trash is purged.
 
--- Corrections: the stored file is never rewritten. An instance's patch holds the DICOM
--- JSON of the attributes that replace the file's when it is retrieved (Part 10 headers
--- rewritten on the way out); its metadata and the study row already carry the new
--- values. revision changes with every correction (the metadata ETag). The study's patch
--- is applied to instances stored into the study later. (Added before the trash tables
--- copy the columns.)
-ALTER TABLE instance
-    ADD COLUMN patch jsonb,
-    ADD COLUMN revision integer NOT NULL DEFAULT 0;
+-- Corrections: neither a stored file nor an instance row is rewritten. The study's patch
+-- holds the DICOM JSON of the patient and study attributes that replace its instances'
+-- own; the study row's columns and fragments carry the new values, and the instances'
+-- metadata and Part 10 files get the patch applied as they are read (app.dicom.patch).
+-- A correction is then one row whatever the size of the study, and instances stored
+-- into the study later carry it too. (Added before trash_study copies the columns.)
 ALTER TABLE study ADD COLUMN patch jsonb;
 
 CREATE TABLE trash_instance (LIKE instance);
@@ -55,6 +52,14 @@ CREATE TABLE rejection (
     at                timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX rejection_note ON rejection (note_uid);
+-- every stored Key Object Selection document once it has been looked at as a possible
+-- rejection note (code: its CID 7011 code, NULL when it is not one); a document stored
+-- but not looked at (the server stopped in between) is looked at the next start
+CREATE TABLE key_object_note (
+    note_uid    text PRIMARY KEY,
+    code        text,
+    at          timestamptz NOT NULL DEFAULT now()
+);
 
 -- every correction, with the values it replaced: `pictor update --undo` applies the
 -- old values of the latest one not yet undone

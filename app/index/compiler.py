@@ -379,7 +379,9 @@ def _select(level: Level, wanted: frozenset[int] | None, base: str) -> str:
     if wanted is None:
         sources = [source for source, _ in _stored(level)]
         if level is Level.INSTANCE:
-            sources.append("(i.metadata::jsonb)")
+            # the whole instance first: the study's and series' fragments over it carry
+            # the corrected patient and study attributes (app.index.corrections)
+            sources.insert(0, "(i.metadata::jsonb)")
         return " || ".join(sources + [_object(_computed(level, None, base), binary=True)])
     return _object(_pairs(level, wanted, base), binary=False)
 

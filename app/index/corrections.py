@@ -1,11 +1,12 @@
 """Index side of corrections (issue #15): patient and study attributes changed in place.
 
 One correction is one transaction holding the study's lock
-(:func:`app.index.lifecycle.lock_study`): the study row's columns and QIDO fragment
-(its trigger rebuilds the stored answers), the fuzzy-match words, and every instance's
-stored metadata and patch (also those in the trash, so a restore brings the corrected
-values back) change together; readers see the old or the new study, whole. The values
-replaced are kept in ``study_update`` for ``pictor update --undo`` and in the audit.
+(:func:`app.index.lifecycle.lock_study`) that changes one row: the study's columns, its
+QIDO fragment (its trigger rebuilds the stored answers), its fuzzy-match words and its
+patch, which its instances' metadata and Part 10 files get applied as they are read
+(:mod:`app.index.retrieve`), so readers see the old or the new study, whole, and the cost
+does not grow with the study. The values replaced are kept in ``study_update`` for
+``pictor update --undo`` and in the audit.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ class Correction(msgspec.Struct):
 
 
 async def _current(conn: asyncpg.Connection, study: asyncpg.Record) -> dict[str, Any]:
-    """The study's attributes as its instances now carry them (first instance)."""
+    """The study's attributes as its instances now show them: a stored instance's, with
+    the study row's (corrected) attributes over them."""
     row = await conn.fetchrow(
         "SELECT metadata FROM instance WHERE study_pk = $1 ORDER BY pk LIMIT 1", study["pk"]
     )
     meta: dict[str, Any] = msgspec.json.decode(bytes(row[0])) if row is not None else {}
     attrs: dict[str, Any] = msgspec.json.decode(bytes(study["attrs"]))
-    return {**attrs, **meta}
+    return {**meta, **attrs}
 
 
 async def update_in(
@@ -88,21 +90,13 @@ async def update_in(
                 study["pk"],
                 words,
             )
-    changed = await conn.fetch(
-        """UPDATE instance SET metadata = (metadata::jsonb || $2::jsonb)::json,
-               patch = coalesce(patch, '{}'::jsonb) || $2::jsonb, revision = revision + 1
-           WHERE study_pk = $1 RETURNING sop_instance_uid""",
-        study["pk"],
-        encoded,
-    )
-    await conn.execute(
-        """UPDATE trash_instance SET metadata = (metadata::jsonb || $2::jsonb)::json,
-               patch = coalesce(patch, '{}'::jsonb) || $2::jsonb, revision = revision + 1
-           WHERE study_uid = $1""",
-        study_uid,
-        encoded,
-    )
-    sop_uids = [r[0] for r in changed]
+    # the instances' cached rows carry the study's patch: every process drops them
+    sop_uids = [
+        r[0]
+        for r in await conn.fetch(
+            "SELECT sop_instance_uid FROM instance WHERE study_pk = $1", study["pk"]
+        )
+    ]
     await notify_changed(conn, sop_uids)
     old_encoded = msgspec.json.encode(old)
     history = await conn.fetchval(

@@ -94,16 +94,16 @@ INSERT INTO instance (series_pk, study_pk, sop_instance_uid, sop_class_uid, inst
     transfer_syntax_uid, rows, columns, bits_allocated, bits_stored, samples_per_pixel,
     photometric_interpretation, number_of_frames, file_key, file_size, file_sha256,
     frame_offsets, frame_lengths, frame_first, bulk, metadata, attrs, pixel_representation,
-    planar_configuration, patch)
+    planar_configuration)
 SELECT t.series_pk, t.study_pk, t.sop, t.cls, t.num, t.ts, t.r, t.c, t.ba, t.bs, t.spp, t.pi,
     t.nf, t.key, t.size, t.sha, t.offs::bigint[], t.lens::bigint[], t.firsts::int[], t.bulk,
-    t.meta, t.attrs, t.pr, t.pc, t.patch
+    t.meta, t.attrs, t.pr, t.pc
 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[],
     $7::int[], $8::int[], $9::int[], $10::int[], $11::int[], $12::text[], $13::int[],
     $14::text[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[],
-    $20::json[], $21::json[], $22::jsonb[], $23::smallint[], $24::smallint[], $25::jsonb[])
+    $20::json[], $21::json[], $22::jsonb[], $23::smallint[], $24::smallint[])
     AS t(series_pk, study_pk, sop, cls, num, ts, r, c, ba, bs, spp, pi, nf, key, size, sha,
-         offs, lens, firsts, bulk, meta, attrs, pr, pc, patch)
+         offs, lens, firsts, bulk, meta, attrs, pr, pc)
 ON CONFLICT (sop_instance_uid) DO NOTHING
 RETURNING sop_instance_uid
 """
@@ -216,22 +216,15 @@ class _StudyGone(Exception):
     """A study of the batch was deleted while the batch was being committed."""
 
 
-async def _lock_studies(
-    conn: asyncpg.Connection,
-    uids: list[str],
-    pks: dict[str, int],
-    patches: dict[str, dict[str, Any]],
-) -> None:
+async def _lock_studies(conn: asyncpg.Connection, uids: list[str], pks: dict[str, int]) -> None:
     if not uids:
         return
     for row in await conn.fetch(
-        "SELECT study_uid, pk, patch FROM study WHERE study_uid = ANY($1::text[])"
+        "SELECT study_uid, pk FROM study WHERE study_uid = ANY($1::text[])"
         " ORDER BY study_uid FOR NO KEY UPDATE",
         uids,
     ):
         pks[row[0]] = row[1]
-        if row[2] is not None:  # a corrected study (app.index.corrections)
-            patches[row[0]] = msgspec.json.decode(bytes(row[2]))
 
 
 async def _commit_once(
@@ -252,8 +245,7 @@ async def _commit_once(
             # (app.index.lifecycle, which locks it first too) then runs wholly before or
             # after this batch, never waiting on it while it waits on the change.
             study_pks: dict[str, int] = {}
-            patches: dict[str, dict[str, Any]] = {}
-            await _lock_studies(conn, uids, study_pks, patches)
+            await _lock_studies(conn, uids, study_pks)
             for item in sorted(items, key=lambda it: it.analysis.sop_instance_uid):
                 if item.replaces is not None:
                     key = await _remove_instance(conn, item.replaces)
@@ -271,9 +263,8 @@ async def _commit_once(
                 await conn.execute(_INSERT_WORDS, [w[0] for w in words], [w[1] for w in words])
             for row in created_studies:
                 study_pks[row[1]] = row[0]
-                patches.pop(row[1], None)
             # created by another batch since the first lock: locked now
-            await _lock_studies(conn, [u for u in uids if u not in study_pks], study_pks, patches)
+            await _lock_studies(conn, [u for u in uids if u not in study_pks], study_pks)
             if any(u not in study_pks for u in uids):
                 raise _StudyGone  # deleted meanwhile: the batch starts again
             suids = sorted(series)
@@ -298,7 +289,7 @@ async def _commit_once(
                 rows.append((i, item))
             inserted: set[str] = set()
             if rows:
-                cols = _instance_columns([it for _, it in rows], series_pks, study_pks, patches)
+                cols = _instance_columns([it for _, it in rows], series_pks, study_pks)
                 inserted = {r[0] for r in await conn.fetch(_INSERT_INSTANCES, *cols)}
             per_series: dict[int, int] = {}
             per_study: dict[int, list[Any]] = {}
@@ -375,25 +366,16 @@ _SERIES_COLUMNS = (
 )
 
 
-def _patched(metadata: bytes, patch: dict[str, Any]) -> bytes:
-    """An instance's metadata with its study's corrections applied."""
-    meta: dict[str, Any] = msgspec.json.decode(metadata)
-    meta.update(patch)
-    return msgspec.json.encode(dict(sorted(meta.items())))
-
-
 def _instance_columns(
     items: list[NewInstance],
     series_pks: dict[str, tuple[int, int]],
     study_pks: dict[str, int],
-    patches: dict[str, dict[str, Any]],
 ) -> list[list[Any]]:
-    cols: list[list[Any]] = [[] for _ in range(25)]
+    cols: list[list[Any]] = [[] for _ in range(24)]
     for item in items:
         a = item.analysis
         inst = a.instance
         fr = a.frames
-        patch = patches.get(a.study_uid)
         row = (
             series_pks[a.series_uid][0],
             study_pks[a.study_uid],
@@ -415,11 +397,10 @@ def _instance_columns(
             _int_array(fr.lengths) if fr else None,
             _int_array(fr.first) if fr else None,
             msgspec.json.encode(a.bulk),
-            a.metadata if patch is None else _patched(a.metadata, patch),
+            a.metadata,
             a.instance_json,
             inst["pixel_representation"],
             inst["planar_configuration"],
-            msgspec.json.encode(patch) if patch is not None else None,
         )
         for col, value in zip(cols, row):
             col.append(value)

@@ -236,6 +236,9 @@ async def delete(
             await conn.execute(
                 "DELETE FROM rejection WHERE note_uid = ANY($1::text[])", out.sop_uids
             )
+            await conn.execute(
+                "DELETE FROM key_object_note WHERE note_uid = ANY($1::text[])", out.sop_uids
+            )
             await audit(
                 conn,
                 who,
@@ -565,6 +568,27 @@ async def rejected(pool: asyncpg.Pool, sop_uids: Sequence[str]) -> dict[str, tup
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
+async def unapplied_notes(pool: asyncpg.Pool, sop_class: str) -> list[tuple[str, bytes]]:
+    """Stored Key Object Selection documents not yet looked at as rejection notes:
+    (SOP Instance UID, metadata)."""
+    rows = await pool.fetch(
+        """SELECT i.sop_instance_uid, i.metadata FROM instance i
+           WHERE i.sop_class_uid = $1 AND NOT EXISTS
+               (SELECT 1 FROM key_object_note n WHERE n.note_uid = i.sop_instance_uid)""",
+        sop_class,
+    )
+    return [(r[0], bytes(r[1])) for r in rows]
+
+
+async def looked_at(pool: asyncpg.Pool, note_uids: Sequence[str]) -> None:
+    """Record Key Object Selection documents that are not rejection notes."""
+    await pool.execute(
+        "INSERT INTO key_object_note (note_uid) SELECT unnest($1::text[])"
+        " ON CONFLICT (note_uid) DO NOTHING",
+        list(note_uids),
+    )
+
+
 async def reject(
     pool: asyncpg.Pool,
     note_uid: str,
@@ -582,6 +606,12 @@ async def reject(
         by_study.setdefault(ref[0], []).append(ref)
     try:
         async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO key_object_note (note_uid, code) VALUES ($1, $2)"
+                " ON CONFLICT (note_uid) DO UPDATE SET code = excluded.code",
+                note_uid,
+                code,
+            )
             for study_uid in sorted(by_study):
                 refs = by_study[study_uid]
                 study = await lock_study(conn, study_uid)

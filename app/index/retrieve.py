@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import asyncpg
 
+from app.dicom.patch import patched_metadata
 from app.errors import NotFound
 from app.index.database import INDEX_ERRORS, index_failure
 
@@ -48,8 +50,8 @@ class StoredInstance:
     columns: int | None = None
     pixel_representation: int | None = None
     planar_configuration: int | None = None
-    #: DICOM JSON of corrected attributes a retrieved Part 10 file must carry instead of
-    #: the stored file's (app.dicom.patch); None: the file as stored
+    #: DICOM JSON of its study's corrected attributes, which a retrieved Part 10 file
+    #: carries instead of the stored file's (app.dicom.patch); None: the file as stored
     patch: bytes | None = None
 
     def frame_ranges(self, number: int) -> list[tuple[int, int]]:
@@ -83,15 +85,20 @@ async def _fetch(pool: asyncpg.Pool, sql: str, scope: Scope) -> list[asyncpg.Rec
 
 
 async def metadata(pool: asyncpg.Pool, scope: Scope) -> list[tuple[bytes, str]]:
-    """(stored DICOM JSON, its version: the file's SHA-256 and the correction count) of
-    each instance in scope, in viewing order."""
+    """(DICOM JSON, its version) of each instance in scope, in viewing order: the JSON
+    stored at ingest, with the study's corrections applied (app.dicom.patch); the
+    version is the file's SHA-256, and the corrections' when there are some."""
     rows = await _fetch(
         pool,
-        f"SELECT i.metadata, i.file_sha256 || ':' || i.revision FROM {_FROM} WHERE {_WHERE}"
-        f" ORDER BY {_ORDER}",
+        f"SELECT i.metadata, i.file_sha256, st.patch FROM {_FROM} WHERE {_WHERE} ORDER BY {_ORDER}",
         scope,
     )
-    return [(bytes(r[0]), str(r[1])) for r in rows]
+    patch = rows[0][2]
+    if patch is None:
+        return [(bytes(r[0]), str(r[1])) for r in rows]
+    patch = bytes(patch)
+    version = hashlib.sha1(patch).hexdigest()
+    return [(patched_metadata(bytes(r[0]), patch), f"{r[1]}:{version}") for r in rows]
 
 
 #: (rows stored before schemas/007 have the two pixel attributes in their metadata only)
@@ -102,7 +109,7 @@ _COLUMNS = """i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file
     COALESCE(i.pixel_representation, (i.metadata #>> '{00280103,Value,0}')::smallint)
         AS pixel_representation,
     COALESCE(i.planar_configuration, (i.metadata #>> '{00280006,Value,0}')::smallint)
-        AS planar_configuration, i.patch"""
+        AS planar_configuration, st.patch"""
 
 
 def _stored(r: asyncpg.Record) -> StoredInstance:

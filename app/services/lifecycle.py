@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.config import Settings
-from app.dicom.iocm import PURGED_AT_ONCE, Rejection, rejection_of
+from app.dicom.iocm import KEY_OBJECT_SELECTION, PURGED_AT_ONCE, Rejection, rejection_of
 from app.dicom.patch import PatchError, validate
 from app.errors import BadRequest
 from app.index import corrections
@@ -154,10 +154,27 @@ class Lifecycle:
     ) -> None:
         """Newly stored instances (SOP Class, SOP Instance UID, metadata): a rejection
         note among them hides what it references (IHE RAD TF-2 4.66)."""
+        others = []
         for sop_class, sop_uid, metadata in instances:
             rejection = rejection_of(sop_class, sop_uid, metadata)
             if rejection is not None:
                 await self.reject(rejection, who=who, may_purge=may_purge)
+            elif sop_class == KEY_OBJECT_SELECTION:
+                others.append(sop_uid)
+        if others:
+            await index.looked_at(self.pool, others)
+
+    async def recover(self) -> int:
+        """At start-up: look at the Key Object Selection documents a stopped server
+        stored but did not look at (a rejection note then takes effect now; what it
+        rejects waits in the trash whatever its code). Returns how many."""
+        notes = await index.unapplied_notes(self.pool, KEY_OBJECT_SELECTION)
+        await self.stored(
+            [(KEY_OBJECT_SELECTION, uid, meta) for uid, meta in notes],
+            who="system:recovery",
+            may_purge=False,
+        )
+        return len(notes)
 
     async def reject(self, rejection: Rejection, *, who: str, may_purge: bool) -> list[Trashed]:
         """Hide what the note rejects. A 113039 note ("Data Retention Policy Expired")

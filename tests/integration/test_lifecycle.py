@@ -415,6 +415,14 @@ def test_update_is_seen_by_qido_metadata_and_retrieved_files(server: Archive) ->
     assert len(_studies(server, PatientName="MÜLLER*")) == 1
     assert len(_studies(server, PatientName="muller", fuzzymatching="true")) == 1
     assert len(_studies(server, AccessionNumber="ACC-FIXED")) == 1
+    # instance-level searches (PS3.18 10.6.3.3.3: the study's attributes with them)
+    listed = server.http.get(f"/studies/{study}/instances", params={"includefield": "all"})
+    assert {_value(i, "00100020") for i in listed.json()} == {"RIGHT1"}
+    found = server.http.get(
+        "/instances", params={"PatientID": "RIGHT1", "includefield": "00100010"}
+    )
+    assert len(found.json()) == 2
+    assert {_value(i, "00100010")["Alphabetic"] for i in found.json()} == {"MÜLLER^JANE"}
     # metadata
     meta = server.http.get(f"/studies/{study}/metadata").json()
     assert {_value(m, "00100020") for m in meta} == {"RIGHT1"}
