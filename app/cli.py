@@ -505,7 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="action", required=True)
     tc = tsub.add_parser("create", help="make a token; it is printed once")
     tc.add_argument("--name", required=True, help="who or what the token is for")
-    tc.add_argument("--scopes", default="read", help="read, write, admin (comma list; read)")
+    tc.add_argument(
+        "--scopes",
+        default="read",
+        help="read, write, delete, admin (comma list; read; admin includes delete)",
+    )
     data_dir(tc)
     tl = tsub.add_parser("list", help="the tokens (names, scopes, state; never secrets)")
     data_dir(tl)

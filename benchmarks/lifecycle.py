@@ -10,16 +10,20 @@ instances is stored under a patient no query of the load matches. Then, each pha
 ``qido.py`` (types a-f, h, i: the 25 ms targets; answers verified):
 
 * baseline: the load alone;
-* update: the study's PatientName corrected again and again (``POST
+* update: the study's PatientName corrected, every ``--gap`` seconds (``POST
   /admin/studies/{study}/update``);
 * delete: the study deleted (``DELETE /dicom-web/studies/{study}``, into the trash) and
-  restored (``POST /admin/trash/restore``) again and again;
+  restored (``POST /admin/trash/restore``), one every ``--gap`` seconds;
 * purge: the study deleted, then the trash emptied (``DELETE /admin/trash``: its files
-  and rows), once.
+  and rows), once;
+* after: the load alone again (what the machine drifted meanwhile).
 
 For each operation: time to complete (the HTTP answer), time to visible / invisible
 (a separate poller asks QIDO for the study every few ms and notes when its answer
-changes), and the QIDO p95 over the phase. Target: p95 under 25 ms during them.
+changes), the QIDO p95 per type over the phase, and the p95 of the QIDO requests that
+overlapped an operation. Target (the issue's): QIDO p95 under 25 ms while they run;
+qido.py's own targets per type (25 ms; 50 ms for OHIF's study list) apply to the
+baseline, measured in the same run.
 """
 
 from __future__ import annotations
@@ -251,6 +255,7 @@ async def bench(server: PictorProcess, args: argparse.Namespace) -> dict[str, An
                         lambda body, name=name: name.encode() in body,
                     )
                 )
+                await asyncio.sleep(args.gap)
             return _summary(pairs)
 
         results["update"] = await load.run(args.seconds, updates)
@@ -269,6 +274,7 @@ async def bench(server: PictorProcess, args: argparse.Namespace) -> dict[str, An
                         lambda body: study.encode() not in body,
                     )
                 )
+                await asyncio.sleep(args.gap)
                 restored.append(
                     await _timed(
                         port,
@@ -279,6 +285,7 @@ async def bench(server: PictorProcess, args: argparse.Namespace) -> dict[str, An
                         lambda body: study.encode() in body,
                     )
                 )
+                await asyncio.sleep(args.gap)
             return {"delete": _summary(deleted), "restore": _summary(restored)}
 
         results["delete"] = await load.run(args.seconds, deletes)
@@ -311,6 +318,9 @@ async def bench(server: PictorProcess, args: argparse.Namespace) -> dict[str, An
 
         results["purge"] = await load.run(args.seconds, purge)
         report("delete+purge", results["purge"])
+        # the load alone again: how much of a difference is the machine drifting
+        results["after"] = await load.run(args.seconds)
+        report("after", results["after"])
     finally:
         await load.close()
     return results
@@ -343,6 +353,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per query type")
     parser.add_argument("--types", default="abcdefghi", help="qido.py's query types to run")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--gap", type=float, default=1.0, help="seconds between two operations (0: back to back)"
+    )
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of load first")
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "lifecycle.json"

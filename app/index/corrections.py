@@ -21,7 +21,7 @@ from app.dicom.levels import name_words
 from app.dicom.patch import COLUMNS, PATIENT_NAME, first_text
 from app.errors import BadRequest, NotFound
 from app.index.database import INDEX_ERRORS, index_failure
-from app.index.instances import notify_changed
+from app.index.instances import notify_study_changed
 from app.index.lifecycle import audit, lock_study
 
 UPDATE = "update"
@@ -90,14 +90,14 @@ async def update_in(
                 study["pk"],
                 words,
             )
-    # the instances' cached rows carry the study's patch: every process drops them
     sop_uids = [
         r[0]
         for r in await conn.fetch(
             "SELECT sop_instance_uid FROM instance WHERE study_pk = $1", study["pk"]
         )
     ]
-    await notify_changed(conn, sop_uids)
+    # the instances' cached rows carry the study's patch: every process drops them
+    await notify_study_changed(conn, study_uid)
     old_encoded = msgspec.json.encode(old)
     history = await conn.fetchval(
         """INSERT INTO study_update (study_uid, who, kind, old, new, undoes)

@@ -134,6 +134,16 @@ def _int_array(values: list[int] | None) -> str | None:
 CHANGED_CHANNEL = "pictor_instance_changed"
 
 
+#: a payload on CHANGED_CHANNEL naming a whole study (``study:<UID>``), not one instance
+STUDY_PREFIX = "study:"
+
+
+async def notify_study_changed(conn: asyncpg.Connection, study_uid: str) -> None:
+    """Announce, in the caller's transaction, that instances of this study changed (a
+    lifecycle change): one message, whatever the size of the study."""
+    await conn.execute("SELECT pg_notify($1, $2)", CHANGED_CHANNEL, STUDY_PREFIX + study_uid)
+
+
 async def notify_changed(conn: asyncpg.Connection, sop_uids: Sequence[str]) -> None:
     """Announce, in the caller's transaction, that these instances changed: every
     server process (on every machine) drops what it cached of them at commit

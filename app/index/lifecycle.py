@@ -9,7 +9,7 @@ never wait: they see the study before or after the change, whole (MVCC).
 Hidden instances (deleted, rejected) leave the ``instance`` table for ``trash_instance``
 (schemas/008), so no reader can show one by forgetting a filter; the aggregates of their
 study and series are recomputed in the same transaction. Each change announces the
-instances it touched (:func:`app.index.instances.notify_changed`) and writes its audit
+study it touched (:func:`app.index.instances.notify_study_changed`) and writes its audit
 event, with old and new values, in the same transaction.
 """
 
@@ -24,7 +24,7 @@ import msgspec
 
 from app.errors import NotFound
 from app.index.database import INDEX_ERRORS, index_failure
-from app.index.instances import notify_changed
+from app.index.instances import notify_study_changed
 
 DELETED = "deleted"
 REJECTED = "rejected"
@@ -191,7 +191,7 @@ async def trash_instances(
     )
     out.ids = [r[0] for r in ids]
     await conn.execute("DELETE FROM instance WHERE pk = ANY($1::bigint[])", pks)
-    await notify_changed(conn, out.sop_uids)
+    await notify_study_changed(conn, out.study_uid)
     await refresh_aggregates(conn, study["pk"])
     return out
 
@@ -349,7 +349,7 @@ async def restore_in(
         "DELETE FROM rejection WHERE sop_instance_uid = ANY($1::text[]) RETURNING note_uid",
         out.sop_uids,
     )
-    await notify_changed(conn, out.sop_uids)
+    await notify_study_changed(conn, study_uid)
     await refresh_aggregates(conn, study["pk"])
     await _forget_trashed_rows(conn)
     await audit(

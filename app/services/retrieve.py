@@ -28,7 +28,7 @@ from app.codec.transcode import (
 from app.dicom.patch import head_end, patch_head, patch_part10
 from app.index import retrieve as index_retrieve
 from app.index.database import Listener, Pool
-from app.index.instances import CHANGED_CHANNEL
+from app.index.instances import CHANGED_CHANNEL, STUDY_PREFIX
 from app.index.retrieve import Scope, StoredInstance
 from app.storage import BlobStore
 
@@ -93,10 +93,17 @@ class InstanceCache:
     async def stop(self) -> None:
         await self._listener.stop()
 
-    def forget(self, sop_uid: str) -> None:
-        """Drop what is cached of this instance (a change was announced)."""
+    def forget(self, payload: str) -> None:
+        """Drop what is cached of this instance, or of every instance of a study
+        (``study:<UID>``): a change was announced."""
         self._changes += 1
-        key = self._keys.pop(sop_uid, None)
+        if payload.startswith(STUDY_PREFIX):
+            study = payload[len(STUDY_PREFIX) :]
+            for cached in [k for k in self._recent if k[0] == study]:
+                del self._recent[cached]
+                self._keys.pop(cached[2], None)
+            return
+        key = self._keys.pop(payload, None)
         if key is not None:
             self._recent.pop(key, None)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from app.index.database import create_pool
-from app.index.instances import notify_changed
+from app.index.instances import notify_changed, notify_study_changed
 from app.services.retrieve import InstanceCache, Scope
 
 from conftest import Archive, embedded_dsn, multipart
@@ -56,3 +56,40 @@ def test_an_announced_change_reaches_every_nodes_cache(archive: Archive) -> None
     assert announced == "announced" != original
     assert silent == "announced"  # cached: the change was not announced
     assert last == "announced"
+
+
+def test_a_study_announcement_drops_every_instance_of_the_study(archive: Archive) -> None:
+    """Lifecycle changes announce their study once (notify_study_changed), whatever its
+    size; every cached instance of that study is dropped, and only those."""
+    study, series = new_uids()
+    other, other_series = new_uids()
+    files = [ct_slice(study, series, i, rows=16, cols=16) for i in range(2)]
+    files.append(ct_slice(other, other_series, 0, rows=16, cols=16))
+    assert archive.stow(multipart(files)).status_code == 200
+    scopes = [Scope(study, series, sop_instance_uid(series, i)) for i in range(2)]
+    kept = Scope(other, other_series, sop_instance_uid(other_series, 0))
+    dsn = embedded_dsn(archive.data_dir)
+
+    async def run() -> tuple[list[bool], bool]:
+        node_a = await create_pool(dsn, min_size=1, max_size=2)
+        node_b = await create_pool(dsn, min_size=1, max_size=2)
+        cache = InstanceCache(node_a, ttl=60)
+        await cache.start()
+        try:
+            for scope in [*scopes, kept]:
+                await cache.instance(scope)
+            async with node_b.acquire() as conn, conn.transaction():
+                await notify_study_changed(conn, study)
+            await asyncio.sleep(0.5)
+            dropped = [
+                cache.peek(s.study, s.series or "", s.instance or "") is None for s in scopes
+            ]
+            return dropped, cache.peek(kept.study, kept.series or "", kept.instance or "") is None
+        finally:
+            await cache.stop()
+            await node_a.close()
+            await node_b.close()
+
+    dropped, other_dropped = asyncio.run(run())
+    assert dropped == [True, True]
+    assert other_dropped is False
