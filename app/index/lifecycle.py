@@ -351,7 +351,7 @@ async def restore_in(
     )
     await notify_study_changed(conn, study_uid)
     await refresh_aggregates(conn, study["pk"])
-    await _forget_trashed_rows(conn)
+    await _forget_trashed_rows(conn, [study_uid])
     await audit(
         conn,
         who,
@@ -418,15 +418,19 @@ async def _series_for(
     return {u: pk for u, (pk, owner) in found.items() if owner == study["pk"]}
 
 
-async def _forget_trashed_rows(conn: asyncpg.Connection) -> None:
-    """Drop study and series snapshots no trashed instance needs any more."""
+async def _forget_trashed_rows(conn: asyncpg.Connection, study_uids: Sequence[str]) -> None:
+    """Drop the study and series snapshots of these studies that no trashed instance
+    needs any more (the trash's (study, series) index answers each probe)."""
     await conn.execute(
-        "DELETE FROM trash_series ts WHERE NOT EXISTS"
-        " (SELECT 1 FROM trash_instance t WHERE t.series_uid = ts.series_uid)"
+        "DELETE FROM trash_series ts WHERE ts.study_uid = ANY($1::text[]) AND NOT EXISTS"
+        " (SELECT 1 FROM trash_instance t WHERE t.study_uid = ts.study_uid"
+        " AND t.series_uid = ts.series_uid)",
+        list(study_uids),
     )
     await conn.execute(
-        "DELETE FROM trash_study ts WHERE NOT EXISTS"
-        " (SELECT 1 FROM trash_instance t WHERE t.study_uid = ts.study_uid)"
+        "DELETE FROM trash_study ts WHERE ts.study_uid = ANY($1::text[]) AND NOT EXISTS"
+        " (SELECT 1 FROM trash_instance t WHERE t.study_uid = ts.study_uid)",
+        list(study_uids),
     )
 
 
@@ -490,7 +494,7 @@ async def forget(pool: asyncpg.Pool, ids: Sequence[int], *, who: str) -> list[st
                     [r[2] for r in rows],
                 )
             }
-            await _forget_trashed_rows(conn)
+            await _forget_trashed_rows(conn, sorted({r[1] for r in rows}))
             if rows:
                 await audit(
                     conn,
