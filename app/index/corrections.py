@@ -17,12 +17,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from app.dicom.levels import name_words
 from app.dicom.patch import COLUMNS, PATIENT_NAME, first_text
 from app.errors import BadRequest, NotFound
 from app.index.database import INDEX_ERRORS, index_failure
 from app.index.instances import notify_study_changed
-from app.index.lifecycle import audit, lock_study
+from app.index.lifecycle import audit, lock_study, set_name_words
 
 UPDATE = "update"
 UNDO = "undo"
@@ -81,15 +80,7 @@ async def update_in(
         *values,
     )
     if f"{PATIENT_NAME:08X}" in patch:
-        await conn.execute("DELETE FROM study_word WHERE study_pk = $1", study["pk"])
-        words = name_words(first_text(patch[f"{PATIENT_NAME:08X}"]))
-        if words:
-            await conn.execute(
-                "INSERT INTO study_word (study_pk, word) SELECT $1, unnest($2::text[])"
-                " ON CONFLICT DO NOTHING",
-                study["pk"],
-                words,
-            )
+        await set_name_words(conn, study["pk"], first_text(patch[f"{PATIENT_NAME:08X}"]))
     sop_uids = [
         r[0]
         for r in await conn.fetch(

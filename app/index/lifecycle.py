@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from app.dicom.levels import name_words
 from app.errors import NotFound
 from app.index.database import INDEX_ERRORS, index_failure
 from app.index.instances import notify_study_changed
@@ -369,8 +370,6 @@ async def restore_in(
 
 
 async def _recreate_study(conn: asyncpg.Connection, study_uid: str) -> asyncpg.Record:
-    from app.dicom.levels import name_words
-
     cols = [c for c in await columns(conn, "study") if c != "pk"]
     await conn.execute(
         f"INSERT INTO study ({_list(cols)}) SELECT {_list(cols)} FROM trash_study"
@@ -380,15 +379,22 @@ async def _recreate_study(conn: asyncpg.Connection, study_uid: str) -> asyncpg.R
     study = await lock_study(conn, study_uid)
     if study is None:
         raise NotFound(f"the trash has no record of study {study_uid}")
-    words = name_words(study["patient_name"])
+    await set_name_words(conn, study["pk"], study["patient_name"])
+    return study
+
+
+async def set_name_words(conn: asyncpg.Connection, study_pk: int, name: str | None) -> None:
+    """The study's fuzzy-matching words (schemas/002) for its PatientName's alphabetic
+    group, replacing those it had."""
+    await conn.execute("DELETE FROM study_word WHERE study_pk = $1", study_pk)
+    words = name_words(name)
     if words:
         await conn.execute(
             "INSERT INTO study_word (study_pk, word) SELECT $1, unnest($2::text[])"
             " ON CONFLICT DO NOTHING",
-            study["pk"],
+            study_pk,
             words,
         )
-    return study
 
 
 async def _series_for(

@@ -704,6 +704,19 @@ def test_corrections_and_deletes_reach_find_get_and_move(dimse: Dimse) -> None:
     assert "Received Final Move Response (Success)" in done.stderr
     moved = {k: v for k, v in _received(dimse.dest_dir).items() if k in originals}
     assert {ds.PatientID for ds in moved.values()} == {"LC-NEW"}
+    # merged into another patient: C-FIND by the target's ID finds both studies
+    target_study, target_series, target_files = _ct_series(
+        1, patient_id="LC-TARGET", patient_name="TARGET^PATIENT"
+    )
+    assert archive.stow(multipart(target_files)).status_code == 200
+    merged = httpx.post(
+        f"{archive.process.base}/admin/patients/merge",
+        json={"source": {"PatientID": "LC-NEW"}, "target": {"PatientID": "LC-TARGET"}},
+    )
+    assert merged.status_code == 200, merged.text
+    found = _findscu(dimse, "-S", "QueryRetrieveLevel=STUDY", "PatientID=LC-TARGET", "PatientName")
+    assert sorted(ds.StudyInstanceUID for ds in found) == sorted([study, target_study])
+    assert {str(ds.PatientName) for ds in found} == {"TARGET^PATIENT"}
     # deleted: C-FIND finds nothing, C-GET retrieves nothing
     assert archive.http.delete(f"/studies/{study}").status_code == 204
     assert _findscu(dimse, "-S", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}") == []

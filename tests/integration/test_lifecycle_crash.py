@@ -105,18 +105,19 @@ def test_correction_racing_retrieves_is_never_half_seen(tmp_path: Path) -> None:
 
     def correct() -> None:
         with httpx.Client(timeout=60) as client:
-            for n in range(20):
+            n = 0
+            while not stop.is_set():  # until the reader has read enough
                 name = f"NAME^{n}"
+                n += 1
                 r = client.post(
                     f"{server.base}/admin/studies/{study}/update",
                     json={"PatientName": {"vr": "PN", "Value": [{"Alphabetic": name}]}},
                 )
                 assert r.status_code == 200, r.text
-        stop.set()
 
     def read() -> None:
         with httpx.Client(timeout=60) as client:
-            while not stop.is_set():
+            for _ in range(15):
                 meta = client.get(f"{server.dicomweb}/studies/{study}/metadata").json()
                 seen.append({m["00100010"]["Value"][0]["Alphabetic"] for m in meta})
                 r = client.get(
@@ -131,6 +132,7 @@ def test_correction_racing_retrieves_is_never_half_seen(tmp_path: Path) -> None:
                     body = part.split(b"\r\n\r\n", 1)[1][:-2]
                     names.add(str(pydicom.dcmread(io.BytesIO(body)).PatientName))
                 seen.append(names)
+        stop.set()
 
     try:
         threads = [threading.Thread(target=correct), threading.Thread(target=read)]
@@ -138,8 +140,9 @@ def test_correction_racing_retrieves_is_never_half_seen(tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join(300)
-        assert len(seen) >= 4
+        assert len(seen) == 30
         assert all(len(names) == 1 for names in seen), [n for n in seen if len(n) > 1][:3]
+        assert len({name for names in seen for name in names}) > 5  # they did race
     finally:
         archive.http.close()
         server.stop()
