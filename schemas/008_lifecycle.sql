@@ -22,11 +22,12 @@ ALTER TABLE trash_instance
     ADD COLUMN id          bigserial PRIMARY KEY,
     ADD COLUMN study_uid   text NOT NULL,
     ADD COLUMN series_uid  text NOT NULL,
-    -- deleted, or rejected (an IOCM rejection note: rejection_note, rejection_code)
+    -- 'deleted', or 'rejected:<code>' (hidden by an IOCM rejection note, table rejection)
     ADD COLUMN reason      text NOT NULL,
     ADD COLUMN deleted_by  text NOT NULL,
     ADD COLUMN deleted_at  timestamptz NOT NULL DEFAULT now(),
-    -- the purge removes the row and its file after this
+    -- the purge removes the row and its file after this (the rows are the purge's job
+    -- queue, claimed with FOR UPDATE SKIP LOCKED: DESIGN.md decision 10)
     ADD COLUMN expires_at  timestamptz NOT NULL;
 CREATE INDEX trash_instance_study ON trash_instance (study_uid, series_uid);
 CREATE INDEX trash_instance_expires ON trash_instance (expires_at);

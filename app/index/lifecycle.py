@@ -16,7 +16,7 @@ event, with old and new values, in the same transaction.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -443,76 +443,79 @@ async def _forget_trashed_rows(conn: asyncpg.Connection, study_uids: Sequence[st
 # -- purging ----------------------------------------------------------------------------
 
 
-class Expired(msgspec.Struct):
-    ids: list[int]
-    file_keys: list[str]
+#: trash rows one purge transaction claims
+PURGE_BATCH = 1000
 
 
-async def expired(
+async def purge_batch(
     pool: asyncpg.Pool,
     *,
     before: dt.datetime | None = None,
     deleted_before: dt.datetime | None = None,
     ids: Sequence[int] | None = None,
-    limit: int = 1000,
-) -> Expired:
-    """Trash rows to purge: expired before ``before``, deleted before ``deleted_before``,
-    or the listed ``ids``. ``file_keys`` are the files no other row references."""
-    rows = await pool.fetch(
-        # a file another row still references is never deleted; a key names its SOP
-        # Instance UID, so an instance row with that key has that UID (unique index)
-        """SELECT t.id, t.file_key,
-               EXISTS (SELECT 1 FROM instance i WHERE i.sop_instance_uid = t.sop_instance_uid
-                       AND i.file_key = t.file_key)
-               OR EXISTS (SELECT 1 FROM trash_instance o
-                          WHERE o.file_key = t.file_key AND o.id <> t.id) AS shared
-           FROM trash_instance t
-           WHERE ($1::timestamptz IS NULL OR t.expires_at <= $1)
-             AND ($2::timestamptz IS NULL OR t.deleted_at <= $2)
-             AND ($3::bigint[] IS NULL OR t.id = ANY($3::bigint[]))
-           ORDER BY t.id LIMIT $4""",
-        before,
-        deleted_before,
-        list(ids) if ids is not None else None,
-        limit,
-    )
-    return Expired([r[0] for r in rows], [r[1] for r in rows if not r[2]])
-
-
-async def forget(pool: asyncpg.Pool, ids: Sequence[int], *, who: str) -> list[str]:
-    """Delete purged trash rows (their files are retired by the caller first); returns
-    the file keys no row references any more."""
+    retire: Callable[[list[str]], Awaitable[object]],
+    abandon: Callable[[object], Awaitable[None]],
+    who: str,
+) -> tuple[int, list[str], object] | None:
+    """Claim up to :data:`PURGE_BATCH` trash rows (``FOR UPDATE SKIP LOCKED``: nodes
+    purging at once take different rows; DESIGN.md decision 10) that expired before
+    ``before``, were deleted before ``deleted_before``, or are listed in ``ids``; have
+    their files retired (``retire``, the blob store's intent, written before the rows
+    go); delete the rows. Returns (rows purged, the files no row references any more,
+    the intent), for the caller to delete the files after the commit; None when there
+    is nothing to purge."""
+    intent: object = None
     try:
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "DELETE FROM trash_instance WHERE id = ANY($1::bigint[])"
-                " RETURNING file_key, study_uid, sop_instance_uid",
-                list(ids),
+                """SELECT id, file_key, sop_instance_uid, study_uid FROM trash_instance
+                   WHERE ($1::timestamptz IS NULL OR expires_at <= $1)
+                     AND ($2::timestamptz IS NULL OR deleted_at <= $2)
+                     AND ($3::bigint[] IS NULL OR id = ANY($3::bigint[]))
+                   ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED""",
+                before,
+                deleted_before,
+                list(ids) if ids is not None else None,
+                PURGE_BATCH,
             )
-            keys = [r[0] for r in rows]
+            if not rows:
+                return None
+            claimed = [r[0] for r in rows]
+            keys = [r[1] for r in rows]
+            # a file another row still references is never deleted; a key names its SOP
+            # Instance UID, so an instance row with that key has that UID (unique index)
             still = {
                 r[0]
                 for r in await conn.fetch(
                     "SELECT file_key FROM instance WHERE sop_instance_uid = ANY($2::text[])"
                     " AND file_key = ANY($1::text[])"
-                    " UNION SELECT file_key FROM trash_instance WHERE file_key = ANY($1::text[])",
+                    " UNION SELECT file_key FROM trash_instance WHERE file_key = ANY($1::text[])"
+                    " AND NOT id = ANY($3::bigint[])",
                     keys,
                     [r[2] for r in rows],
+                    claimed,
                 )
             }
-            await _forget_trashed_rows(conn, sorted({r[1] for r in rows}))
-            if rows:
-                await audit(
-                    conn,
-                    who,
-                    "purge",
-                    studies=sorted({r[1] for r in rows}),
-                    instances=[r[2] for r in rows],
-                    detail={"instances": len(rows)},
-                )
-    except INDEX_ERRORS as exc:
-        raise index_failure("the purge failed", exc, client_values=False) from exc
-    return [k for k in keys if k not in still]
+            unreferenced = [k for k in keys if k not in still]
+            intent = await retire(unreferenced)
+            await conn.execute("DELETE FROM trash_instance WHERE id = ANY($1::bigint[])", claimed)
+            studies = sorted({r[3] for r in rows})
+            await _forget_trashed_rows(conn, studies)
+            await audit(
+                conn,
+                who,
+                "purge",
+                studies=studies,
+                instances=[r[2] for r in rows],
+                detail={"instances": len(rows)},
+            )
+    except BaseException as exc:
+        if intent is not None:
+            await abandon(intent)  # the rows stay, and so do their files
+        if isinstance(exc, INDEX_ERRORS):
+            raise index_failure("the purge failed", exc, client_values=False) from exc
+        raise
+    return len(rows), unreferenced, intent
 
 
 class TrashedStudy(msgspec.Struct):

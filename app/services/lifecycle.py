@@ -103,23 +103,26 @@ class Lifecycle:
     ) -> int:
         if ids is not None and not ids:
             return 0
+
+        async def abandon(intent: object) -> None:
+            await self.store.delete_retired([], intent)
+
         purged = 0
         while True:
-            batch = await index.expired(
-                self.pool, before=before, deleted_before=deleted_before, ids=ids
+            batch = await index.purge_batch(
+                self.pool,
+                before=before,
+                deleted_before=deleted_before,
+                ids=ids,
+                retire=self.store.retire,
+                abandon=abandon,
+                who=who,
             )
-            if not batch.ids:
+            if batch is None:
                 return purged
-            intent = await self.store.retire(batch.file_keys)
-            try:
-                unreferenced = await index.forget(self.pool, batch.ids, who=who)
-            except BaseException:
-                await self.store.delete_retired([], intent)
-                raise
+            count, unreferenced, intent = batch
             await self.store.delete_retired(unreferenced, intent)
-            purged += len(batch.ids)
-            if ids is not None:
-                return purged
+            purged += count
 
     def start(self, interval: float) -> None:
         """Run the purge every ``interval`` seconds (jittered: nodes spread out)."""

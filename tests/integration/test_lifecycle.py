@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import time
@@ -262,6 +263,34 @@ def test_empty_the_trash_removes_files_and_rows(server: Archive) -> None:
     assert not server.query("SELECT 1 FROM trash_instance WHERE study_uid = $1", study)
     r = httpx.post(server.process.base + "/admin/trash/restore", json={"study": study})
     assert r.status_code == 404
+
+
+def test_two_purges_at_once_purge_each_row_once(pictor: Pictor, tmp_path: Path) -> None:
+    """Purges on two processes claim different rows (FOR UPDATE SKIP LOCKED): together
+    they purge everything, each row and file once."""
+    import threading
+
+    archive = Archive(pictor(tmp_path / "data", workers=2))
+    s = _study(archive, count=40)
+    assert archive.http.delete(f"/studies/{s['study']}").status_code == 204
+    counts: list[int] = []
+
+    def purge() -> None:
+        with httpx.Client(timeout=60) as client:
+            r = client.delete(archive.process.base + "/admin/trash")
+            assert r.status_code == 200, r.text
+            counts.append(r.json()["purged"])
+
+    threads = [threading.Thread(target=purge) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(counts) == 40, counts
+    assert archive.storage_files() == set()
+    assert archive.query("SELECT count(*) FROM trash_instance")[0][0] == 0
+    events = archive.query("SELECT detail::text FROM audit_event WHERE action = 'purge'")
+    assert sum(json.loads(e[0])["instances"] for e in events) == 40
 
 
 def test_trash_table_carries_every_instance_column(server: Archive) -> None:
