@@ -57,6 +57,17 @@ def _client(archive: Archive) -> DICOMwebClient:
     return DICOMwebClient(url=archive.url)
 
 
+def _cli(archive: Archive, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PICTOR_DATA_DIR": str(archive.data_dir), "PATH": "/usr/bin:/bin", "HOME": "/root"}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
 # -- delete ------------------------------------------------------------------------------
 
 
@@ -562,14 +573,7 @@ def test_undo_with_the_cli_brings_the_old_values_back(server: Archive) -> None:
         ).status_code
         == 200
     )
-    env = {"PICTOR_DATA_DIR": str(server.data_dir), "PATH": "/usr/bin:/bin"}
-    run = subprocess.run(
-        [sys.executable, "-m", "app.cli", "update", study, "--undo"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**env, "HOME": "/root"},
-    )
+    run = _cli(server, "update", study, "--undo")
     assert run.returncode == 0, run.stderr
     [entry] = _studies(server, StudyInstanceUID=study)
     assert _value(entry, "00100010") == {"Alphabetic": "OLD^NAME"}
@@ -579,25 +583,40 @@ def test_undo_with_the_cli_brings_the_old_values_back(server: Archive) -> None:
     assert [h["kind"] for h in history] == ["update", "undo"]
     assert history[0]["undone"] is True
     # the CLI sets values too
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "update",
-            study,
-            "--set",
-            "PatientID=CLI42",
-            "--set",
-            "PatientSex=M",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**env, "HOME": "/root"},
-    )
+    run = _cli(server, "update", study, "--set", "PatientID=CLI42", "--set", "PatientSex=M")
     assert run.returncode == 0, run.stderr
     assert _value(_studies(server, StudyInstanceUID=study)[0], "00100020") == "CLI42"
+
+
+def test_delete_and_trash_from_the_cli(server: Archive) -> None:
+    s = _study(server, count=2, series_count=2, patient_id="CLI-TRASH")
+    study, (first, _) = s["study"], s["series"]
+    done = _cli(server, "delete", study, "--series", first)
+    assert done.returncode == 0, done.stderr
+    assert "deleted 2 instances" in done.stdout
+    listed = _cli(server, "trash", "list")
+    assert listed.returncode == 0, listed.stderr
+    [line] = [row for row in listed.stdout.splitlines() if row.startswith(study)]
+    assert line.split("\t")[1:2] == ["CLI-TRASH"] and line.split("\t")[4] == "2"
+    kept = _cli(server, "trash", "empty", "--older-than", "1d")
+    assert kept.returncode == 0 and "purged 0" in kept.stdout
+    back = _cli(server, "trash", "restore", study)
+    assert back.returncode == 0 and "restored 2 instances" in back.stdout, back.stderr
+    assert _value(_studies(server, StudyInstanceUID=study)[0], "00201208") == 4
+    for bad, says in [
+        (("delete", "1.2.x"), "UID"),
+        (("delete", study, "--instance", "1.2.3"), "--series"),
+        (("delete", "1.2.999999"), "no study"),
+        (("trash", "restore", "1.2.999999"), "nothing of study"),
+        (("trash", "empty", "--older-than", "soon"), "not an age"),
+        (("update", study), "--set"),
+        (("update", study, "--set", "Modality=MR"), "Modality"),
+        (("update", study, "--set", "PatientID"), "KEYWORD=VALUE"),
+    ]:
+        refused = _cli(server, *bad)
+        assert refused.returncode != 0, bad
+        assert says in refused.stderr, (bad, refused.stderr)
+        assert "Traceback" not in refused.stderr
 
 
 def test_merge_patients(server: Archive) -> None:
