@@ -223,10 +223,11 @@ class Ingest:
                     a,
                     FAILED,
                     FailureReason.REJECTED_INSTANCE,
-                    f"SOP Instance UID {a.sop_instance_uid} was rejected by rejection note "
-                    f"{rejection[0]} (code {rejection[1]}, IHE IOCM); it is stored again only "
-                    "once the rejection is revoked (delete the note, or restore the instance "
-                    "from the trash)",
+                    # the note first: a DIMSE Error Comment keeps 64 characters
+                    f"rejected by note {rejection[0]} (IHE IOCM, code {rejection[1]}): SOP "
+                    f"Instance UID {a.sop_instance_uid} is stored again only once the "
+                    "rejection is revoked (delete the note, or restore the instance from the "
+                    "trash)",
                 )
             elif old is None:
                 key = instance_key(a.study_uid, a.series_uid, a.sop_instance_uid)

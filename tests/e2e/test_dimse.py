@@ -36,7 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from conftest import Archive, Pictor, multipart
 from corpus import get_ref, make_patched_copy, reference_files
 from server import PictorProcess, free_port
-from synth import ct_slice, new_uids
+from synth import ct_slice, new_uids, rejection_note
 
 DCMTK = Path("/usr/bin")
 pytestmark = pytest.mark.skipif(
@@ -316,6 +316,28 @@ def test_store_failures_have_statuses_and_comments(dimse: Dimse) -> None:
         assert "Study Instance UID" in status.ErrorComment
     finally:
         assoc.release()  # type: ignore[attr-defined]
+
+
+def test_c_store_of_a_rejected_instance_fails_saying_why(dimse: Dimse) -> None:
+    """IOCM: once a rejection note (stored here over DIMSE) rejects an instance, a
+    C-STORE of it fails (PS3.4 B.2.3 Cxxx, "cannot understand": not worth a retry) with
+    an Error Comment naming the note."""
+    study, series, files = _ct_series(1)
+    sop = str(pydicom.dcmread(io.BytesIO(files[0])).SOPInstanceUID)
+    note = _dataset(rejection_note(study, new_uids()[1], [(series, sop)], "113001"))
+    assoc = dimse.associate(CT, "1.2.840.10008.5.1.4.1.1.88.59")
+    try:
+        assert assoc.send_c_store(_dataset(files[0])).Status == 0x0000  # type: ignore[attr-defined]
+        assert assoc.send_c_store(note).Status == 0x0000  # type: ignore[attr-defined]
+        again = _dataset(files[0])
+        again.InstanceNumber = 7  # another object under the rejected UID, still refused
+        status = assoc.send_c_store(again)  # type: ignore[attr-defined]
+        assert status.Status == 0xC000, status
+        assert status.ErrorComment == f"rejected by note {note.SOPInstanceUID} (IHE IOCM"[:64]
+    finally:
+        assoc.release()  # type: ignore[attr-defined]
+    hidden = dimse.archive.http.get(f"/studies/{study}/series/{series}/instances/{sop}")
+    assert hidden.status_code == 404
 
 
 def test_pynetdicom_client_stores_deflated_and_several_associations_at_once(dimse: Dimse) -> None:
