@@ -333,7 +333,15 @@ def parse_query(
                 raise BadRequest("query parameter 'fuzzymatching' must be true or false")
             fuzzy = value.lower() == "true"
         elif lower == "limit":
-            limit = _non_negative(value, "limit", MAX_LIMIT)
+            limit = _non_negative(value, "limit")
+            if limit > MAX_LIMIT:
+                # PS3.18 8.3.4.4: a limit above what the origin server returns at once is
+                # not an error; it returns its maximum, and says so (Warning 299)
+                warnings.append(
+                    f"the limit {limit} is more than this server returns at once; "
+                    f"at most {MAX_LIMIT} results are returned"
+                )
+                limit = MAX_LIMIT
         elif lower == "offset":
             offset = _non_negative(value, "offset", MAX_OFFSET)
         elif lower == "includefield":

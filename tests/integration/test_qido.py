@@ -339,6 +339,11 @@ def test_limit_offset_and_the_more_results_warning(fixture_archive: Archive) -> 
     rest = fixture_archive.http.get(path + "&limit=4&offset=4")
     assert "Warning" not in rest.headers
     assert values(r.json() + rest.json(), "0020000D") == values(everything, "0020000D")
+    # PS3.18 8.3.4.4: a limit above the server's maximum returns up to the maximum, and
+    # says so (issue #19: it was a 400)
+    big = fixture_archive.http.get(path + "&limit=250000")
+    assert big.status_code == 200 and len(big.json()) == 6
+    assert "at most 10000 results" in big.headers["Warning"]
 
 
 def test_paging_is_stable_while_new_data_arrives(fixture_archive: Archive) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from app.errors import BadRequest
 from app.index.compiler import compile_query, like_pattern
-from app.index.query import Level, parse_query
+from app.index.query import MAX_LIMIT, Level, parse_query
 
 BASE = "http://h/dicom-web"
 
@@ -322,3 +322,13 @@ def test_included_fields_are_merged_into_the_stored_study_answer() -> None:
     plain = [("includefield", "00080090,00100030")]
     assert not compile_query(parse_query(Level.STUDY, plain), BASE).merge
     assert not compile_query(parse_query(Level.STUDY, [("includefield", "all")]), BASE).merge
+
+
+def test_a_limit_above_the_maximum_is_capped_with_a_warning() -> None:
+    """PS3.18 8.3.4.4: not an error; the origin server returns at most its maximum."""
+    query = parse_query(Level.STUDY, [("limit", "250000")])
+    assert query.limit == MAX_LIMIT
+    assert any("250000" in w and str(MAX_LIMIT) in w for w in query.warnings)
+    assert parse_query(Level.STUDY, [("limit", str(MAX_LIMIT))]).warnings == ()
+    with pytest.raises(BadRequest, match="'limit'"):
+        parse_query(Level.STUDY, [("limit", "-5")])
