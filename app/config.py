@@ -197,6 +197,30 @@ class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _invalid(
+    exc: msgspec.ValidationError,
+    raw: Mapping[str, Any],
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any],
+) -> str:
+    """The message for a value msgspec refused, naming where it came from (the
+    environment variable or the command-line option) and the value given (issue #19:
+    "Expected int, got str - at $.workers" named neither)."""
+    text = str(exc)
+    field = text.rpartition("$.")[2].strip("`") if "$." in text else ""
+    if field not in raw:
+        return f"invalid setting: {text}"
+    reason = text.partition(" - at ")[0]
+    if overrides.get(field) is not None:
+        origin = "--" + field.replace("_", "-")
+    else:
+        origin = next((v for v, f in ENVIRONMENT.items() if f == field and env.get(v)), field)
+    return f"{origin}={raw[field]!r} is not a valid value: {reason}"
+
+
 def _peer_items(text: str) -> list[tuple[str, str, str, int | None]]:
     """``(item, AET, host or network, port)`` of each ``AET@host:port`` or
     ``AET@network`` (CIDR, e.g. ``CT@10.0.4.0/24``; IPv6 hosts in brackets)."""
@@ -282,7 +306,11 @@ def load_settings(
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid setting: {exc}") from exc
+        raise ConfigError(_invalid(exc, raw, env, overrides or {})) from None
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(
+            f"PICTOR_LOG_LEVEL={settings.log_level!r}: use one of {', '.join(LOG_LEVELS)}"
+        )
     if not 0 < settings.port < 65536 or not 0 <= settings.dimse_port < 65536:
         raise ConfigError("ports must be between 1 and 65535 (DIMSE port 0 turns DIMSE off)")
     if not 0 < len(settings.dimse_ae_title.strip()) <= 16:

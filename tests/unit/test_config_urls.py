@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -28,17 +29,27 @@ def test_environment_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "env",
+    ("env", "says"),
     [
-        {"PICTOR_PORT": "0"},
-        {"PICTOR_PORT": "http"},
-        {"PICTOR_ON_DUPLICATE": "overwrite"},
-        {"PICTOR_AE_TITLE": "A" * 17},
+        ({"PICTOR_PORT": "0"}, "ports"),
+        ({"PICTOR_PORT": "http"}, "PICTOR_PORT='http'"),
+        ({"PICTOR_WORKERS": "abc"}, "PICTOR_WORKERS='abc'"),
+        ({"PICTOR_ON_DUPLICATE": "overwrite"}, "PICTOR_ON_DUPLICATE='overwrite'"),
+        ({"PICTOR_AE_TITLE": "A" * 17}, "AE title"),
+        ({"PICTOR_LOG_LEVEL": "verbose"}, "PICTOR_LOG_LEVEL='verbose'"),
+        ({"PICTOR_TRASH_DAYS": "-1"}, "PICTOR_TRASH_DAYS"),
+        ({"PICTOR_TRASH_DAYS": "soon"}, "PICTOR_TRASH_DAYS='soon'"),
+        ({"PICTOR_PURGE_INTERVAL": "0"}, "PICTOR_PURGE_INTERVAL"),
     ],
 )
-def test_bad_settings_are_refused(env: dict[str, str]) -> None:
-    with pytest.raises(ConfigError):
+def test_bad_settings_are_refused_naming_the_variable(env: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
         load_settings({}, env)
+
+
+def test_a_bad_flag_value_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match=re.escape("--workers='many'")):
+        load_settings({"workers": "many"}, {})
 
 
 def test_base_url_precedence() -> None:
