@@ -102,10 +102,13 @@ async def restore_trash(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 async def empty_trash(request: Request[Any, Any, Any]) -> Response[bytes]:
-    params = dict(query_parameters(request.scope.get("query_string", b"").decode("latin-1")))
+    pairs = query_parameters(request.scope.get("query_string", b"").decode("latin-1"))
+    params = dict(pairs)
     unknown = set(params) - {"older-than"}
     if unknown:
         raise BadRequest(f"unknown query parameters: {sorted(unknown)}; only older-than")
+    if len(pairs) > len(params):
+        raise BadRequest("older-than is given more than once")
     age = parse_age(params["older-than"]) if "older-than" in params else None
     purged = await _lifecycle(request).empty(age, who=who_of(request.scope))
     return _json({"purged": purged})

@@ -56,7 +56,6 @@ class Trashed(msgspec.Struct):
     study_uid: str
     series_uids: list[str] = []
     sop_uids: list[str] = []
-    file_keys: list[str] = []
     #: trash row ids (the rows a zero-day trash purges at once)
     ids: list[int] = []
     #: restore: instances left in the trash because the same UID is stored again
@@ -67,11 +66,11 @@ async def lock_study(conn: asyncpg.Connection, study_uid: str) -> asyncpg.Record
     return await conn.fetchrow("SELECT * FROM study WHERE study_uid = $1 FOR UPDATE", study_uid)
 
 
-async def refresh_aggregates(conn: asyncpg.Connection, study_pk: int) -> bool:
+async def refresh_aggregates(conn: asyncpg.Connection, study_pk: int) -> None:
     """Recompute the study's and its series' counts and attributes from their instances
     (PS3.18 10.6.3.3: NumberOfStudyRelatedSeries/Instances, ModalitiesInStudy,
     SOPClassesInStudy, NumberOfSeriesRelatedInstances); drop empty series and an empty
-    study. Returns False when the study is gone."""
+    study."""
     await conn.execute(
         """UPDATE series se SET num_instances = n.count FROM (
                SELECT se2.pk, count(i.pk) AS count FROM series se2
@@ -97,8 +96,6 @@ async def refresh_aggregates(conn: asyncpg.Connection, study_pk: int) -> bool:
     )
     if row is None or row[0] == 0:
         await conn.execute("DELETE FROM study WHERE pk = $1", study_pk)
-        return False
-    return True
 
 
 async def audit(
@@ -156,7 +153,6 @@ async def trash_instances(
     pks = [r["pk"] for r in rows]
     out.series_uids = sorted({r["series_uid"] for r in rows})
     out.sop_uids = [r["sop_instance_uid"] for r in rows]
-    out.file_keys = [r["file_key"] for r in rows]
     # the rows needed to bring the study and its series back
     study_cols = await columns(conn, "study")
     await conn.execute("DELETE FROM trash_study WHERE study_uid = $1", study["study_uid"])
@@ -337,8 +333,6 @@ async def restore_in(
             study["pk"],
         )
         out.sop_uids = [r[0] for r in restored]
-        out.file_keys = [r[1] for r in restored]
-        out.ids = ids
         await conn.execute(
             "DELETE FROM trash_instance WHERE id = ANY($1::bigint[])"
             " AND sop_instance_uid = ANY($2::text[])",

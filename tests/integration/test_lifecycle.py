@@ -251,6 +251,8 @@ def test_trash_requests_are_checked(server: Archive) -> None:
     assert huge.status_code == 413
     assert httpx.delete(base + "/admin/trash", params={"older-than": "soon"}).status_code == 400
     assert httpx.delete(base + "/admin/trash", params={"older": "1d"}).status_code == 400
+    twice = httpx.delete(base + "/admin/trash?older-than=30d&older-than=0s")
+    assert twice.status_code == 400 and "more than once" in twice.json()["message"]
 
 
 def test_empty_the_trash_removes_files_and_rows(server: Archive) -> None:
