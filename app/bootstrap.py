@@ -48,8 +48,8 @@ def open_store(settings: Settings) -> BlobStore:
 @asynccontextmanager
 async def open_index(settings: Settings) -> AsyncIterator[Pool]:
     """A small pool on the archive's index, as a command reaches it: ``DATABASE_URL``,
-    or the embedded PostgreSQL of the data directory (reattached when a server is
-    running on it, else started and stopped again); migrations applied."""
+    or the embedded PostgreSQL of the data directory (shared with a server running
+    on it, else started and stopped again); migrations applied."""
     embedded: EmbeddedPostgres | None = None
     try:
         dsn = settings.database_url
@@ -64,5 +64,5 @@ async def open_index(settings: Settings) -> AsyncIterator[Pool]:
         finally:
             await pool.close()
     finally:
-        if embedded is not None and not embedded.reattached:
+        if embedded is not None:  # stopped only if no other process uses it
             await asyncio.to_thread(embedded.stop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -44,7 +45,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     """Run the archive until Ctrl-C / SIGTERM; the embedded PostgreSQL stops with it."""
     import asyncio
-    import os
 
     import msgspec
     import uvicorn
@@ -52,27 +52,38 @@ def serve(args: argparse.Namespace) -> int:
     from app.auth.links import load_secret
     from app.bootstrap import EmbeddedPostgres, prepare
     from app.config import exposure_problem, to_environment
+    from app.errors import PictorError
     from app.observability import MULTIPROC_VARIABLE, setup_logging, uvicorn_log_config
+    from app.process import SUPERVISOR_VARIABLE, DataDirInUse, ServeLock, port_problem
 
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
-    problem = exposure_problem(settings)
+    problem = exposure_problem(settings) or _start_problem(settings)
     if problem is not None:
         sys.exit(f"pictor: {problem}")
-    if settings.auth and settings.dimse_port and not settings.peer_sources:
-        sys.exit(
-            "pictor: with --auth, DIMSE accepts only the AE titles of PICTOR_DIMSE_PEERS, "
-            "and there are none: set PICTOR_DIMSE_PEERS (AET@host:port,...) or turn DIMSE "
-            "off with --dimse-port 0"
-        )
     if not settings.auth and settings.insecure_no_auth:
         logging.getLogger("pictor").warning(
             "INSECURE: listening on %s WITHOUT ACCESS CONTROL (--insecure-no-auth): anyone "
             "who reaches this address can read and store patient images",
             settings.host,
         )
+    lock = ServeLock(settings.data_dir)
+    try:
+        lock.acquire(port=settings.port, dimse_port=settings.dimse_port)
+    except DataDirInUse as exc:
+        sys.exit(f"pictor: {exc}")
+    except OSError as exc:
+        sys.exit(f"pictor: the data directory {settings.data_dir} cannot be used: {exc}")
+    for port, what, option in (
+        (settings.port, "HTTP", "--port / PICTOR_PORT"),
+        (settings.dimse_port, "DIMSE", "--dimse-port / PICTOR_DIMSE_PORT"),
+    ):
+        problem = port_problem(settings.host, port, what, option) if port else None
+        if problem:
+            sys.exit(f"pictor: {problem}")
     load_secret(settings)  # the link secret exists before the server processes share it
     embedded: EmbeddedPostgres | None = None
+    watchdog: _Watchdog | None = None
     dimse: subprocess.Popen[bytes] | None = None
     try:
         # every process counts into its own files here; /metrics adds them up
@@ -80,10 +91,21 @@ def serve(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ[MULTIPROC_VARIABLE] = str(metrics_dir)
+        os.environ[SUPERVISOR_VARIABLE] = str(os.getpid())
         if not settings.database_url:
             embedded = EmbeddedPostgres(settings.pg_dir)
             settings = msgspec.structs.replace(settings, database_url=embedded.start())
-        asyncio.run(prepare(settings, settings.database_url))
+        try:
+            asyncio.run(prepare(settings, settings.database_url))
+        except PictorError as exc:
+            cause = exc.__cause__ or exc
+            sys.exit(
+                f"pictor: cannot use the database {_redacted(settings.database_url)} "
+                f"(DATABASE_URL): {type(cause).__name__}: {cause}"
+            )
+        if embedded is not None:
+            watchdog = _Watchdog(embedded)
+            watchdog.start()
         # server processes read their settings from the environment
         os.environ.update(to_environment(settings))
         if settings.dimse_port:
@@ -117,11 +139,85 @@ def serve(args: argparse.Namespace) -> int:
             ssl_keyfile=settings.tls_key or None,
         )
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         if dimse is not None:
             _stop_dimse(dimse)
         if embedded is not None:
             embedded.stop()
+        lock.release()
     return 0
+
+
+def _start_problem(settings: Settings) -> str | None:
+    """What stops a start before anything runs, in one line: DIMSE under --auth with no
+    peers, a data directory that cannot be written."""
+    if settings.auth and settings.dimse_port and not settings.peer_sources:
+        return (
+            "with --auth, DIMSE accepts only the AE titles of PICTOR_DIMSE_PEERS, "
+            "and there are none: set PICTOR_DIMSE_PEERS (AET@host:port,...) or turn DIMSE "
+            "off with --dimse-port 0"
+        )
+    directory = settings.data_dir
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return (
+            f"the data directory {directory} (--data-dir / PICTOR_DATA_DIR) is not "
+            f"writable: {exc.strerror or exc}"
+        )
+    return None
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for a message."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+class _Watchdog:
+    """Restarts the embedded PostgreSQL when its postmaster dies (killed, crashed) while
+    the server runs (issue #19: one kill left the archive answering 503 until a manual
+    restart). The servers' pools reconnect on their own once it answers again; until
+    then requests get 503 with Retry-After."""
+
+    def __init__(self, embedded: Any, interval: float = 0.5) -> None:
+        import threading
+
+        self.embedded = embedded
+        self.interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pg-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        log = logging.getLogger("pictor")
+        while not self._stopping.wait(self.interval):
+            if self.embedded.running:
+                continue
+            log.error("the embedded PostgreSQL stopped; restarting it")
+            while not self._stopping.is_set():
+                try:
+                    if self.embedded.restart():
+                        log.warning("the embedded PostgreSQL was restarted")
+                        break
+                except Exception as exc:  # noqa: BLE001 - retried until it starts
+                    log.error("the embedded PostgreSQL did not restart (%s); retrying", exc)
+                self._stopping.wait(self.interval)
 
 
 def _start_dimse(settings: Settings, timeout: float = 30) -> subprocess.Popen[bytes]:

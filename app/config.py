@@ -50,9 +50,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     trash_days: float = 7.0
     #: seconds between runs of the background purge of expired trash
     purge_interval: float = 600.0
-    #: HTTP server processes (0: two per core, at most 8). All share the index and the
-    #: storage. Two per core keep both cores busy when a few long-lived connections (a
-    #: modality's STOW client) land unevenly on the processes.
+    #: HTTP server processes (unset: two per core, at most 8; 1 to 64 when given). All
+    #: share the index and the storage. Two per core keep both cores busy when a few
+    #: long-lived connections (a modality's STOW client) land unevenly on the processes.
     workers: int = 0
     log_level: str = "info"
     #: ``text`` for people, ``json`` (one object per line) for log collectors
@@ -318,6 +318,11 @@ def load_settings(
     parse_peer_sources(settings.dimse_peers)  # refuses a malformed peer at start
     if not 0 <= settings.trash_days <= 36500:
         raise ConfigError("PICTOR_TRASH_DAYS is between 0 (delete at once) and 36500")
+    if "workers" in raw and not 1 <= settings.workers <= 64:
+        raise ConfigError(
+            f"PICTOR_WORKERS={raw['workers']!r} / --workers: give 1 to 64 server processes "
+            "(unset: two per core, at most 8)"
+        )
     if not 1 <= settings.purge_interval <= 86400:
         raise ConfigError("PICTOR_PURGE_INTERVAL is between 1 and 86400 seconds")
     _check_access_settings(settings)
@@ -382,4 +387,8 @@ def exposure_problem(settings: Settings) -> str | None:
 def to_environment(settings: Settings) -> dict[str, str]:
     """Environment variables that reproduce ``settings`` in a child process."""
     values = msgspec.to_builtins(settings, enc_hook=str)
-    return {var: str(values[field]) for var, field in ENVIRONMENT.items() if values[field] != ""}
+    return {
+        var: str(values[field])
+        for var, field in ENVIRONMENT.items()
+        if values[field] != "" and not (field == "workers" and values[field] == 0)
+    }

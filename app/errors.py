@@ -150,7 +150,16 @@ class UnsupportedMediaType(RequestError):
 
 
 class ServiceUnavailable(PictorError):
+    """The archive cannot answer now (its index is unreachable, say); the client should
+    try again after ``Retry-After`` seconds (RFC 9110 10.2.3), a few seconds being about
+    the time the embedded database takes to be restarted."""
+
     status_code = 503
+    retry_after = 5
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}
 
 
 class InstanceRejected(PictorError):

@@ -125,8 +125,8 @@ def run_import(settings: Settings, paths: list[Path], *, jobs: int = 0) -> int:
                         failures.append((name, outcome.message))
                     bar.update(1)
     finally:
-        if embedded is not None and not embedded.reattached:
-            embedded.stop()  # a server running on this data directory keeps its database
+        if embedded is not None:
+            embedded.stop()  # not while a server (or another command) still uses it
     for name, message in sorted(failures)[:50]:
         print(f"failed: {name}: {message}")
     if len(failures) > 50:

@@ -20,6 +20,7 @@ from app.codec import pool as codec_pool
 from app.config import Settings
 from app.dicomweb.cors import CrossOriginMiddleware
 from app.dicomweb.errors import EXCEPTION_HANDLERS
+from app.errors import ServiceUnavailable
 from app.observability import (
     MetricsMiddleware,
     setup_logging,
@@ -35,7 +36,9 @@ log = logging.getLogger("pictor")
 def app_from_environment() -> Litestar:
     """Factory for server worker processes: settings come from the environment."""
     from app.config import load_settings
+    from app.process import die_with_supervisor
 
+    die_with_supervisor()
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
     return create_app(settings)
@@ -57,7 +60,14 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
         try:
             if embedded is not None:
                 await prepare(settings, dsn)
-            pool = await create_pool(dsn)
+            try:
+                pool = await create_pool(dsn)
+            except ServiceUnavailable:
+                # a worker (re)started while the database is down serves 503 with
+                # Retry-After until it answers, instead of failing its start-up (which
+                # stops the whole server: issue #19)
+                log.error("the index does not answer; serving 503 until it does")
+                pool = await create_pool(dsn, min_size=0)
             store = open_store(settings)
             app.state.settings = settings
             app.state.pool = pool

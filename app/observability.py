@@ -167,6 +167,33 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, OneLineReconnects) for f in pool_log.filters):
+        pool_log.addFilter(OneLineReconnects())
+
+
+class OneLineReconnects(logging.Filter):
+    """asyncpg's pool logs each failed reconnection with a full traceback, twice a
+    second per process while the database is down (issue #19: "the log filling"). One
+    line, with the reason, says as much; at most one every ``every`` seconds."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        super().__init__()
+        self.every = every
+        self._last = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return False
+        self._last = now
+        return True
 
 
 def uvicorn_log_config(level: str) -> dict[str, Any]:

@@ -27,7 +27,10 @@ _POOL: ProcessPoolExecutor | None = None
 _WORKERS = os.cpu_count() or 1
 
 
-def _warm() -> None:
+def _warm(parent: int) -> None:
+    from app.process import die_with_parent
+
+    die_with_parent(parent)  # not left behind when the server process dies (issue #19)
     import app.codec.render  # noqa: F401 - load pydicom, numpy, Pillow and the plugins
     import app.codec.transcode  # noqa: F401
 
@@ -40,7 +43,10 @@ def _pool() -> ProcessPoolExecutor:
     global _POOL
     if _POOL is None:
         _POOL = ProcessPoolExecutor(
-            _WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=_warm
+            _WORKERS,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_warm,
+            initargs=(os.getpid(),),
         )
     return _POOL
 

@@ -188,6 +188,9 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> int:
+    from app.process import die_with_supervisor
+
+    die_with_supervisor()  # no orphan DIMSE process when pictor serve is killed
     try:
         settings = load_settings()
         if not settings.database_url:

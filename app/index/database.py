@@ -9,6 +9,8 @@ down with ``pg_ctl stop``: pgserver's own clean-up does not stop a reattached se
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
 import os
 import re
@@ -30,7 +32,13 @@ log = logging.getLogger(__name__)
 Pool: TypeAlias = asyncpg.Pool
 
 #: what asyncpg raises when the database or the connection to it fails
-INDEX_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+INDEX_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # a query on a connection the server dropped mid-way ("cannot switch to state ...")
+    asyncpg.InternalClientError,
+)
 
 
 def index_failure(what: str, exc: BaseException, *, client_values: bool = True) -> PictorError:
@@ -147,18 +155,27 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
             reset=_reset_connection,
             command_timeout=60,
         )
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (*INDEX_ERRORS, ValueError, OverflowError) as exc:  # also: a malformed URL
         raise index_failure("cannot connect to the index", exc, client_values=False) from exc
     assert pool is not None
     return pool
 
 
 class EmbeddedPostgres:
-    """A private PostgreSQL server under ``directory`` (through ``pgserver``)."""
+    """A private PostgreSQL server under ``directory`` (through ``pgserver``).
+
+    Several processes may use it at once (``pictor serve`` and a ``pictor import`` or
+    ``token`` beside it): each holds a shared ``flock`` on ``<directory>.users`` while it
+    uses the server, and :meth:`stop` stops it only when it can take that lock
+    exclusively, that is when no other process uses it (issue #19: a second process
+    stopped the first one's database on exit). A server left running by a process that
+    was killed is reattached, and stopped by the last user.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._server: Any = None
+        self._users_fd: int | None = None
         #: True when a postmaster was already running on the directory (a server that is
         #: running, or one that was killed): it is reused rather than started
         self.reattached = False
@@ -171,27 +188,58 @@ class EmbeddedPostgres:
         Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
         import pgserver  # imported here: only the embedded mode needs it
 
+        if self._users_fd is None:
+            users = self.directory.with_name(self.directory.name + ".users")
+            self._users_fd = os.open(users, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._users_fd, fcntl.LOCK_SH)  # waits while a last user stops it
         self.reattached = _postmaster_alive(self.directory)
         logging.getLogger("pgserver").setLevel(logging.WARNING)
         self._server = pgserver.get_server(  # type: ignore[attr-defined]
             self.directory, cleanup_mode=None
         )
+        self._server.ensure_postgres_running()  # pgserver's cached instance may be stopped
         uri: str = self._server.get_uri()
         return uri
 
-    def stop(self) -> None:
-        """Stop the server (fast shutdown: open sessions are ended, data is flushed)."""
-        if self._server is None:
-            return
-        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # bundled pg_ctl
+    def restart(self) -> bool:
+        """Start the server again after its postmaster died (same directory, same URI);
+        whether it runs now. Not yet while the dead postmaster is a zombie its parent has
+        not reaped: PostgreSQL itself refuses to start while that PID exists."""
+        assert self._server is not None, "restart() of a server never started"
+        self._server.ensure_postgres_running()
+        return self.running
 
+    @property
+    def running(self) -> bool:
+        """Whether the postmaster of the directory is alive."""
+        return _postmaster_alive(self.directory)
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open sessions are ended, data is flushed),
+        unless another process still uses it."""
+        fd, self._users_fd = self._users_fd, None
         try:
-            pg_ctl(
-                ["-w", "-m", "fast", "stop"], pgdata=self.directory, user=self._server.system_user
-            )
-        except subprocess.CalledProcessError:
-            pass  # already stopped
-        self._server = None
+            if self._server is None:
+                return
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return  # still used by another process: the last one stops it
+            from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # bundled
+
+            try:
+                pg_ctl(
+                    ["-w", "-m", "fast", "stop"],
+                    pgdata=self.directory,
+                    user=self._server.system_user,
+                )
+            except subprocess.CalledProcessError:
+                pass  # already stopped
+        finally:
+            self._server = None
+            if fd is not None:
+                os.close(fd)
 
 
 def _postmaster_alive(directory: Path) -> bool:
@@ -200,7 +248,11 @@ def _postmaster_alive(directory: Path) -> bool:
         os.kill(pid, 0)
     except (OSError, ValueError, IndexError):
         return False
-    return True
+    try:  # a killed postmaster nobody has reaped yet is a zombie: dead
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 async def ping(pool: Pool) -> None:
@@ -210,26 +262,84 @@ async def ping(pool: Pool) -> None:
 
 class Listener:
     """A connection of ``pool`` held to LISTEN on ``channel``; ``callback`` gets each
-    notification's payload (PostgreSQL NOTIFY: delivered at the sender's commit)."""
+    notification's payload (PostgreSQL NOTIFY: delivered at the sender's commit).
 
-    def __init__(self, pool: Pool, channel: str, callback: Callable[[str], None]) -> None:
+    When the connection is lost (the database restarted, say), notifications sent
+    meanwhile are lost with it: ``on_gap`` is called then and again once listening
+    resumes, and the listener reconnects in the background until it does."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        channel: str,
+        callback: Callable[[str], None],
+        on_gap: Callable[[], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.channel = channel
         self.callback = callback
+        self.on_gap = on_gap
         self._conn: Any = None
+        self._stopped = False
+        self._reconnecting: asyncio.Task[None] | None = None
 
     def _deliver(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         self.callback(str(payload))
 
     async def start(self) -> None:
-        self._conn = await self.pool.acquire()
-        await self._conn.add_listener(self.channel, self._deliver)
+        """Listen; when the index does not answer now, keep trying in the background."""
+        try:
+            await self._listen()
+        except INDEX_ERRORS:
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect(None))
+
+    async def _listen(self) -> None:
+        conn = await self.pool.acquire()
+        try:
+            await conn.add_listener(self.channel, self._deliver)
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        conn.add_termination_listener(self._lost)
+        self._conn = conn
+
+    def _lost(self, conn: Any) -> None:
+        if self._stopped or conn is not self._conn:
+            return
+        self._conn = None
+        log.warning("the index connection listening for %s was lost; reconnecting", self.channel)
+        if self.on_gap is not None:
+            self.on_gap()
+        self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect(conn))
+
+    async def _reconnect(self, lost: Any) -> None:
+        if lost is not None:
+            try:
+                await self.pool.release(lost)
+            except INDEX_ERRORS:
+                pass
+        delay = 0.2
+        while not self._stopped:
+            try:
+                await self._listen()
+            except INDEX_ERRORS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if self.on_gap is not None:
+                self.on_gap()  # what was announced before start() returned is missed
+            log.warning("listening for %s again", self.channel)
+            return
 
     async def stop(self) -> None:
+        self._stopped = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         if self._conn is None:
             return
         conn, self._conn = self._conn, None
         try:
+            conn.remove_termination_listener(self._lost)
             await conn.remove_listener(self.channel, self._deliver)
         except INDEX_ERRORS:
             pass

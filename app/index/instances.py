@@ -219,6 +219,10 @@ async def commit_batch(
             # (app.index.lifecycle): the batch is committed again, from scratch
             if attempt == 2:
                 raise index_failure("the index commit failed", exc, client_values=False) from exc
+        except INDEX_ERRORS as exc:
+            # the database went away (or refused): the caller cannot know whether the
+            # transaction committed, only that it may not have
+            raise index_failure("the index commit failed", exc, client_values=False) from exc
     raise AssertionError("unreachable")
 
 

@@ -28,7 +28,7 @@ from app.dicom.analysis import Analysis, analyse_content
 from app.dicom.iocm import KEY_OBJECT_SELECTION
 from app.errors import FailureReason, InstanceRejected, ServiceUnavailable
 from app.index import instances as index
-from app.index.database import Pool
+from app.index.database import INDEX_ERRORS, Pool
 from app.observability import record_ingest
 from app.services.lifecycle import Lifecycle
 from app.storage import BlobStore, Publication, Upload, instance_key
@@ -112,6 +112,8 @@ class Ingest:
         self.store = store
         #: IOCM: rejected instances are refused; stored rejection notes take effect
         self.lifecycle = lifecycle or Lifecycle(settings, pool, store)
+        #: publications whose commit failed, waiting for the index to say what it has
+        self._resolving: set[asyncio.Task[None]] = set()
 
     def new_part(self) -> Upload:
         return self.store.create_temp()
@@ -305,10 +307,14 @@ class Ingest:
         intent = await self.store.retire(retired) if retired else None
         try:
             results, replaced = await index.commit_batch(self.pool, [new[i] for i in order])
-        except ServiceUnavailable as exc:
-            await self.store.settle([], pubs, stale_intents)
-            if intent is not None:
-                await self.store.delete_retired([], intent)
+        except BaseException as exc:
+            # the transaction may have committed all the same (the connection was lost
+            # after the server committed): the files stay until the index says which
+            # rows exist (issue #19: unpublishing them could lose stored instances;
+            # leaving them unresolved left files without rows until a restart)
+            self._resolve_later(pubs, stale_intents, retired, intent)
+            if not isinstance(exc, ServiceUnavailable):
+                raise
             for i in order:
                 outcomes[i] = _outcome(
                     new[i].analysis, FAILED, FailureReason.OUT_OF_RESOURCES, exc.message
@@ -345,6 +351,43 @@ class Ingest:
         await self.store.settle([p for p in pubs if p not in losers], losers, stale_intents)
         if intent is not None:
             await self.store.delete_retired(replaced, intent)
+
+    def _resolve_later(
+        self,
+        pubs: list[Publication],
+        stale_intents: set[object],
+        retired: list[str],
+        intent: object,
+    ) -> None:
+        """Once the index answers again: keep the published files whose rows were
+        committed, unpublish the others, delete the retired files that lost their row."""
+
+        async def resolve() -> None:
+            keys = [p.key for p in pubs] + retired
+            delay = 0.5
+            while True:
+                try:
+                    kept = await index.referenced_keys(self.pool, keys)
+                    break
+                except INDEX_ERRORS:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+            await self.store.settle(
+                [p for p in pubs if p.key in kept],
+                [p for p in pubs if p.key not in kept],
+                stale_intents,
+            )
+            if intent is not None:
+                await self.store.delete_retired([k for k in retired if k not in kept], intent)
+            log.warning(
+                "after a failed index commit: %d of %d instances had been committed",
+                sum(p.key in kept for p in pubs),
+                len(pubs),
+            )
+
+        task = asyncio.get_running_loop().create_task(resolve())
+        self._resolving.add(task)
+        task.add_done_callback(self._resolving.discard)
 
 
 def _version() -> str:

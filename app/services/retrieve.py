@@ -85,7 +85,7 @@ class InstanceCache:
         self._keys: dict[str, tuple[str, str, str]] = {}
         #: counts announced changes: a lookup that overlapped one is not kept
         self._changes = 0
-        self._listener = Listener(pool, CHANGED_CHANNEL, self.forget)
+        self._listener = Listener(pool, CHANGED_CHANNEL, self.forget, on_gap=self.forget_all)
 
     async def start(self) -> None:
         await self._listener.start()
@@ -106,6 +106,13 @@ class InstanceCache:
         key = self._keys.pop(payload, None)
         if key is not None:
             self._recent.pop(key, None)
+
+    def forget_all(self) -> None:
+        """Drop everything: announcements may have been missed (the listening
+        connection was lost)."""
+        self._changes += 1
+        self._recent.clear()
+        self._keys.clear()
 
     def peek(self, study: str, series: str, instance: str) -> StoredInstance | None:
         """The cached instance, if it is (no I/O; the key was validated when cached)."""

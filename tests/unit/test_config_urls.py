@@ -26,6 +26,10 @@ def test_flags_override_environment() -> None:
 def test_environment_round_trip() -> None:
     s = load_settings({"port": 9001, "data_dir": "/tmp/a"}, {"DATABASE_URL": "postgresql://x/y"})
     assert load_settings({}, to_environment(s)) == s
+    # the default worker count (unset) passes to the children as unset, not as 0
+    assert "PICTOR_WORKERS" not in to_environment(s)
+    three = load_settings({"workers": 3}, {})
+    assert load_settings({}, to_environment(three)).worker_count == 3
 
 
 @pytest.mark.parametrize(
@@ -34,6 +38,8 @@ def test_environment_round_trip() -> None:
         ({"PICTOR_PORT": "0"}, "ports"),
         ({"PICTOR_PORT": "http"}, "PICTOR_PORT='http'"),
         ({"PICTOR_WORKERS": "abc"}, "PICTOR_WORKERS='abc'"),
+        ({"PICTOR_WORKERS": "0"}, "PICTOR_WORKERS='0' / --workers: give 1 to 64"),
+        ({"PICTOR_WORKERS": "65"}, "PICTOR_WORKERS='65'"),
         ({"PICTOR_ON_DUPLICATE": "overwrite"}, "PICTOR_ON_DUPLICATE='overwrite'"),
         ({"PICTOR_AE_TITLE": "A" * 17}, "AE title"),
         ({"PICTOR_LOG_LEVEL": "verbose"}, "PICTOR_LOG_LEVEL='verbose'"),

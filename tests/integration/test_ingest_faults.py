@@ -1,0 +1,69 @@
+"""The two-phase store when the index fails at the commit (issue #19): the transaction
+may or may not have committed, so the published files are neither kept blindly nor
+unpublished blindly; once the index answers again, what it holds decides. Real
+PostgreSQL (stopped and started by the test), real files, the real ingest service."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from app.bootstrap import prepare
+from app.config import load_settings
+from app.index.database import EmbeddedPostgres, create_pool
+from app.services.ingest import FAILED, STORED, Ingest
+from app.storage import FileBlobStore, Upload
+
+from synth import ct_slice, new_uids
+
+
+def test_a_commit_lost_with_the_database_is_resolved_once_it_is_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pg = EmbeddedPostgres(tmp_path / "pg")
+        dsn = await asyncio.to_thread(pg.start)
+        settings = load_settings({"data_dir": str(tmp_path / "data")}, environ={})
+        await prepare(settings, dsn)
+        pool = await create_pool(dsn, min_size=1, max_size=4)
+
+        class DatabaseDiesAfterPublish(FileBlobStore):
+            """The files are linked into place, then the database goes away."""
+
+            async def publish(self, items: Iterable[tuple[Upload, str]]):  # type: ignore[no-untyped-def]
+                pubs = await super().publish(items)
+                await asyncio.to_thread(pg.stop)
+                return pubs
+
+        store = DatabaseDiesAfterPublish(settings.storage_dir, settings.tmp_dir)
+        ingest = Ingest(settings, pool, store)
+        study, series = new_uids()
+        parts = []
+        for i in range(3):
+            temp = ingest.new_part()
+            await temp.write(ct_slice(study, series, i, rows=32, cols=32))
+            parts.append(await ingest.complete(temp))
+        outcomes = await ingest.commit(parts)
+        assert [o.status for o in outcomes] == [FAILED] * 3
+        assert {o.reason for o in outcomes} == {0xA700}  # out of resources: retry later
+        published = list(settings.storage_dir.rglob("*.dcm"))
+        assert len(published) == 3, "kept until the index says whether they were committed"
+        assert any(p.suffix == ".intent" for p in settings.tmp_dir.iterdir())
+        await asyncio.to_thread(pg.start)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(settings.tmp_dir.iterdir()):
+            await asyncio.sleep(0.2)
+        assert list(settings.tmp_dir.iterdir()) == []  # no .part, no .intent
+        assert list(settings.storage_dir.rglob("*.dcm")) == []  # no row, so no file
+        assert await pool.fetchval("SELECT count(*) FROM instance") == 0
+        # and the archive stores again on the same pool
+        again = FileBlobStore(settings.storage_dir, settings.tmp_dir)
+        ingest = Ingest(settings, pool, again)
+        temp = ingest.new_part()
+        await temp.write(ct_slice(study, series, 0, rows=32, cols=32))
+        stored = await ingest.commit([await ingest.complete(temp)])
+        assert [o.status for o in stored] == [STORED]
+        await pool.close()
+        await asyncio.to_thread(pg.stop)
+
+    asyncio.run(scenario())
