@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -84,12 +85,16 @@ def serve(args: argparse.Namespace) -> int:
     load_secret(settings)  # the link secret exists before the server processes share it
     embedded: EmbeddedPostgres | None = None
     watchdog: _Watchdog | None = None
+    metrics_dir: Path | None = None
     dimse: subprocess.Popen[bytes] | None = None
     try:
-        # every process counts into its own files here; /metrics adds them up
-        metrics_dir = settings.data_dir / "metrics"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
+        # every process counts into its own files here; /metrics adds them up. They are
+        # memory-mapped: in memory (/dev/shm), not on the data disk, where a full disk
+        # made writing them SIGBUS the workers (issue #19)
+        shm = Path("/dev/shm")
+        parent = shm if shm.is_dir() else Path(tempfile.gettempdir())
+        _sweep_metrics_dirs(parent)
+        metrics_dir = Path(tempfile.mkdtemp(prefix=f"pictor-metrics-{os.getpid()}-", dir=parent))
         os.environ[MULTIPROC_VARIABLE] = str(metrics_dir)
         os.environ[SUPERVISOR_VARIABLE] = str(os.getpid())
         if not settings.database_url:
@@ -145,8 +150,25 @@ def serve(args: argparse.Namespace) -> int:
             _stop_dimse(dimse)
         if embedded is not None:
             embedded.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         lock.release()
     return 0
+
+
+def _sweep_metrics_dirs(parent: Path) -> None:
+    """Remove the metrics directories of servers that are gone (killed, so they could
+    not remove their own)."""
+    for path in parent.glob("pictor-metrics-*"):
+        pid = path.name.split("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def _start_problem(settings: Settings) -> str | None:

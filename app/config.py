@@ -48,6 +48,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: days a deleted or rejected instance stays in the trash, restorable, before the
     #: purge removes its file and rows; 0 deletes at once
     trash_days: float = 7.0
+    #: bytes that must stay free on the storage's file system: below it, new data are
+    #: refused (507 over STOW, A700 over C-STORE) before the disk fills up and takes the
+    #: database with it; reads, deletes and the purge go on
+    min_free_bytes: int = 1 << 30
     #: seconds between runs of the background purge of expired trash
     purge_interval: float = 600.0
     #: HTTP server processes (unset: two per core, at most 8; 1 to 64 when given). All
@@ -170,6 +174,7 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_PUBLIC_BASE_URL": "public_base_url",
     "PICTOR_ON_DUPLICATE": "on_duplicate",
     "PICTOR_TRASH_DAYS": "trash_days",
+    "PICTOR_MIN_FREE_BYTES": "min_free_bytes",
     "PICTOR_PURGE_INTERVAL": "purge_interval",
     "PICTOR_WORKERS": "workers",
     "PICTOR_LOG_LEVEL": "log_level",
@@ -323,6 +328,8 @@ def load_settings(
             f"PICTOR_WORKERS={raw['workers']!r} / --workers: give 1 to 64 server processes "
             "(unset: two per core, at most 8)"
         )
+    if settings.min_free_bytes < 0:
+        raise ConfigError("PICTOR_MIN_FREE_BYTES cannot be negative (0 turns the floor off)")
     if not 1 <= settings.purge_interval <= 86400:
         raise ConfigError("PICTOR_PURGE_INTERVAL is between 1 and 86400 seconds")
     _check_access_settings(settings)

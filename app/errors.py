@@ -162,6 +162,13 @@ class ServiceUnavailable(PictorError):
         return {"retry-after": str(self.retry_after)}
 
 
+class StorageFull(PictorError):
+    """The archive's storage has no room for new data (RFC 4918 11.5: 507 Insufficient
+    Storage): the disk is full, or its free space is below ``PICTOR_MIN_FREE_BYTES``."""
+
+    status_code = 507
+
+
 class InstanceRejected(PictorError):
     """One instance cannot be stored; the others in the same request are unaffected."""
 

@@ -3,6 +3,7 @@ itself is :func:`app.asgi.error_answer`, shared with the fast paths."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from litestar import Request
@@ -11,6 +12,8 @@ from litestar.response import Response
 
 from app.asgi import error_answer
 from app.errors import PictorError, RequestError
+
+log = logging.getLogger("pictor")
 
 
 def _response(exc: PictorError) -> Response[bytes]:
@@ -39,4 +42,15 @@ def http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     return _response(_FrameworkError(exc.status_code, str(exc.detail)))
 
 
-EXCEPTION_HANDLERS = {PictorError: pictor_error, HTTPException: http_error}
+def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """A bug: logged with its traceback (the framework's own 500 logs nothing), answered
+    with a 500 that says nothing of it."""
+    log.error("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
+    return _response(PictorError("internal error; the archive logged it"))
+
+
+EXCEPTION_HANDLERS = {
+    PictorError: pictor_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

@@ -19,9 +19,12 @@ log = logging.getLogger("pictor")
 
 async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Liveness and readiness: the index answers a query and the storage takes a new
-    file (created, synced and removed); 503 naming what fails otherwise."""
+    file (created, synced and removed); 503 naming what fails otherwise. A full storage
+    answers 200 with ``"status": "degraded"``: reads go on."""
     state = request.app.state
-    body = msgspec.json.encode(await readiness(state.pool, state.store))
+    body = msgspec.json.encode(
+        await readiness(state.pool, state.store, state.settings.min_free_bytes)
+    )
     return Response(body, media_type="application/json")
 
 

@@ -32,8 +32,8 @@ from app.dicomweb.multipart import (
     parse_media_type,
 )
 from app.dicomweb.urls import instance_url, request_base_url, study_url
-from app.errors import BadRequest, FailureReason, UnsupportedMediaType
-from app.services.ingest import BATCH, FAILED, Ingest, Outcome, Part
+from app.errors import BadRequest, FailureReason, ServiceUnavailable, UnsupportedMediaType
+from app.services.ingest import BATCH, FAILED, INDEX_DOWN, STORAGE_FULL, Ingest, Outcome, Part
 from app.storage import Upload
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,17 @@ def store_response(
     warnings = [o.message for o in failed if o.message]
     if extra_failure:
         warnings.insert(0, extra_failure)
+    causes = {o.cause for o in failed}
     if not outcomes or (extra_failure and not stored):
         status = 400 if extra_failure else 409
     elif not failed and not extra_failure:
         status = 200
     elif stored:
         status = 202
+    elif causes == {STORAGE_FULL}:
+        status = 507  # RFC 4918 11.5: nothing could be stored for want of space
+    elif causes == {INDEX_DOWN}:
+        status = 503  # nothing was stored because the index is unavailable: retry
     else:
         status = 409
     return status, body, warnings
@@ -183,11 +188,15 @@ class _Upload:
                 await self.ingest.commit(batch, self.study, who=self.who, may_purge=self.may_purge)
             )
 
-    async def abandon(self) -> None:
-        """Throw away everything not yet committed (committed instances stay)."""
+    async def abandon_current(self) -> None:
+        """Throw away the part being received (it did not end)."""
         if self.current is not None:
             await self.current.abort()
             self.current = None
+
+    async def abandon(self) -> None:
+        """Throw away everything not yet committed (committed instances stay)."""
+        await self.abandon_current()
         pending, self.pending = self.pending, []
         await self.ingest.discard(pending)
 
@@ -199,6 +208,8 @@ async def store_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
     if study is not None and (problem := uid_problem(study)) is not None:
         raise BadRequest(f"the Study Instance UID in the URL {problem}")
     ingest: Ingest = request.app.state.ingest
+    length = request.headers.get("content-length", "")
+    ingest.check_space(int(length) if length.isdigit() else 0)  # 507 before the body
     upload = _Upload(ingest, study, who_of(request.scope), may(request.scope, DELETE))
     failure = ""
     try:
@@ -221,10 +232,17 @@ async def store_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
             parser.close()
         await upload.flush()
     except MultipartError as exc:
-        await upload.abandon()
+        # every part received whole before the fault is decided like any other (stored or
+        # failed, and listed); the broken rest is named in the Warning (issue #19: 8
+        # complete parts were dropped from both sequences)
+        await upload.abandon_current()
+        await upload.flush()
         if not upload.outcomes:
             raise
-        failure = f"malformed multipart body after {len(upload.outcomes)} parts: {exc.message}"
+        failure = (
+            f"malformed multipart body after {len(upload.outcomes)} complete parts "
+            f"(each listed above; nothing after them was stored): {exc.message}"
+        )
     except InternalServerException:
         # the client hung up mid-upload: nothing half-received is kept
         log.info("STOW client disconnected; discarding the uncommitted parts")
@@ -241,4 +259,6 @@ async def store_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
         (o.study_uid, o.series_uid, o.sop_instance_uid) for o in upload.outcomes if o.ok
     ]
     headers = {"Warning": warning_header(warnings)} if warnings else {}
+    if status == 503:
+        headers["Retry-After"] = str(ServiceUnavailable.retry_after)
     return Response(encode(body), status_code=status, media_type=DICOM_JSON, headers=headers)

@@ -17,6 +17,7 @@ batch with :meth:`Ingest.commit`, which decides each instance's outcome:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import msgspec
 from app.config import Settings
 from app.dicom.analysis import Analysis, analyse_content
 from app.dicom.iocm import KEY_OBJECT_SELECTION
-from app.errors import FailureReason, InstanceRejected, ServiceUnavailable
+from app.errors import FailureReason, InstanceRejected, ServiceUnavailable, StorageFull
 from app.index import instances as index
 from app.index.database import INDEX_ERRORS, Pool
 from app.observability import record_ingest
@@ -44,6 +45,10 @@ STORED = "stored"
 ALREADY_STORED = "already-stored"
 FAILED = "failed"
 
+STORAGE_FULL = "storage-full"
+INDEX_DOWN = "index-down"
+_NO_SPACE = "the archive's storage is full (no space left on the device); try again later"
+
 
 class Outcome(msgspec.Struct, kw_only=True):
     status: str
@@ -53,6 +58,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     series_uid: str = ""
     reason: int | None = None
     message: str = ""
+    #: why a failure is the archive's and not the instance's: :data:`STORAGE_FULL` or
+    #: :data:`INDEX_DOWN` (a request that stored nothing for it: 507 / 503)
+    cause: str = ""
 
     @property
     def ok(self) -> bool:
@@ -69,7 +77,9 @@ def _failed(exc: InstanceRejected) -> Outcome:
     )
 
 
-def _outcome(a: Analysis, status: str, reason: int | None = None, message: str = "") -> Outcome:
+def _outcome(
+    a: Analysis, status: str, reason: int | None = None, message: str = "", cause: str = ""
+) -> Outcome:
     return Outcome(
         status=status,
         sop_class_uid=a.sop_class_uid,
@@ -78,7 +88,12 @@ def _outcome(a: Analysis, status: str, reason: int | None = None, message: str =
         series_uid=a.series_uid,
         reason=reason,
         message=message,
+        cause=cause,
     )
+
+
+def _full(a: Analysis, message: str) -> Outcome:
+    return _outcome(a, FAILED, FailureReason.OUT_OF_RESOURCES, message, STORAGE_FULL)
 
 
 class Part:
@@ -146,9 +161,41 @@ class Ingest:
     @staticmethod
     def _write_failed(exc: BaseException | None) -> InstanceRejected:
         log.error("writing an instance failed: %s", exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return InstanceRejected(FailureReason.OUT_OF_RESOURCES, _NO_SPACE)
         return InstanceRejected(
             FailureReason.OUT_OF_RESOURCES, "the instance could not be written; try again later"
         )
+
+    def space_problem(self, incoming: int = 0) -> str | None:
+        """Why new data (``incoming`` bytes more) cannot be taken now: the storage's
+        free space is, or would fall, below ``PICTOR_MIN_FREE_BYTES``. Checked before a
+        request's body is read and again before each batch is published."""
+        floor = self.settings.min_free_bytes
+        try:
+            free = self.store.free_bytes()
+        except OSError as exc:
+            log.error("the storage's free space is unknown: %s", exc)
+            return None  # the write itself will say what is wrong
+        if free < floor:
+            return (
+                f"the archive's storage is full: {free} bytes free, below the floor of "
+                f"{floor} (PICTOR_MIN_FREE_BYTES); nothing more is stored until space is "
+                "freed"
+            )
+        if free - incoming < floor:
+            return (
+                f"the archive's storage is full for this request: its {incoming} bytes "
+                f"would leave {free - incoming} of the {floor} that must stay free "
+                "(PICTOR_MIN_FREE_BYTES); nothing of it is stored"
+            )
+        return None
+
+    def check_space(self, incoming: int = 0) -> None:
+        """Raise :class:`StorageFull` (507) when :meth:`space_problem` says so."""
+        problem = self.space_problem(incoming)
+        if problem is not None:
+            raise StorageFull(problem)
 
     async def discard(self, parts: Sequence[Part]) -> None:
         """Abandon parts (client hung up, body malformed): nothing of them is kept."""
@@ -178,7 +225,10 @@ class Ingest:
             if not isinstance(a, InstanceRejected) and part.written.exception() is not None:
                 a = self._write_failed(part.written.exception())
             if isinstance(a, InstanceRejected):
-                outcomes[i] = _failed(a)
+                failed = _failed(a)
+                if a.message == _NO_SPACE:
+                    failed.cause = STORAGE_FULL
+                outcomes[i] = failed
                 continue
             a = msgspec.structs.replace(a, sha256=part.temp.sha256)
             if expected_study is not None and a.study_uid != expected_study:
@@ -212,9 +262,17 @@ class Ingest:
             uids = [a.sop_instance_uid for a in candidates.values()]
             existing = await index.find_existing(self.pool, uids)
             rejected = await self.lifecycle.rejected(uids)
+        except ServiceUnavailable as exc:
+            await self.discard(parts)  # nothing of this batch was published
+            for i, a in candidates.items():
+                outcomes[i] = _outcome(
+                    a, FAILED, FailureReason.OUT_OF_RESOURCES, exc.message, INDEX_DOWN
+                )
+            return self._final(parts, outcomes)
         except BaseException:
             await self.discard(parts)  # nothing of this batch was published
             raise
+        full = self.space_problem()
         new: dict[int, index.NewInstance] = {}
         retired: list[str] = []
         for i, a in candidates.items():
@@ -231,11 +289,13 @@ class Ingest:
                     "rejection is revoked (delete the note, or restore the instance from the "
                     "trash)",
                 )
+            elif old is not None and old.file_sha256 == a.sha256:
+                outcomes[i] = _outcome(a, ALREADY_STORED)
+            elif full is not None and (old is None or self.settings.on_duplicate == "replace"):
+                outcomes[i] = _full(a, full)  # it would be written: not below the floor
             elif old is None:
                 key = instance_key(a.study_uid, a.series_uid, a.sop_instance_uid)
                 new[i] = index.NewInstance(a, key)
-            elif old.file_sha256 == a.sha256:
-                outcomes[i] = _outcome(a, ALREADY_STORED)
             elif self.settings.on_duplicate == "replace":
                 key = instance_key(a.study_uid, a.series_uid, a.sop_instance_uid, _version())
                 new[i] = index.NewInstance(a, key, replaces=old.pk)
@@ -263,6 +323,10 @@ class Ingest:
         for i, part in enumerate(parts):
             if i not in new:
                 part.temp.discard()
+        return self._final(parts, outcomes)
+
+    @staticmethod
+    def _final(parts: Sequence[Part], outcomes: list[Outcome | None]) -> list[Outcome]:
         final = [o if o is not None else Outcome(status=FAILED, reason=0x0110) for o in outcomes]
         for i, o in enumerate(final):
             stored = o.status == STORED
@@ -288,7 +352,25 @@ class Ingest:
         outcomes: list[Outcome | None],
     ) -> None:
         order = list(new)
-        pubs = list(await self.store.publish([(parts[i].temp, new[i].file_key) for i in order]))
+        try:
+            pubs = list(await self.store.publish([(parts[i].temp, new[i].file_key) for i in order]))
+        except OSError as exc:  # nothing of the batch is published (the store undid it)
+            log.error("publishing %d instances failed: %s", len(order), exc)
+            no_space = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            for i in order:
+                a = new[i].analysis
+                outcomes[i] = (
+                    _full(a, _NO_SPACE)
+                    if no_space
+                    else _outcome(
+                        a,
+                        FAILED,
+                        FailureReason.OUT_OF_RESOURCES,
+                        "the instance could not be written; try again later",
+                    )
+                )
+            new.clear()  # the caller discards their temps
+            return
         # a key already on disk without a row (an orphan or a concurrent writer): use a
         # versioned name; the unique SOP Instance UID in the index decides who wins
         clashes = [k for k, pub in enumerate(pubs) if not pub.linked]
@@ -317,7 +399,7 @@ class Ingest:
                 raise
             for i in order:
                 outcomes[i] = _outcome(
-                    new[i].analysis, FAILED, FailureReason.OUT_OF_RESOURCES, exc.message
+                    new[i].analysis, FAILED, FailureReason.OUT_OF_RESOURCES, exc.message, INDEX_DOWN
                 )
             return
         losers: list[Publication] = []

@@ -118,3 +118,6 @@ class BlobStore(Protocol):
 
     async def probe(self) -> int:
         """Raise OSError unless a blob can be written; the free bytes."""
+
+    def free_bytes(self) -> int:
+        """Bytes still available to new blobs (cheap: called per request)."""

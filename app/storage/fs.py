@@ -277,13 +277,18 @@ class FileBlobStore:
         return await asyncio.to_thread(self._probe)
 
     def _probe(self) -> int:
-        probe = self.tmp / f".health-{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-            os.fsync(f.fileno())
-        probe.unlink()
+        probe = self.tmp / f"{_HEALTH_PREFIX}{os.getpid()}"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+                os.fsync(f.fileno())
+        finally:  # a probe that failed half-way (disk full) leaves nothing behind
+            _unlink_quietly(probe)
         if not os.access(self.root, os.W_OK):
             raise OSError(f"{self.root} is not writable")
+        return self.free_bytes()
+
+    def free_bytes(self) -> int:
         stat = os.statvfs(self.root)
         return stat.f_bavail * stat.f_frsize
 
@@ -316,31 +321,45 @@ class FileBlobStore:
         intent = self._write_intent([(pub.temp.path.name, pub.key) for pub in pubs])
         # 3. link into place, then make the directory entries durable
         dirs: set[Path] = set()
-        for pub in pubs:
-            pub.intent = intent
-            final = self.path(pub.key)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(pub.temp.path, final)
-                pub.linked = True
-                dirs.add(final.parent)
-            except FileExistsError:
-                pub.linked = False
-        for d in dirs:
-            # new series/study directories must themselves be durable in their parents
-            _fsync_path(d, directory=True)
-            _fsync_path(d.parent, directory=True)
+        try:
+            for pub in pubs:
+                pub.intent = intent
+                final = self.path(pub.key)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(pub.temp.path, final)
+                    pub.linked = True
+                    dirs.add(final.parent)
+                except FileExistsError:
+                    pub.linked = False
+            for d in dirs:
+                # new series/study directories must themselves be durable in their parents
+                _fsync_path(d, directory=True)
+                _fsync_path(d.parent, directory=True)
+        except OSError:
+            # a new directory entry can fail too (the disk is full): unpublish the batch
+            for pub in pubs:
+                if pub.linked:
+                    _unlink_quietly(self.path(pub.key))
+                    pub.linked = False
+            _unlink_quietly(intent)
+            raise
         return pubs
 
     def _write_intent(self, entries: list[tuple[str, str]]) -> Path:
         path = self._temp_name("intent")
         fd = os.open(path, _CREATE, 0o640)
         try:
-            os.write(fd, "".join(f"{part}\t{key}\n" for part, key in entries).encode())
+            data = "".join(f"{part}\t{key}\n" for part, key in entries).encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write of an intent")
             os.fsync(fd)
+            _fsync_path(self.tmp, directory=True)
+        except OSError:
+            _unlink_quietly(path)  # (disk full) no intent half-written
+            raise
         finally:
             os.close(fd)
-        _fsync_path(self.tmp, directory=True)
         return path
 
     async def settle(
@@ -484,7 +503,13 @@ class FileBlobStore:
         candidates: list[tuple[Path, Path | None, str]] = []
         intents: list[Path] = []
         parts: list[Path] = []
+        health_files = 0
         for entry in os.scandir(self.tmp):
+            if entry.name.startswith(_HEALTH_PREFIX):
+                pid = entry.name[len(_HEALTH_PREFIX) :]
+                if pid.isdigit() and _process_is_gone(int(pid)):
+                    health_files += _unlink_quietly(Path(entry.path))
+                continue
             if not _owner_is_gone(entry, now):
                 continue
             path = Path(entry.path)
@@ -511,7 +536,16 @@ class FileBlobStore:
                     removed_files += 1
         for path in parts + intents:
             _unlink_quietly(path)
-        return {"parts": len(parts), "intents": len(intents), "unreferenced_files": removed_files}
+        return {
+            "parts": len(parts),
+            "intents": len(intents),
+            "unreferenced_files": removed_files,
+            "health_probes": health_files,
+        }
+
+
+#: the readiness probe's file, ``.health-<pid>``
+_HEALTH_PREFIX = ".health-"
 
 
 def _owner_is_gone(entry: os.DirEntry[str], now: float) -> bool:
@@ -520,7 +554,10 @@ def _owner_is_gone(entry: os.DirEntry[str], now: float) -> bool:
     if host != _HOST or not pid_text.isdigit():
         # another node's upload (shared storage): only when clearly stale
         return now - entry.stat().st_mtime > _STALE_FOREIGN_PART_SECONDS
-    pid = int(pid_text)
+    return _process_is_gone(int(pid_text))
+
+
+def _process_is_gone(pid: int) -> bool:
     if pid == os.getpid():
         return False
     try:

@@ -93,6 +93,7 @@ def test_sweep_ignores_live_processes_and_finishes_retirement(tmp_path: Path) ->
             "parts": 0,
             "intents": 0,
             "unreferenced_files": 0,
+            "health_probes": 0,
         }
         assert sorted(p.name for p in store.tmp.iterdir()) == live  # ours: untouched
         orphan(store)
@@ -130,3 +131,42 @@ def test_direct_io_content_and_sizes(tmp_path: Path) -> None:
 
 async def _referenced(keys: list[str], committed: set[str]) -> set[str]:
     return {k for k in keys if k in committed}
+
+
+def test_sweep_removes_probe_files_of_dead_processes_only(tmp_path: Path) -> None:
+    """Issue #19: ``tmp/.health-<pid>`` of a probe that failed half-way (disk full) was
+    never swept."""
+    store = FileBlobStore(tmp_path / "storage", tmp_path / "tmp")
+    dead = store.tmp / f".health-{dead_pid()}"
+    mine = store.tmp / f".health-{os.getpid()}"
+    dead.write_bytes(b"o")
+    mine.write_bytes(b"o")
+    swept = asyncio.run(store.sweep(lambda keys: _referenced(keys, set())))
+    assert swept["health_probes"] == 1
+    assert not dead.exists() and mine.exists()
+
+
+def test_a_publish_that_fails_half_way_unpublishes_the_batch(tmp_path: Path) -> None:
+    """A new directory entry can fail (disk full, here: a file where a directory must
+    go): the files already linked are unlinked and the intent removed, so nothing of
+    the batch is visible and the caller can report every instance as not stored."""
+    store = FileBlobStore(tmp_path / "storage", tmp_path / "tmp")
+    good = instance_key("1.2", "1.2.3", "1.2.3.1")
+    (store.root / "1.9").write_bytes(b"")  # not a directory: the next link fails
+    bad = instance_key("1.9", "1.9.1", "1.9.1.1")
+
+    async def scenario() -> None:
+        temps = []
+        for data in (b"first", b"second"):
+            temp = store.create_temp()
+            await temp.write(data)
+            await temp.finish()
+            temps.append(temp)
+        with pytest.raises(OSError):
+            await store.publish([(temps[0], good), (temps[1], bad)])
+        for temp in temps:
+            temp.discard()
+
+    asyncio.run(scenario())
+    assert not store.path(good).exists()
+    assert list(store.tmp.iterdir()) == []

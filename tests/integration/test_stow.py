@@ -121,6 +121,37 @@ def test_malformed_body_is_400_and_stores_nothing(archive: Archive, body: bytes)
     assert archive.query("SELECT count(*) AS n FROM instance")[0]["n"] == before
 
 
+@pytest.mark.parametrize(
+    ("tail", "whole"),
+    [
+        (b"--" + BOUNDARY.encode() + b"\r\nbroken", 40),  # a 41st part that never ends
+        (b"", 39),  # no delimiter after the 40th part: it may be truncated, so not whole
+    ],
+)
+def test_a_body_that_breaks_after_40_parts_lists_every_complete_part(
+    archive: Archive, tail: bytes, whole: int
+) -> None:
+    """Issue #19: 40 valid parts then a malformed part kept the first 32 (one committed
+    batch) and dropped 8 from both sequences. Every part received whole (ended by a
+    delimiter) is stored and listed; the fault is in the Warning; 202."""
+    study, series = new_uids()
+    complete = multipart([ct_slice(study, series, i, rows=16, cols=16) for i in range(40)])
+    body = complete[: -len(f"--{BOUNDARY}--\r\n")] + tail
+    r = archive.stow(body)
+    assert r.status_code == 202, r.text
+    referenced = r.json()["00081199"]["Value"]
+    assert len(referenced) == whole
+    assert "00081198" not in r.json()
+    assert f"malformed multipart body after {whole} complete parts" in r.headers["warning"]
+    stored = archive.query(
+        "SELECT count(*) AS n FROM instance i JOIN study s ON s.pk = i.study_pk"
+        " WHERE s.study_uid = $1",
+        study,
+    )[0]["n"]
+    assert stored == whole
+    assert not [n for n in archive.tmp_files() if n.endswith((".part", ".intent"))]
+
+
 def test_bad_study_uid_in_url_is_400(archive: Archive) -> None:
     r = archive.stow(multipart([b"x"]), study="1.2.abc")
     assert r.status_code == 400
