@@ -46,6 +46,20 @@ async def find_existing(pool: asyncpg.Pool, sop_uids: Sequence[str]) -> dict[str
     return {r["sop_instance_uid"]: Existing(**dict(r)) for r in rows}
 
 
+async def stored_metadata(pool: asyncpg.Pool, pks: Sequence[int]) -> dict[int, bytes]:
+    """The DICOM JSON kept at ingest of these instances (as received: corrections are
+    applied at read time), by primary key."""
+    if not pks:
+        return {}
+    try:
+        rows = await pool.fetch(
+            "SELECT pk, metadata FROM instance WHERE pk = ANY($1::bigint[])", list(pks)
+        )
+    except INDEX_ERRORS as exc:
+        raise index_failure("the index lookup failed", exc, client_values=False) from exc
+    return {r["pk"]: r["metadata"] for r in rows}
+
+
 async def referenced_keys(pool: asyncpg.Pool, keys: list[str]) -> set[str]:
     """The keys an index row references: a stored instance's, or a trashed one's (its
     file is kept until the purge; schemas/008)."""

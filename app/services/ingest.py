@@ -20,12 +20,13 @@ import asyncio
 import errno
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
 from app.config import Settings
 from app.dicom.analysis import Analysis, analyse_content
+from app.dicom.equivalence import same_instance
 from app.dicom.iocm import KEY_OBJECT_SELECTION
 from app.errors import FailureReason, InstanceRejected, ServiceUnavailable, StorageFull
 from app.index import instances as index
@@ -262,6 +263,7 @@ class Ingest:
             uids = [a.sop_instance_uid for a in candidates.values()]
             existing = await index.find_existing(self.pool, uids)
             rejected = await self.lifecycle.rejected(uids)
+            resent = await self._resent(existing, candidates.values())
         except ServiceUnavailable as exc:
             await self.discard(parts)  # nothing of this batch was published
             for i, a in candidates.items():
@@ -289,7 +291,7 @@ class Ingest:
                     "rejection is revoked (delete the note, or restore the instance from the "
                     "trash)",
                 )
-            elif old is not None and old.file_sha256 == a.sha256:
+            elif old is not None and (old.file_sha256 == a.sha256 or old.pk in resent):
                 outcomes[i] = _outcome(a, ALREADY_STORED)
             elif full is not None and (old is None or self.settings.on_duplicate == "replace"):
                 outcomes[i] = _full(a, full)  # it would be written: not below the floor
@@ -324,6 +326,26 @@ class Ingest:
             if i not in new:
                 part.temp.discard()
         return self._final(parts, outcomes)
+
+    async def _resent(
+        self, existing: dict[str, index.Existing], candidates: Iterable[Analysis]
+    ) -> set[int]:
+        """The stored instances (primary keys) that a candidate with other bytes re-sends:
+        the same data set in another encoding (another transfer syntax, another door's
+        File Meta Information; app.dicom.equivalence). The stored object is kept."""
+        differing = {
+            old.pk: a
+            for a in candidates
+            if (old := existing.get(a.sop_instance_uid)) is not None and old.file_sha256 != a.sha256
+        }
+        if not differing:
+            return set()
+        stored = await index.stored_metadata(self.pool, list(differing))
+        return {
+            pk
+            for pk, a in differing.items()
+            if pk in stored and same_instance(stored[pk], a.metadata)
+        }
 
     @staticmethod
     def _final(parts: Sequence[Part], outcomes: list[Outcome | None]) -> list[Outcome]:
@@ -418,7 +440,10 @@ class Ingest:
                 )
             else:
                 now = await index.find_existing(self.pool, [a.sop_instance_uid])
-                same = a.sop_instance_uid in now and now[a.sop_instance_uid].file_sha256 == a.sha256
+                other = now.get(a.sop_instance_uid)
+                same = other is not None and (
+                    other.file_sha256 == a.sha256 or bool(await self._resent(now, [a]))
+                )
                 outcomes[i] = (
                     _outcome(a, ALREADY_STORED)
                     if same

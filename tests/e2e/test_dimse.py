@@ -24,6 +24,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    RLELossless,
 )
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -302,6 +303,53 @@ def test_store_duplicates_follow_the_stow_rules(
     assert len(dimse.archive.storage_files()) == before
     rows = dimse.archive.query("SELECT count(*) FROM instance WHERE sop_instance_uid = $1", sop)
     assert rows[0][0] == 1
+
+
+def test_a_resend_through_another_door_or_syntax_is_already_stored(dimse: Dimse) -> None:
+    """Issue #19: STOW then C-STORE of the same file (the DIMSE side writes its own File
+    Meta Information), or the same instance in another transfer syntax, was refused
+    with 0111H because "identical" meant identical bytes. The same data set apart from
+    its encoding is the same instance (app.dicom.equivalence): success, nothing
+    duplicated, the stored object kept byte for byte."""
+    study, series = new_uids()
+    original = ct_slice(study, series, 0, rows=64, cols=64)
+    assert dimse.archive.stow(multipart([original])).status_code == 200
+    path = dimse.work / "resend.dcm"
+    path.write_bytes(original)
+    sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    before = dimse.archive.storage_files()
+    again = dimse.tool("storescu", "-v", files=(str(path),))
+    assert again.returncode == 0 and "Received Store Response (Success)" in again.stderr
+    rle = pydicom.dcmread(path)
+    rle.compress(RLELossless, generate_instance_uid=False)
+    assert str(rle.SOPInstanceUID) == sop
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(CT, [RLELossless])
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title="PICTOR")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(rle)
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+    buffer = io.BytesIO()
+    rle.save_as(buffer, enforce_file_format=True)
+    stowed = dimse.archive.stow(multipart([buffer.getvalue()]))
+    assert stowed.status_code == 200 and "00081198" not in stowed.json()
+    assert dimse.archive.storage_files() == before  # nothing duplicated
+    r = dimse.archive.http.get(
+        f"{dimse.archive.url}/studies/{study}/series/{series}/instances/{sop}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    assert r.status_code == 200 and original in r.content  # the first object, as stored
+    # a different data set under the UID is still refused
+    changed = pydicom.dcmread(path)
+    changed.PatientName = "SOMEONE^ELSE"
+    assoc = dimse.associate(CT)
+    try:
+        assert assoc.send_c_store(changed).Status == 0x0111  # type: ignore[attr-defined]
+    finally:
+        assoc.release()  # type: ignore[attr-defined]
 
 
 def test_store_failures_have_statuses_and_comments(dimse: Dimse) -> None:
