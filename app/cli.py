@@ -274,7 +274,8 @@ def import_(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_import(settings, [Path(p) for p in args.paths], jobs=args.jobs)
+    report = Path(args.report) if args.report else None
+    return run_import(settings, [Path(p) for p in args.paths], jobs=args.jobs, report=report)
 
 
 def viewer_install(args: argparse.Namespace) -> int:
@@ -595,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=serve)
 
     i = sub.add_parser("import", help="import DICOM files and folders into the archive")
-    i.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
+    i.add_argument("paths", nargs="+", help="files, folders (searched recursively) and ZIP files")
+    i.add_argument("--report", help="write every file's outcome to this file (tab-separated)")
     i.add_argument(
         "--jobs", type=int, default=0, help="files analysed at once (default: 2 per core)"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import signal
@@ -10,10 +11,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import asyncpg
 import psutil
+import pydicom
 
 from app.index.database import EmbeddedPostgres
 
@@ -187,3 +190,68 @@ def test_database_url_uses_that_server(tmp_path: Path) -> None:
         archive.http.close()
         process.stop()
         external.stop()
+
+
+def _bare(data: bytes, implicit: bool) -> bytes:
+    """The data set of a Part 10 file without preamble and File Meta Information, as
+    older systems write them."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.file_meta
+    ds.preamble = None
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+    raw = out.getvalue()
+    assert raw[:4] != b"DICM" and raw[128:132] != b"DICM"
+    return raw
+
+
+def test_import_reads_bare_data_sets_zip_files_and_reports_every_failure(
+    tmp_path: Path, archive: Archive
+) -> None:
+    """Issue #19: files without a preamble counted as non-DICOM, only 50 failure
+    reasons were shown, and ZIP files were not read."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    study, series = new_uids()
+    implicit = _bare(ct_slice(study, series, 0, rows=32, cols=32), implicit=True)
+    explicit = _bare(ct_slice(study, series, 1, rows=32, cols=32), implicit=False)
+    (folder / "IMPLICIT").write_bytes(implicit)
+    (folder / "EXPLICIT").write_bytes(explicit)
+    with zipfile.ZipFile(folder / "export.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(2, 5):
+            z.writestr(f"DICOM/S1/IM{i}", ct_slice(study, series, i, rows=32, cols=32))
+        z.writestr("DICOM/README.TXT", "not an image")
+        z.writestr("DICOMDIR", b"\0" * 128 + b"DICM")
+    for i in range(60):  # more than the 50 once shown
+        (folder / f"broken{i:02d}.dcm").write_bytes(ct_slice(study, series, 10 + i)[:2000])
+    report = tmp_path / "report.tsv"
+    out = subprocess.run(
+        PICTOR
+        + ["import", "--data-dir", str(archive.data_dir), "--report", str(report), str(folder)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert (
+        "stored 5, already present 0, failed 60, skipped 1 non-DICOM files and 1 DICOMDIR"
+        in out.stdout
+    ), out.stdout
+    failed = [line for line in out.stdout.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 60 and all("C000H" in line for line in failed)
+    rows = report.read_text().splitlines()
+    assert rows[0].split("\t") == ["file", "outcome", "failure reason", "message"]
+    assert len(rows) == 1 + 65
+    assert any(r.startswith(f"{folder / 'export.zip'}/DICOM/S1/IM3\tstored") for r in rows)
+    assert archive.query("SELECT num_instances FROM study WHERE study_uid = $1", study)[0][0] == 5
+    # a bare data set is kept byte for byte behind the File Meta Information made for it
+    sop = str(pydicom.dcmread(io.BytesIO(implicit), force=True).SOPInstanceUID)
+    r = archive.http.get(
+        f"{archive.url}/studies/{study}/series/{series}/instances/{sop}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    assert r.status_code == 200 and implicit in r.content
+    stored = pydicom.dcmread(io.BytesIO(r.content[r.content.index(b"\0" * 128) :]))
+    assert stored.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
