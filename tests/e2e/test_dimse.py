@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -278,6 +279,67 @@ def test_storescu_mixed_syntaxes_kept_and_visible_to_qido_and_wado(
         assert str(back.file_meta.TransferSyntaxUID) == ts
         if "PixelData" in original:
             assert back.PixelData == original.PixelData, path.name
+
+
+def test_the_readme_store_commands_send_compressed_folders_as_they_are(dimse: Dimse) -> None:
+    """The README's two storescu lines, as written (issue #19: dcmtk's storescu on a
+    folder of JPEG 2000 files proposed only uncompressed syntaxes, and in a venv
+    pynetdicom's storescu shadows it)."""
+    j2k = dimse.work / "readme-j2k"
+    mixed = dimse.work / "readme-mixed"
+    j2k.mkdir()
+    mixed.mkdir()
+    sops: dict[str, str] = {}
+    for name, folder in (
+        ("MR2_J2KR.dcm", j2k),
+        ("MR2_J2KR.dcm", mixed),
+        ("OBXXXX1A_rle_2frame.dcm", mixed),
+        ("SC_rgb_jpeg_dcmtk.dcm", mixed),
+        ("emri_small_jpeg_ls_lossless.dcm", mixed),
+        ("CT_small.dcm", mixed),
+    ):
+        ds = pydicom.dcmread(get_ref(name).path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(folder / name, enforce_file_format=True)
+        sops[str(ds.SOPInstanceUID)] = str(ds.file_meta.TransferSyntaxUID)
+    done = subprocess.run(
+        [
+            "/usr/bin/storescu",
+            "-aec",
+            "PICTOR",
+            "-xv",
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(dimse.port),
+            str(j2k),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pynetdicom",
+            "storescu",
+            "-aec",
+            "PICTOR",
+            "-cx",
+            "-r",
+            "127.0.0.1",
+            str(dimse.port),
+            str(mixed),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for sop, syntax in sops.items():
+        assert _db_syntax(dimse, sop) == syntax  # kept as sent, not decompressed
 
 
 def test_store_duplicates_follow_the_stow_rules(

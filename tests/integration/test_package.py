@@ -61,8 +61,23 @@ def test_the_images_install_and_healthcheck_work(tmp_path: Path) -> None:
                     shutil.copy2(path, src / name)
     venv = tmp_path / "venv"
     # the dependencies are those of this environment; the package itself is built and
-    # installed as in the image (a wheel, not an editable install)
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # installed as in the image (a wheel, not an editable install). This environment may
+    # itself be a virtual environment, whose packages --system-site-packages would not
+    # see (issue #19): its site-packages are added by a .pth file instead, after the new
+    # environment's own (so the installed wheel, not an editable checkout, is imported)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    purelib = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    outer = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    (Path(purelib) / "outer-environment.pth").write_text("\n".join(outer) + "\n")
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     subprocess.run(
         [*pip, "--no-deps", "--no-cache-dir", str(src)],
