@@ -37,7 +37,15 @@ async def prepare(settings: Settings, dsn: str) -> None:
         await pool.close()
 
 
-__all__ = ["EmbeddedPostgres", "Pool", "create_pool", "open_index", "open_store", "prepare"]
+__all__ = [
+    "EmbeddedPostgres",
+    "Pool",
+    "create_pool",
+    "open_database",
+    "open_index",
+    "open_store",
+    "prepare",
+]
 
 
 def open_store(settings: Settings) -> BlobStore:
@@ -46,21 +54,34 @@ def open_store(settings: Settings) -> BlobStore:
 
 
 @asynccontextmanager
-async def open_index(settings: Settings) -> AsyncIterator[Pool]:
+async def open_index(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Pool]:
     """A small pool on the archive's index, as a command reaches it: ``DATABASE_URL``,
     or the embedded PostgreSQL of the data directory (shared with a server running
-    on it, else started and stopped again); migrations applied."""
+    on it, else started and stopped again); migrations applied unless ``migrate`` is
+    False (a restore fills an empty database itself)."""
+    async with open_database(settings, migrate=migrate) as (_dsn, pool):
+        yield pool
+
+
+@asynccontextmanager
+async def open_database(
+    settings: Settings, *, migrate: bool = True
+) -> AsyncIterator[tuple[str, Pool]]:
+    """:func:`open_index`, with the database's connection URI (for PostgreSQL's own
+    tools: a backup's ``pg_dump``)."""
     embedded: EmbeddedPostgres | None = None
     try:
         dsn = settings.database_url
         if not dsn:
             embedded = EmbeddedPostgres(settings.pg_dir)
             dsn = await asyncio.to_thread(embedded.start)
-        pool = await create_pool(dsn, min_size=1, max_size=1)
+        # two connections: a purge holds one for the backup lock while it works on another
+        pool = await create_pool(dsn, min_size=1, max_size=2)
         try:
-            async with pool.acquire() as conn:
-                await apply_migrations(conn)
-            yield pool
+            if migrate:
+                async with pool.acquire() as conn:
+                    await apply_migrations(conn)
+            yield dsn, pool
         finally:
             await pool.close()
     finally:

@@ -475,6 +475,86 @@ def _settings_patch(assignments: list[str]) -> dict[str, Any]:
     return body
 
 
+def backup(args: argparse.Namespace) -> int:
+    """``pictor backup DEST``: the index at one point in time and the files it
+    references, into the directory DEST (only the files it lacks); while serving."""
+    import asyncio
+
+    import msgspec
+
+    from app.bootstrap import open_database, open_store
+    from app.services.backup import backup as run_backup
+    from app.services.backup import backups
+
+    settings = _settings(args)
+    dest = Path(args.dest).expanduser().resolve()
+    if args.list:
+        for name in backups(dest):
+            print(name)
+        return 0
+
+    async def run() -> Any:
+        async with open_database(settings) as (dsn, pool):
+            with_dsn = msgspec.structs.replace(settings, database_url=dsn)
+            return await run_backup(with_dsn, pool, open_store(settings), dest)
+
+    try:
+        report = asyncio.run(run())
+    except (OSError, RuntimeError) as exc:
+        sys.exit(f"pictor backup: {exc}")
+    print(
+        f"backup {report.name} in {dest}: {report.files} files, {report.copied} copied "
+        f"({report.bytes_copied} bytes), {report.files - report.copied} already there"
+    )
+    for key in report.corrupt:
+        print(f"DAMAGED in the storage (SHA-256 differs from the one at ingest): {key}")
+    return 1 if report.corrupt else 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    """``pictor restore SRC --data-dir NEW``: a backup onto an empty data directory."""
+    import asyncio
+    import atexit
+
+    from app.bootstrap import open_database, open_index, open_store
+    from app.services.backup import (
+        BackupError,
+        check_empty,
+        choose,
+        restore_files,
+        restore_index,
+    )
+
+    settings = _settings(args)
+    src = Path(args.src).expanduser().resolve()
+    failed: list[bool] = []
+    if not settings.data_dir.exists():
+        # nothing half-restored is left; at exit, after the embedded PostgreSQL's own
+        # clean-up (registered later, run earlier), which touches the directory
+        atexit.register(lambda: failed and shutil.rmtree(settings.data_dir, ignore_errors=True))
+
+    async def run() -> Any:
+        check_empty(settings.data_dir)
+        name, manifest = choose(src, args.at)
+        async with open_database(settings, migrate=False) as (dsn, pool):
+            await restore_index(pool, dsn, src, name)
+        report = await restore_files(settings, open_store(settings), src, name, manifest)
+        async with open_index(settings):  # newer migrations, if the backup is older
+            pass
+        return report
+
+    try:
+        report = asyncio.run(run())
+    except (BackupError, OSError, RuntimeError) as exc:
+        failed.append(True)
+        sys.exit(f"pictor restore: {exc}")
+    print(
+        f"restored backup {report.name} into {settings.data_dir}: {report.files} files, "
+        f"{report.bytes} bytes"
+    )
+    return 0
+
+
 def link(args: argparse.Namespace) -> int:
     """``pictor link STUDY_UID --ttl 1h``: a signed URL that opens the study in the viewer
     and grants read access to that study only, until it expires."""
@@ -603,6 +683,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(i)
     i.set_defaults(func=import_)
+
+    b = sub.add_parser(
+        "backup", help="back the archive up into a directory (incremental; while serving)"
+    )
+    b.add_argument("dest", help="the backup directory (created if needed)")
+    b.add_argument("--list", action="store_true", help="list the backups in DEST")
+    common(b)
+    b.set_defaults(func=backup)
+    r = sub.add_parser("restore", help="restore a backup onto an empty data directory")
+    r.add_argument("src", help="the backup directory")
+    r.add_argument("--at", help="the backup to restore (its name or a prefix; default latest)")
+    common(r)
+    r.set_defaults(func=restore)
 
     v = sub.add_parser("viewer", help="the built-in web viewer (OHIF) served at /viewer")
     vsub = v.add_subparsers(dest="action", required=True)

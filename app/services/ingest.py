@@ -21,6 +21,7 @@ import errno
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
+from contextlib import AsyncExitStack
 
 import msgspec
 
@@ -30,6 +31,7 @@ from app.dicom.equivalence import same_instance
 from app.dicom.iocm import KEY_OBJECT_SELECTION
 from app.errors import FailureReason, InstanceRejected, ServiceUnavailable, StorageFull
 from app.index import instances as index
+from app.index.backup import file_deletions
 from app.index.database import INDEX_ERRORS, Pool
 from app.observability import record_ingest
 from app.services.lifecycle import Lifecycle
@@ -409,6 +411,25 @@ class Ingest:
             for k, pub in zip(clashes, again):
                 pubs[k] = pub
         intent = await self.store.retire(retired) if retired else None
+        async with AsyncExitStack() as hold:
+            # replaced files are deleted after the commit: not under a backup's copy
+            deletable = not retired or await hold.enter_async_context(file_deletions(self.pool))
+            await self._commit(
+                parts, new, order, pubs, stale_intents, retired, intent, outcomes, deletable
+            )
+
+    async def _commit(
+        self,
+        parts: Sequence[Part],
+        new: dict[int, index.NewInstance],
+        order: list[int],
+        pubs: list[Publication],
+        stale_intents: set[object],
+        retired: list[str],
+        intent: object,
+        outcomes: list[Outcome | None],
+        deletable: bool,
+    ) -> None:
         try:
             results, replaced = await index.commit_batch(self.pool, [new[i] for i in order])
         except BaseException as exc:
@@ -457,7 +478,28 @@ class Ingest:
                 )
         await self.store.settle([p for p in pubs if p not in losers], losers, stale_intents)
         if intent is not None:
-            await self.store.delete_retired(replaced, intent)
+            if deletable:
+                await self.store.delete_retired(replaced, intent)
+            else:
+                self._delete_after_backup(replaced, intent)
+
+    def _delete_after_backup(self, keys: list[str], intent: object) -> None:
+        """Replaced files a running backup may still copy: deleted once it is done."""
+
+        async def later() -> None:
+            while True:
+                await asyncio.sleep(5)
+                try:
+                    async with file_deletions(self.pool) as allowed:
+                        if allowed:
+                            await self.store.delete_retired(keys, intent)
+                            return
+                except INDEX_ERRORS:
+                    pass
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._resolving.add(task)
+        task.add_done_callback(self._resolving.discard)
 
     def _resolve_later(
         self,

@@ -24,6 +24,7 @@ from app.dicom.patch import PatchError, validate
 from app.errors import BadRequest
 from app.index import corrections
 from app.index import lifecycle as index
+from app.index.backup import file_deletions
 from app.index.corrections import Correction
 from app.index.database import Pool
 from app.index.lifecycle import Trashed, TrashedStudy
@@ -108,21 +109,25 @@ class Lifecycle:
             await self.store.delete_retired([], intent)
 
         purged = 0
-        while True:
-            batch = await index.purge_batch(
-                self.pool,
-                before=before,
-                deleted_before=deleted_before,
-                ids=ids,
-                retire=self.store.retire,
-                abandon=abandon,
-                who=who,
-            )
-            if batch is None:
-                return purged
-            count, unreferenced, intent = batch
-            await self.store.delete_retired(unreferenced, intent)
-            purged += count
+        async with file_deletions(self.pool) as allowed:
+            if not allowed:
+                log.info("a backup is copying the archive: the purge waits for its next run")
+                return 0
+            while True:
+                batch = await index.purge_batch(
+                    self.pool,
+                    before=before,
+                    deleted_before=deleted_before,
+                    ids=ids,
+                    retire=self.store.retire,
+                    abandon=abandon,
+                    who=who,
+                )
+                if batch is None:
+                    return purged
+                count, unreferenced, intent = batch
+                await self.store.delete_retired(unreferenced, intent)
+                purged += count
 
     def start(self, interval: float) -> None:
         """Run the purge every ``interval`` seconds (jittered: nodes spread out)."""

@@ -50,6 +50,26 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _STALE_FOREIGN_PART_SECONDS = 24 * 3600
 
 
+def copy_durably(source: Path, target: Path) -> str:
+    """Copy ``source`` to ``target`` through a temporary name beside it (fsynced, then
+    renamed, the directory fsynced): ``target`` is complete or absent. The SHA-256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    digest = hashlib.sha256()
+    try:
+        with open(source, "rb", buffering=0) as src, open(temp, "wb", buffering=0) as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+            os.fsync(dst.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+    _fsync_path(target.parent, directory=True)
+    return digest.hexdigest()
+
+
 def _fsync_path(path: Path, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -291,6 +311,12 @@ class FileBlobStore:
     def free_bytes(self) -> int:
         stat = os.statvfs(self.root)
         return stat.f_bavail * stat.f_frsize
+
+    def export_blob(self, key: str, target: Path) -> str:
+        return copy_durably(self.path(key), target)
+
+    def import_blob(self, key: str, source: Path) -> str:
+        return copy_durably(source, self.path(key))
 
     def path(self, key: str) -> Path:
         return self.root / key

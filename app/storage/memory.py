@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from app.storage.base import Publication, Upload
 
@@ -157,3 +158,14 @@ class MemoryBlobStore:
 
     def free_bytes(self) -> int:
         return 1 << 40
+
+    def export_blob(self, key: str, target: Path) -> str:
+        data = self.blobs[key]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        return hashlib.sha256(data).hexdigest()
+
+    def import_blob(self, key: str, source: Path) -> str:
+        data = source.read_bytes()
+        self.blobs[key] = data
+        return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,203 @@
+"""Backup and restore (issue #19): the drill a PACS administrator runs, with the real
+server, its embedded PostgreSQL and PostgreSQL's own pg_dump / pg_restore."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.bootstrap import prepare
+from app.config import load_settings
+from app.index.backup import snapshot
+from app.index.database import EmbeddedPostgres, create_pool
+from app.services.lifecycle import Lifecycle
+from app.storage import FileBlobStore
+
+from conftest import Archive, multipart
+from server import PictorProcess
+from synth import ct_slice, new_uids
+
+PICTOR = [sys.executable, "-m", "app.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOR_")}
+    env.pop("DATABASE_URL", None)
+    env["PICTOR_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        PICTOR + list(args), env=env, capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+
+
+def _state(archive: Archive) -> dict[str, Any]:
+    """What a restore must give back: QIDO at every level, every study's metadata, every
+    stored file's bytes (stored and in the trash), tokens and the audit trail."""
+    http = archive.http
+    studies = http.get("/studies", params={"includefield": "all"}).json()
+    state: dict[str, Any] = {"studies": studies, "metadata": {}, "series": {}, "instances": {}}
+    for study in studies:
+        uid = study["0020000D"]["Value"][0]
+        state["metadata"][uid] = http.get(f"/studies/{uid}/metadata").json()
+        state["series"][uid] = http.get(f"/studies/{uid}/series").json()
+        state["instances"][uid] = http.get(f"/studies/{uid}/instances").json()
+    rows = archive.query(
+        "SELECT file_key FROM instance UNION ALL SELECT file_key FROM trash_instance"
+    )
+    state["files"] = {
+        r[0]: hashlib.sha256((archive.data_dir / "storage" / r[0]).read_bytes()).hexdigest()
+        for r in rows
+    }
+    state["trash"] = sorted(
+        r[0] for r in archive.query("SELECT sop_instance_uid FROM trash_instance")
+    )
+    state["tokens"] = sorted(tuple(r) for r in archive.query("SELECT name, scopes FROM api_token"))
+    state["link_secret"] = (archive.data_dir / "link-secret").read_bytes()
+    return state
+
+
+@pytest.mark.slow
+def test_backup_drill_store_back_up_change_back_up_wipe_restore(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    dest = tmp_path / "backup"
+    server = PictorProcess(data, workers=2, env={"PICTOR_AUDIT": "true"}).start()
+    archive = Archive(server)
+    try:
+        first, first_series = new_uids()
+        assert (
+            archive.stow(
+                multipart([ct_slice(first, first_series, i) for i in range(4)])
+            ).status_code
+            == 200
+        )
+        assert _cli("token", "create", "--name", "viewer", data_dir=data).returncode == 0
+        one = _cli("backup", str(dest), data_dir=data)
+        assert one.returncode == 0, one.stderr
+        assert "4 files, 4 copied" in one.stdout
+        # more, deleted, corrected, while serving
+        second, second_series = new_uids()
+        assert (
+            archive.stow(
+                multipart([ct_slice(second, second_series, i) for i in range(3)])
+            ).status_code
+            == 200
+        )
+        gone, gone_series = new_uids()
+        assert archive.stow(multipart([ct_slice(gone, gone_series, 0)])).status_code == 200
+        assert archive.http.delete(f"/studies/{gone}").status_code == 204  # into the trash
+        fixed = archive.http.post(
+            f"{server.base}/admin/studies/{first}/update",
+            json={"00100010": {"vr": "PN", "Value": [{"Alphabetic": "RESTORED^ONE"}]}},
+        )
+        assert fixed.status_code == 200, fixed.text
+        time.sleep(1.5)  # the audit writer's batch
+        two = _cli("backup", str(dest), data_dir=data)
+        assert two.returncode == 0, two.stderr
+        assert "8 files, 4 copied" in two.stdout  # incremental: the first 4 were there
+        assert len(_cli("backup", str(dest), "--list", data_dir=data).stdout.split()) == 2
+        before = _state(archive)
+        audited = archive.query("SELECT count(*) FROM audit_event WHERE action = 'stow'")[0][0]
+        # after the last backup: not in it
+        later, later_series = new_uids()
+        assert archive.stow(multipart([ct_slice(later, later_series, 0)])).status_code == 200
+    finally:
+        archive.http.close()
+        server.stop()
+    shutil.rmtree(data)  # the disk is lost
+
+    restored = _cli("restore", str(dest), data_dir=data)
+    assert restored.returncode == 0, restored.stderr
+    assert "8 files" in restored.stdout
+    server = PictorProcess(data, port=server.port, workers=1).start()
+    archive = Archive(server)
+    try:
+        after = _state(archive)
+        assert after == before  # QIDO, metadata, files byte for byte, trash, tokens, secret
+        names = [s["00100010"]["Value"][0]["Alphabetic"] for s in after["studies"]]
+        assert "RESTORED^ONE" in names and later not in str(after["studies"])
+        assert (
+            archive.query("SELECT count(*) FROM audit_event WHERE action = 'stow'")[0][0] >= audited
+        )
+        assert (
+            archive.http.get(f"/studies/{first}/series/{first_series}/instances").status_code == 200
+        )
+    finally:
+        archive.http.close()
+        server.stop()
+    # a restore never goes onto a data directory in use
+    again = _cli("restore", str(dest), data_dir=data)
+    assert again.returncode != 0 and "is not empty" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_an_older_backup_is_restored_with_at_and_damage_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    dest = tmp_path / "backup"
+    server = PictorProcess(data, workers=1).start()
+    archive = Archive(server)
+    try:
+        study, series = new_uids()
+        assert (
+            archive.stow(multipart([ct_slice(study, series, 0, rows=32, cols=32)])).status_code
+            == 200
+        )
+        assert _cli("backup", str(dest), data_dir=data).returncode == 0
+        assert (
+            archive.stow(multipart([ct_slice(study, series, 1, rows=32, cols=32)])).status_code
+            == 200
+        )
+        assert _cli("backup", str(dest), data_dir=data).returncode == 0
+    finally:
+        archive.http.close()
+        server.stop()
+    first = _cli("backup", str(dest), "--list", data_dir=data).stdout.split()[0]
+    old = _cli("restore", str(dest), "--at", first, data_dir=tmp_path / "old")
+    assert old.returncode == 0 and "1 files" in old.stdout, old.stderr
+    # a damaged copy in the backup is found, and nothing half-restored is left
+    damaged = next((dest / "files").rglob("*.dcm"))
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"X")
+    bad = _cli("restore", str(dest), data_dir=tmp_path / "bad")
+    assert bad.returncode != 0 and "damaged" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    missing = _cli("restore", str(tmp_path / "nothing"), data_dir=tmp_path / "none")
+    assert missing.returncode != 0 and "no complete backup" in missing.stderr
+
+
+def test_the_purge_waits_while_a_backup_copies(tmp_path: Path) -> None:
+    """A purge deleting files a running backup listed would leave the backup with rows
+    and no files: it defers to its next run (app.index.backup.BACKUP_LOCK)."""
+
+    async def scenario() -> None:
+        pg = EmbeddedPostgres(tmp_path / "pg")
+        dsn = await asyncio.to_thread(pg.start)
+        settings = load_settings({"data_dir": str(tmp_path / "data")}, environ={})
+        await prepare(settings, dsn)
+        pool = await create_pool(dsn, min_size=1, max_size=4)
+        store = FileBlobStore(settings.storage_dir, settings.tmp_dir)
+        lifecycle = Lifecycle(settings, pool, store)
+        from app.services.ingest import Ingest
+
+        ingest = Ingest(settings, pool, store, lifecycle)
+        study, series = new_uids()
+        temp = ingest.new_part()
+        await temp.write(ct_slice(study, series, 0, rows=16, cols=16))
+        await ingest.commit([await ingest.complete(temp)])
+        await lifecycle.delete(study, who="test")
+        async with snapshot(pool) as snap:
+            assert len(snap.files) == 1
+            assert await lifecycle.empty(who="test") == 0  # deferred
+            assert store.path(snap.files[0].key).exists()
+        assert await lifecycle.empty(who="test") == 1  # and done once the backup is over
+        await pool.close()
+        await asyncio.to_thread(pg.stop)
+
+    asyncio.run(scenario())
