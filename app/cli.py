@@ -531,7 +531,11 @@ def restore(args: argparse.Namespace) -> int:
     if not settings.data_dir.exists():
         # nothing half-restored is left; at exit, after the embedded PostgreSQL's own
         # clean-up (registered later, run earlier), which touches the directory
-        atexit.register(lambda: failed and shutil.rmtree(settings.data_dir, ignore_errors=True))
+        def remove_if_failed() -> None:
+            if failed:
+                shutil.rmtree(settings.data_dir, ignore_errors=True)
+
+        atexit.register(remove_if_failed)
 
     async def run() -> Any:
         check_empty(settings.data_dir)
