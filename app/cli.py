@@ -559,6 +559,41 @@ def restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify(args: argparse.Namespace) -> int:
+    """``pictor verify [--study UID] [--repair-from BACKUP]``: check every stored file
+    against the size and SHA-256 recorded at ingest; exit status 1 while any is bad."""
+    from app.bootstrap import open_store
+    from app.services import fixity
+
+    settings = _settings(args)
+    _check_uids(args.study)
+    store = open_store(settings)
+
+    async def run(pool: Any) -> tuple[Any, list[str], list[str]]:
+        repaired: list[str] = []
+        left: list[str] = []
+        if args.repair_from:
+            backup = Path(args.repair_from).expanduser().resolve()
+            if not (backup / "files").is_dir():
+                sys.exit(f"pictor verify: {backup} is not a backup directory (no files/)")
+            await fixity.verify(pool, store, args.study)  # what is wrong now
+            repaired, left = await fixity.repair(pool, store, backup)
+        return await fixity.verify(pool, store, args.study), repaired, left
+
+    report, repaired, left = _with_index(settings, run)
+    for key in repaired:
+        print(f"repaired from the backup: {key}")
+    for key in left:
+        print(f"not in the backup (or damaged there too): {key}")
+    for key, sop, problem in report.problems:
+        print(f"{problem.upper()}: {key} (SOP Instance UID {sop})")
+    print(
+        f"checked {report.checked} files ({report.bytes} bytes): "
+        f"{len(report.problems)} missing or changed"
+    )
+    return 1 if report.problems else 0
+
+
 def link(args: argparse.Namespace) -> int:
     """``pictor link STUDY_UID --ttl 1h``: a signed URL that opens the study in the viewer
     and grants read access to that study only, until it expires."""
@@ -688,6 +723,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(i)
     i.set_defaults(func=import_)
 
+    vf = sub.add_parser(
+        "verify", help="check the stored files against the SHA-256 recorded at ingest"
+    )
+    vf.add_argument("--study", help="only this study (its Study Instance UID)")
+    vf.add_argument(
+        "--repair-from", help="put back damaged or missing files from this backup directory"
+    )
+    common(vf)
+    vf.set_defaults(func=verify)
     b = sub.add_parser(
         "backup", help="back the archive up into a directory (incremental; while serving)"
     )

@@ -26,6 +26,7 @@ from app.observability import (
     setup_logging,
 )
 from app.routes import HotDispatch, PathGuard, framework_routes
+from app.services.fixity import Scrubber
 from app.services.ingest import Ingest
 from app.services.lifecycle import Lifecycle
 from app.services.retrieve import InstanceCache
@@ -87,10 +88,13 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
                 audit.start()
             await app.state.instances.start()
             app.state.lifecycle.start(settings.purge_interval)
+            app.state.scrubber = Scrubber(pool, store, settings.scrub_rate)
+            app.state.scrubber.start()
             # started in the background: serving does not wait for the codec workers
             warming = asyncio.get_running_loop().create_task(codec_pool.warm_up())
             yield
             warming.cancel()
+            await app.state.scrubber.stop()
             await app.state.lifecycle.stop()
             await app.state.instances.stop()
             if audit is not None:

@@ -12,7 +12,7 @@ from litestar import Request
 from litestar.response import Response
 
 from app.observability import METRICS_CONTENT_TYPE, metrics_text
-from app.services.health import readiness
+from app.services.health import gauges, readiness
 
 log = logging.getLogger("pictor")
 
@@ -28,7 +28,21 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(body, media_type="application/json")
 
 
-async def metrics() -> Response[bytes]:
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition format: request counts and latencies per route, ingest
-    counts and bytes, all server processes together (see app.observability)."""
-    return Response(await asyncio.to_thread(metrics_text), media_type=METRICS_CONTENT_TYPE)
+    counts and bytes, all server processes together (see app.observability); and the
+    archive's own figures (instances, bytes, free space, damaged files)."""
+    state = request.app.state
+    text = await asyncio.to_thread(metrics_text)
+    lines = []
+    try:
+        for name, help_text, value in await gauges(
+            state.pool, state.store, state.settings.min_free_bytes
+        ):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+    except Exception as exc:  # noqa: BLE001 - the process metrics are still worth having
+        log.error("metrics: the archive's figures could not be read: %s", exc)
+    return Response(
+        text + ("\n".join(lines) + "\n").encode() if lines else text,
+        media_type=METRICS_CONTENT_TYPE,
+    )

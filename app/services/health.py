@@ -7,6 +7,7 @@ import errno
 import logging
 
 from app.errors import ServiceUnavailable
+from app.index import fixity
 from app.index.database import Pool, ping
 from app.storage import BlobStore
 
@@ -37,8 +38,43 @@ async def readiness(pool: Pool, store: BlobStore, min_free: int = 0) -> dict[str
     if free < min_free or not storage["writable"]:
         storage["full"] = True
         problems.append("storage full: new data are refused until space is freed")
+    try:
+        damaged = await fixity.count_problems(pool)
+    except Exception as exc:  # noqa: BLE001 - reported as unknown, not as down
+        log.error("health: the fixity problems could not be counted: %s", exc)
+        damaged = 0
+    storage["damaged_files"] = damaged
+    if damaged:
+        problems.append(
+            f"{damaged} stored files are missing or changed: see pictor verify "
+            "(--repair-from a backup)"
+        )
     body: dict[str, object] = {"status": "degraded" if problems else "ok", "database": "ok"}
     body["storage"] = storage
     if problems:
         body["problems"] = problems
     return body
+
+
+async def gauges(pool: Pool, store: BlobStore, min_free: int) -> list[tuple[str, str, float]]:
+    """Archive-wide figures for ``/metrics`` (name, help, value), read at scrape time:
+    what the archive holds, the space left, damaged files."""
+    instances, size, trashed = await fixity.totals(pool)
+    try:
+        free = float(store.free_bytes())
+    except OSError:
+        free = float("nan")
+    return [
+        ("pictor_stored_instances", "Instances stored (not in the trash).", instances),
+        ("pictor_stored_bytes", "Bytes of the stored instances.", size),
+        ("pictor_trash_instances", "Instances in the trash, restorable until purged.", trashed),
+        ("pictor_storage_free_bytes", "Bytes free on the storage's file system.", free),
+        ("pictor_storage_min_free_bytes", "PICTOR_MIN_FREE_BYTES: the floor.", min_free),
+        (
+            "pictor_fixity_problems",
+            "Stored files missing or changed (pictor verify).",
+            await fixity.count_problems(pool),
+        ),
+        ("pictor_db_pool_size", "Connections of this process's index pool.", pool.get_size()),
+        ("pictor_db_pool_idle", "Idle connections of that pool.", pool.get_idle_size()),
+    ]

@@ -129,3 +129,6 @@ class BlobStore(Protocol):
 
     def import_blob(self, key: str, source: Path) -> str:
         """Store the file ``source`` as the blob ``key`` (a restore); its SHA-256."""
+
+    def hash_blob(self, key: str) -> tuple[int, str]:
+        """The blob's size and SHA-256, read through (FileNotFoundError if absent)."""

@@ -318,6 +318,15 @@ class FileBlobStore:
     def import_blob(self, key: str, source: Path) -> str:
         return copy_durably(source, self.path(key))
 
+    def hash_blob(self, key: str) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        size = 0
+        with open(self.path(key), "rb", buffering=0) as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        return size, digest.hexdigest()
+
     def path(self, key: str) -> Path:
         return self.root / key
 

@@ -165,6 +165,11 @@ class MemoryBlobStore:
         target.write_bytes(data)
         return hashlib.sha256(data).hexdigest()
 
+    def hash_blob(self, key: str) -> tuple[int, str]:
+        if key not in self.blobs:
+            raise FileNotFoundError(key)
+        return len(self.blobs[key]), hashlib.sha256(self.blobs[key]).hexdigest()
+
     def import_blob(self, key: str, source: Path) -> str:
         data = source.read_bytes()
         self.blobs[key] = data
