@@ -86,7 +86,7 @@ def serve(args: argparse.Namespace) -> int:
     embedded: EmbeddedPostgres | None = None
     watchdog: _Watchdog | None = None
     metrics_dir: Path | None = None
-    dimse: subprocess.Popen[bytes] | None = None
+    dimse: _DimseProcess | None = None
     try:
         # every process counts into its own files here; /metrics adds them up. They are
         # memory-mapped: in memory (/dev/shm), not on the data disk, where a full disk
@@ -108,13 +108,23 @@ def serve(args: argparse.Namespace) -> int:
                 f"pictor: cannot use the database {_redacted(settings.database_url)} "
                 f"(DATABASE_URL): {type(cause).__name__}: {cause}"
             )
+        watched: list[_Watched] = []
         if embedded is not None:
-            watchdog = _Watchdog(embedded)
-            watchdog.start()
+            watched.append(
+                _Watched("the embedded PostgreSQL", embedded.is_running, embedded.restart)
+            )
         # server processes read their settings from the environment
         os.environ.update(to_environment(settings))
         if settings.dimse_port:
-            dimse = _start_dimse(settings)
+            dimse = _DimseProcess(settings)
+            if not dimse.start():
+                sys.exit(
+                    f"pictor: the DIMSE process did not start listening on port "
+                    f"{settings.dimse_port}; see above"
+                )
+            watched.append(_Watched("the DIMSE process", dimse.alive, dimse.restart))
+        watchdog = _Watchdog(watched)
+        watchdog.start()
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         scheme = "https" if settings.tls_cert else "http"
         banner = [
@@ -147,7 +157,7 @@ def serve(args: argparse.Namespace) -> int:
         if watchdog is not None:
             watchdog.stop()
         if dimse is not None:
-            _stop_dimse(dimse)
+            dimse.stop()
         if embedded is not None:
             embedded.stop()
         if metrics_dir is not None:
@@ -205,19 +215,29 @@ def _redacted(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-class _Watchdog:
-    """Restarts the embedded PostgreSQL when its postmaster dies (killed, crashed) while
-    the server runs (issue #19: one kill left the archive answering 503 until a manual
-    restart). The servers' pools reconnect on their own once it answers again; until
-    then requests get 503 with Retry-After."""
+class _Watched:
+    """A part of the server the supervisor keeps running: ``alive()``, ``restart()``
+    (True once it runs again)."""
 
-    def __init__(self, embedded: Any, interval: float = 0.5) -> None:
+    def __init__(self, name: str, alive: Callable[[], bool], restart: Callable[[], bool]) -> None:
+        self.name = name
+        self.alive = alive
+        self.restart = restart
+
+
+class _Watchdog:
+    """Restarts what died while the server runs (issue #19): the embedded PostgreSQL
+    (one kill left the archive answering 503 until a manual restart; the servers' pools
+    reconnect once it answers, and requests get 503 with Retry-After until then) and
+    the DIMSE process (a crash left DIMSE silently down)."""
+
+    def __init__(self, watched: list[_Watched], interval: float = 0.5) -> None:
         import threading
 
-        self.embedded = embedded
+        self.watched = watched
         self.interval = interval
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pg-watchdog", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -229,34 +249,56 @@ class _Watchdog:
     def _run(self) -> None:
         log = logging.getLogger("pictor")
         while not self._stopping.wait(self.interval):
-            if self.embedded.running:
-                continue
-            log.error("the embedded PostgreSQL stopped; restarting it")
-            while not self._stopping.is_set():
-                try:
-                    if self.embedded.restart():
-                        log.warning("the embedded PostgreSQL was restarted")
-                        break
-                except Exception as exc:  # noqa: BLE001 - retried until it starts
-                    log.error("the embedded PostgreSQL did not restart (%s); retrying", exc)
-                self._stopping.wait(self.interval)
+            for part in self.watched:
+                if part.alive():
+                    continue
+                log.error("%s stopped; restarting it", part.name)
+                while not self._stopping.is_set():
+                    try:
+                        if part.restart():
+                            log.warning("%s was restarted", part.name)
+                            break
+                    except Exception as exc:  # noqa: BLE001 - retried until it starts
+                        log.error("%s did not restart (%s); retrying", part.name, exc)
+                    self._stopping.wait(max(self.interval, 1.0))
 
 
-def _start_dimse(settings: Settings, timeout: float = 30) -> subprocess.Popen[bytes]:
-    """Start the DIMSE process (``python -m app.dimse``, settings from the environment)
-    and wait until it accepts connections, so a ready server is ready on both doors."""
-    proc = subprocess.Popen([sys.executable, "-m", "app.dimse"])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"pictor: the DIMSE process exited ({proc.returncode}); see above")
-        try:
-            with socket.create_connection((settings.host, settings.dimse_port), timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    _stop_dimse(proc)
-    sys.exit(f"pictor: the DIMSE process did not listen on port {settings.dimse_port}")
+class _DimseProcess:
+    """The DIMSE process (``python -m app.dimse``, settings from the environment)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> bool:
+        """Start it and wait until it accepts connections (a ready server is ready on
+        both doors); False if it exits or does not listen in time."""
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.dimse"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(
+                    (self.settings.host, self.settings.dimse_port), timeout=1
+                ):
+                    return True
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        return False
+
+    def alive(self) -> bool:
+        """Running, or ended on purpose: SIGINT / SIGTERM end it with status 0 (Ctrl-C
+        reaches it together with the supervisor); a crash or a kill does not."""
+        return self.proc is None or self.proc.poll() in (None, 0)
+
+    def restart(self) -> bool:
+        return self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_dimse(self.proc)
 
 
 def _stop_dimse(proc: subprocess.Popen[bytes]) -> None:

@@ -22,8 +22,10 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     file (created, synced and removed); 503 naming what fails otherwise. A full storage
     answers 200 with ``"status": "degraded"``: reads go on."""
     state = request.app.state
+    settings = state.settings
+    dimse = (settings.host, settings.dimse_port) if settings.dimse_port else None
     body = msgspec.json.encode(
-        await readiness(state.pool, state.store, state.settings.min_free_bytes)
+        await readiness(state.pool, state.store, settings.min_free_bytes, dimse)
     )
     return Response(body, media_type="application/json")
 

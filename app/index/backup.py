@@ -49,7 +49,7 @@ async def file_deletions(pool: asyncpg.Pool) -> AsyncIterator[bool]:
             yield held
         finally:
             if held:
-                await conn.execute("SELECT pg_advisory_unlock_shared($1)", BACKUP_LOCK)
+                await _unlock(conn, "SELECT pg_advisory_unlock_shared($1)")
 
 
 @asynccontextmanager
@@ -69,7 +69,16 @@ async def snapshot(pool: asyncpg.Pool) -> AsyncIterator[Snapshot]:
                 files = [StoredFile(r[0], r[1], r[2]) for r in rows]
                 yield Snapshot(str(snapshot_id), files)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", BACKUP_LOCK)
+            await _unlock(conn, "SELECT pg_advisory_unlock($1)")
+
+
+async def _unlock(conn: asyncpg.Connection, sql: str) -> None:
+    """Release the lock; an error never takes the place of the exception (or the
+    cancellation) that ends the block: a lost connection took its lock with it."""
+    try:
+        await conn.execute(sql, BACKUP_LOCK)
+    except INDEX_ERRORS:
+        pass
 
 
 async def is_empty(pool: asyncpg.Pool) -> bool:

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -128,15 +129,21 @@ class Scrubber:
                 async with self.pool.acquire() as conn:
                     if await conn.fetchval("SELECT pg_try_advisory_lock($1)", index.SCRUB_LOCK):
                         try:
-                            await self._scrub()
+                            await self._scrub(conn)
                         finally:
-                            await conn.execute("SELECT pg_advisory_unlock($1)", index.SCRUB_LOCK)
+                            try:  # never in place of a cancellation
+                                await conn.execute(
+                                    "SELECT pg_advisory_unlock($1)", index.SCRUB_LOCK
+                                )
+                            except INDEX_ERRORS:
+                                pass  # the session, and its lock, ended with the connection
             except INDEX_ERRORS as exc:
                 log.warning("fixity scrub paused: %s", exc)
             await asyncio.sleep(30)  # stand by, or wait for the index
 
-    async def _scrub(self) -> None:
+    async def _scrub(self, lock: Any) -> None:
         while True:
+            await lock.fetchval("SELECT 1")  # still holding the lock (the session lives)
             position = await index.scrub_position(self.pool)
             batch = await index.files_after(self.pool, position, BATCH)
             if not batch:

@@ -3,6 +3,7 @@ orchestrators). It says what fails, never why: the cause goes to the log."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 
@@ -14,7 +15,9 @@ from app.storage import BlobStore
 log = logging.getLogger("pictor")
 
 
-async def readiness(pool: Pool, store: BlobStore, min_free: int = 0) -> dict[str, object]:
+async def readiness(
+    pool: Pool, store: BlobStore, min_free: int = 0, dimse: tuple[str, int] | None = None
+) -> dict[str, object]:
     """The index answers a query and the storage takes a new blob; ServiceUnavailable
     naming what fails otherwise. A storage that is full, or whose free space is below
     ``min_free`` (``PICTOR_MIN_FREE_BYTES``), is "degraded", not down: searches and
@@ -49,8 +52,13 @@ async def readiness(pool: Pool, store: BlobStore, min_free: int = 0) -> dict[str
             f"{damaged} stored files are missing or changed: see pictor verify "
             "(--repair-from a backup)"
         )
-    body: dict[str, object] = {"status": "degraded" if problems else "ok", "database": "ok"}
-    body["storage"] = storage
+    body: dict[str, object] = {"database": "ok", "storage": storage}
+    if dimse is not None:
+        listening = await _listening(*dimse)
+        body["dimse"] = {"port": dimse[1], "listening": listening}
+        if not listening:
+            problems.append(f"DIMSE does not answer on port {dimse[1]}")
+    body = {"status": "degraded" if problems else "ok", **body}
     if problems:
         body["problems"] = problems
     return body
@@ -78,3 +86,19 @@ async def gauges(pool: Pool, store: BlobStore, min_free: int) -> list[tuple[str,
         ("pictor_db_pool_size", "Connections of this process's index pool.", pool.get_size()),
         ("pictor_db_pool_idle", "Idle connections of that pool.", pool.get_idle_size()),
     ]
+
+
+async def _listening(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on the DIMSE port (the DIMSE process:
+    pictor serve checks at start that the port was free)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(target, port), 2)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True

@@ -288,3 +288,57 @@ def test_workers_started_while_the_database_is_down_serve_503_then_recover(
     finally:
         server.stop()
         external.stop()
+
+
+def _echo(port: int) -> bool:
+    out = subprocess.run(
+        ["/usr/bin/echoscu", "-aec", "PICTOR", "127.0.0.1", str(port)],
+        capture_output=True,
+        timeout=30,
+    )
+    return out.returncode == 0
+
+
+def test_a_dimse_process_that_dies_is_restarted_and_health_follows_it(tmp_path: Path) -> None:
+    """Issue #19: DIMSE down while /health said ok. /health now covers DIMSE, and the
+    supervisor restarts a DIMSE process that crashed or was killed."""
+    dimse_port = free_port()
+    server = PictorProcess(
+        tmp_path / "data", workers=1, env={"PICTOR_DIMSE_PORT": str(dimse_port)}
+    ).start()
+    try:
+        assert server.proc is not None
+        with urllib.request.urlopen(f"{server.base}/health", timeout=5) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "ok" and body["dimse"] == {"port": dimse_port, "listening": True}
+        assert _echo(dimse_port)
+        dimse = next(
+            c
+            for c in psutil.Process(server.proc.pid).children()
+            if c.cmdline()[-2:] == ["-m", "app.dimse"]
+        )
+        dimse.kill()
+        dimse.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{server.base}/health", timeout=5) as r:
+                body = json.loads(r.read())
+            if not body["dimse"]["listening"]:  # meanwhile
+                assert body["status"] == "degraded"
+                assert f"DIMSE does not answer on port {dimse_port}" in body["problems"]
+            elif _echo(dimse_port):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("DIMSE did not come back")
+        again = [
+            c
+            for c in psutil.Process(server.proc.pid).children()
+            if c.cmdline()[-2:] == ["-m", "app.dimse"]
+        ]
+        assert len(again) == 1 and again[0].pid != dimse.pid
+        assert "the DIMSE process stopped; restarting it" in server.log_path.read_text()
+        assert server.stop() == 0
+        assert _wait(lambda: not _alive(again[0].pid), 15)  # the new one stops with it
+    finally:
+        server.stop()
