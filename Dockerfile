@@ -7,6 +7,10 @@ COPY schemas ./schemas
 RUN python -m venv /opt/pictor && /opt/pictor/bin/pip install --no-cache-dir .
 
 FROM python:3.11-slim
+# an init process as PID 1: it forwards SIGTERM to pictor serve and reaps what exits
+# (a killed PostgreSQL postmaster left as a zombie would delay its restart)
+RUN apt-get update && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/pictor /opt/pictor
 RUN useradd --system --create-home --home-dir /var/lib/pictor pictor
 USER pictor
@@ -19,6 +23,8 @@ ENV PATH=/opt/pictor/bin:$PATH \
     PICTOR_HOST=0.0.0.0
 VOLUME ["/var/lib/pictor/data"]
 EXPOSE 8042 11112
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8042/health').status != 200)"
+# follows PICTOR_PORT, PICTOR_HOST and TLS (PICTOR_TLS_CERT) as the server does
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s \
+    CMD ["pictor", "health"]
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["pictor", "serve"]

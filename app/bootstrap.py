@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from app.config import Settings
-from app.index.database import EmbeddedPostgres, Pool, apply_migrations, create_pool
+from app.index.database import EmbeddedPostgres, Pool, apply_migrations, create_pool, migrations
 from app.index.instances import referenced_keys
 from app.services.lifecycle import Lifecycle
 from app.storage import BlobStore, FileBlobStore
@@ -45,7 +45,13 @@ __all__ = [
     "open_index",
     "open_store",
     "prepare",
+    "schema_version",
 ]
+
+
+def schema_version() -> int:
+    """The index schema this version of Pictor brings (its last migration)."""
+    return max(number for number, _ in migrations())
 
 
 def open_store(settings: Settings) -> BlobStore:

@@ -706,8 +706,51 @@ def audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version_text() -> str:
+    """``pictor X.Y.Z (index schema N)``: what an upgrade is checked against."""
+    from app import __version__
+    from app.bootstrap import schema_version
+
+    return f"pictor {__version__} (index schema {schema_version()})"
+
+
+def health(args: argparse.Namespace) -> int:
+    """``pictor health``: ask the server on this machine (its settings: port, TLS) for
+    ``/health``; exit status 0 when it serves (``ok`` or ``degraded``), 1 otherwise.
+    The Docker image's HEALTHCHECK, and a probe for scripts."""
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    settings = _settings(args)
+    host = settings.host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if settings.tls_cert else "http"
+    url = f"{scheme}://{host}:{settings.port}/health"
+    # the server's own certificate names its public host, not this loopback address
+    context = ssl._create_unverified_context() if settings.tls_cert else None
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout, context=context) as answer:
+            body = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        print(f"{url}: {exc.code} {exc.read().decode(errors='replace')[:300]}")
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"{url}: {exc}")
+        return 1
+    print(f"{url}: {body.get('status')}" + "".join(f"; {p}" for p in body.get("problems", [])))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pictor", description="Pictor imaging archive")
+    parser.add_argument("--version", action="version", version=_version_text())
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -765,6 +808,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(i)
     i.set_defaults(func=import_)
 
+    h = sub.add_parser("health", help="ask the local server for /health (exit 0 if serving)")
+    h.add_argument("--host", help="the server's bind address (env PICTOR_HOST)")
+    h.add_argument("--port", type=int, help="its HTTP port (env PICTOR_PORT; default 8042)")
+    h.add_argument("--timeout", type=float, default=5, help="seconds (default 5)")
+    common(h)
+    h.set_defaults(func=health)
     vf = sub.add_parser(
         "verify", help="check the stored files against the SHA-256 recorded at ingest"
     )

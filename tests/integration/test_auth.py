@@ -844,6 +844,14 @@ def test_https(tmp_path: Path, pictor: Pictor) -> None:
         assert client.get(process.dicomweb + "/studies").status_code == 200
     with pytest.raises(httpx.ConnectError):  # not trusted without that certificate
         httpx.get(process.base + "/health", verify=ssl.create_default_context())
+    # pictor health (the image's HEALTHCHECK) follows the port and TLS of the settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOR_")}
+    env.update(PICTOR_PORT=str(process.port), PICTOR_TLS_CERT=str(cert), PICTOR_TLS_KEY=str(key))
+    probe = subprocess.run(
+        [*PICTOR, "health"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+    )
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    assert f"https://127.0.0.1:{process.port}/health: ok" in probe.stdout
 
 
 def test_non_loopback_without_auth_is_refused(tmp_path: Path) -> None:

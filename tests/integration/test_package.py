@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -43,7 +42,11 @@ def test_dockerfile_shape() -> None:
     users = [args for word, args in steps if word == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert json.loads(next(args for word, args in steps if word == "CMD")) == ["pictor", "serve"]
-    assert any(word == "HEALTHCHECK" and "/health" in args for word, args in steps)
+    assert any(word == "HEALTHCHECK" and '"health"' in args for word, args in steps)
+    # an init process as PID 1 (signals forwarded, exited children reaped)
+    assert json.loads(next(args for word, args in steps if word == "ENTRYPOINT"))[0].endswith(
+        "tini"
+    )
 
 
 def test_the_images_install_and_healthcheck_work(tmp_path: Path) -> None:
@@ -115,11 +118,29 @@ def test_the_images_install_and_healthcheck_work(tmp_path: Path) -> None:
             except OSError:
                 time.sleep(0.3)
         healthcheck = next(args for word, args in steps if word == "HEALTHCHECK")
-        command = healthcheck.split(" CMD ", 1)[1].replace(":8042/", f":{port}/")
+        command = json.loads(healthcheck.split(" CMD ", 1)[1])
+        assert command[0] == "pictor"
+        # the image's command, from the install, with the server's own environment
         result = subprocess.run(
-            [str(venv / "bin" / "python"), *shlex.split(command)[1:]], cwd=run_dir, timeout=30
+            [str(venv / "bin" / command[0]), *command[1:]],
+            cwd=run_dir,
+            env=env,
+            timeout=30,
+            capture_output=True,
+            text=True,
         )
-        assert result.returncode == 0
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"http://127.0.0.1:{port}/health: ok" in result.stdout
+        # and it fails when nothing serves there
+        elsewhere = {**env, "PICTOR_PORT": str(free_port())}
+        down = subprocess.run(
+            [str(venv / "bin" / command[0]), *command[1:]],
+            cwd=run_dir,
+            env=elsewhere,
+            timeout=30,
+            capture_output=True,
+        )
+        assert down.returncode == 1
         # the schema came with the install (share/pictor/schemas), not from the checkout
         import asyncio
 
