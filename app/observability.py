@@ -31,6 +31,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -49,6 +50,21 @@ DURATION = Histogram(
 )
 INGESTED = Counter("pictor_ingest_instances", "Instances offered for storage", ["outcome"])
 INGESTED_BYTES = Counter("pictor_ingest_bytes", "Bytes of newly stored instances")
+INGEST_FAILURES = Counter(
+    "pictor_ingest_failures", "Instances not stored, by Failure Reason (hex)", ["reason"]
+)
+DIMSE_ASSOCIATIONS = Counter(
+    "pictor_dimse_associations", "DIMSE associations, by outcome", ["outcome"]
+)
+DIMSE_ACTIVE = Gauge(
+    "pictor_dimse_connections", "DIMSE connections open now", multiprocess_mode="livesum"
+)
+DIMSE_OPERATIONS = Counter("pictor_dimse_operations", "DIMSE requests, by service", ["service"])
+CODEC_QUEUE = Gauge(
+    "pictor_codec_queue",
+    "Decode, transcode and render jobs waiting for or in a codec worker",
+    multiprocess_mode="livesum",
+)
 
 #: the scope key a handler below the framework (the frames fast path) sets to name itself
 ROUTE_KEY = "pictor.route"
@@ -56,10 +72,12 @@ ROUTE_KEY = "pictor.route"
 access_log = logging.getLogger("pictor.access")
 
 
-def record_ingest(outcome: str, size: int = 0) -> None:
+def record_ingest(outcome: str, size: int = 0, reason: int | None = None) -> None:
     INGESTED.labels(outcome).inc()
     if size:
         INGESTED_BYTES.inc(size)
+    if reason is not None:
+        INGEST_FAILURES.labels(f"{reason:04X}").inc()
 
 
 def metrics_text() -> bytes:

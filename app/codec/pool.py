@@ -58,7 +58,13 @@ async def warm_up() -> None:
 
 async def run(fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)`` in a worker process; the event loop stays free meanwhile."""
-    return await asyncio.get_running_loop().run_in_executor(_pool(), fn, *args)
+    from app.observability import CODEC_QUEUE
+
+    CODEC_QUEUE.inc()
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_pool(), fn, *args)
+    finally:
+        CODEC_QUEUE.dec()
 
 
 def shutdown() -> None:

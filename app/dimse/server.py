@@ -140,13 +140,53 @@ def restricted(settings: Settings) -> bool:
 
 def handlers(res: Resources) -> list[Any]:
     storage, find, retrieve = Storage(res.ingest, res.bridge), Find(res), Retrieve(res)
-    return [
-        (evt.EVT_CONN_OPEN, no_delay),
-        (evt.EVT_C_ECHO, lambda event: SUCCESS),  # PS3.7 9.1.5: Verification
-        (evt.EVT_C_STORE, storage.handle),
-        (evt.EVT_C_FIND, find.handle),
-        (evt.EVT_C_MOVE, retrieve.handle_move),
-        (evt.EVT_C_GET, retrieve.handle_get),
+    return metered(
+        [
+            (evt.EVT_CONN_OPEN, no_delay),
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),  # PS3.7 9.1.5: Verification
+            (evt.EVT_C_STORE, storage.handle),
+            (evt.EVT_C_FIND, find.handle),
+            (evt.EVT_C_MOVE, retrieve.handle_move),
+            (evt.EVT_C_GET, retrieve.handle_get),
+        ]
+    )
+
+
+_SERVICE_NAMES = {
+    evt.EVT_C_ECHO: "c-echo",
+    evt.EVT_C_STORE: "c-store",
+    evt.EVT_C_FIND: "c-find",
+    evt.EVT_C_MOVE: "c-move",
+    evt.EVT_C_GET: "c-get",
+}
+
+
+def metered(pairs: list[Any]) -> list[Any]:
+    """``pairs`` with each request counted by service, and the associations counted
+    (established, rejected, aborted) and gauged while open, for /metrics."""
+    from app.observability import DIMSE_ACTIVE, DIMSE_ASSOCIATIONS, DIMSE_OPERATIONS
+
+    def counted(name: str, handler: Any) -> Any:
+        def handle(event: Any) -> Any:
+            DIMSE_OPERATIONS.labels(name).inc()
+            return handler(event)
+
+        return handle
+
+    def outcome(name: str) -> Any:
+        return lambda _event: DIMSE_ASSOCIATIONS.labels(name).inc()
+
+    out = [
+        (event, counted(_SERVICE_NAMES[event], handler) if event in _SERVICE_NAMES else handler)
+        for event, handler in pairs
+    ]
+    return out + [
+        # open connections: opened and closed in pairs, however an association ends
+        (evt.EVT_CONN_OPEN, lambda _event: DIMSE_ACTIVE.inc()),
+        (evt.EVT_CONN_CLOSE, lambda _event: DIMSE_ACTIVE.dec()),
+        (evt.EVT_ESTABLISHED, outcome("established")),
+        (evt.EVT_ABORTED, outcome("aborted")),
+        (evt.EVT_REJECTED, outcome("rejected")),
     ]
 
 

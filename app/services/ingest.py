@@ -354,7 +354,8 @@ class Ingest:
         final = [o if o is not None else Outcome(status=FAILED, reason=0x0110) for o in outcomes]
         for i, o in enumerate(final):
             stored = o.status == STORED
-            record_ingest(o.status, parts[i].temp.size if stored else 0)
+            failed = o.reason if o.status == FAILED else None
+            record_ingest(o.status, parts[i].temp.size if stored else 0, failed)
         return final
 
     async def _apply_notes(

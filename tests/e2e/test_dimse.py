@@ -975,3 +975,39 @@ def test_restrict_without_peers_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="PICTOR_DIMSE_PEERS is empty"):
         process.start(timeout=30)
     assert process.proc is None or process.proc.poll() is not None
+
+
+def test_metrics_count_associations_operations_and_failure_reasons(dimse: Dimse) -> None:
+    """Issue #19: /metrics adds DIMSE associations and operations and ingest failures by
+    reason; the DIMSE process counts into the same place as the HTTP workers."""
+
+    def metric(name: str, **labels: str) -> float:
+        text = dimse.archive.http.get(f"{dimse.archive.process.base}/metrics").text
+        wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        line = f"{name}{{{wanted}}}" if labels else name
+        values = [float(x.split()[-1]) for x in text.splitlines() if x.startswith(line + " ")]
+        return sum(values)
+
+    established = metric("pictor_dimse_associations_total", outcome="established")
+    echoes = metric("pictor_dimse_operations_total", service="c-echo")
+    duplicates = metric("pictor_ingest_failures_total", reason="0111")
+    assert dimse.tool("echoscu").returncode == 0
+    study, series = new_uids()
+    original = pydicom.dcmread(io.BytesIO(ct_slice(study, series, 0, rows=16, cols=16)))
+    assert (
+        dimse.archive.stow(multipart([ct_slice(study, series, 0, rows=16, cols=16)])).status_code
+        == 200
+    )
+    original.PatientName = "SOMEONE^ELSE"
+    assoc = dimse.associate(CT)
+    try:
+        assert assoc.send_c_store(original).Status == 0x0111  # type: ignore[attr-defined]
+    finally:
+        assoc.release()  # type: ignore[attr-defined]
+    assert metric("pictor_dimse_associations_total", outcome="established") >= established + 2
+    assert metric("pictor_dimse_operations_total", service="c-echo") >= echoes + 1
+    assert metric("pictor_ingest_failures_total", reason="0111") >= duplicates + 1
+    assert (
+        "pictor_dimse_connections"
+        in dimse.archive.http.get(f"{dimse.archive.process.base}/metrics").text
+    )
