@@ -36,6 +36,8 @@ from app.storage import BlobStore
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+#: files copied at once (reading, hashing and writing overlap)
+PARALLEL = 4
 
 
 class Manifest(msgspec.Struct, kw_only=True):
@@ -82,21 +84,30 @@ async def backup(settings: Settings, pool: Pool, store: BlobStore, dest: Path) -
     folder = dest / "backups" / name
     folder.mkdir(parents=True)
     files_dir = dest / "files"
-    copied = bytes_copied = 0
     corrupt: list[str] = []
-    async with index.snapshot(pool) as snap:
-        await index.dump(settings.database_url, snap.id, folder / "index.dump")
-        for f in snap.files:
-            target = files_dir / f.key
-            if target.is_file() and target.stat().st_size == f.size:
-                continue  # copied by an earlier backup: files never change
+    limit = asyncio.Semaphore(PARALLEL)
+
+    async def copy(f: index.StoredFile) -> bool:
+        """Copy one file unless an earlier backup did (files never change); whether."""
+        target = files_dir / f.key
+        if target.is_file() and target.stat().st_size == f.size:
+            return False
+        async with limit:
             digest = await asyncio.to_thread(store.export_blob, f.key, target)
-            copied += 1
-            bytes_copied += f.size
-            if digest != f.sha256:
-                log.error("backup: %s does not have the SHA-256 recorded at ingest", f.key)
-                corrupt.append(f.key)
+        if digest != f.sha256:
+            log.error("backup: %s does not have the SHA-256 recorded at ingest", f.key)
+            corrupt.append(f.key)
+        return True
+
+    async with index.snapshot(pool) as snap:
+        dumping = asyncio.ensure_future(
+            index.dump(settings.database_url, snap.id, folder / "index.dump")
+        )
+        done = await asyncio.gather(*(copy(f) for f in snap.files))
+        await dumping
         files = snap.files
+    copied = sum(done)
+    bytes_copied = sum(f.size for f, d in zip(files, done) if d)
     secret = settings.link_secret_path
     if not settings.link_secret and secret.is_file():
         shutil.copy2(secret, folder / "link-secret")
@@ -160,15 +171,19 @@ async def restore_index(pool: Pool, dsn: str, src: Path, name: str) -> None:
 async def restore_files(
     settings: Settings, store: BlobStore, src: Path, name: str, manifest: Manifest
 ) -> RestoreReport:
-    total = 0
-    for f in manifest.files:
+    limit = asyncio.Semaphore(PARALLEL)
+
+    async def put(f: index.StoredFile) -> None:
         source = src / "files" / f.key
         if not source.is_file():
             raise BackupError(f"the backup lacks the file {f.key}")
-        digest = await asyncio.to_thread(store.import_blob, f.key, source)
+        async with limit:
+            digest = await asyncio.to_thread(store.import_blob, f.key, source)
         if digest != f.sha256:
             raise BackupError(f"the backup's copy of {f.key} is damaged (SHA-256 differs)")
-        total += f.size
+
+    await asyncio.gather(*(put(f) for f in manifest.files))
+    total = sum(f.size for f in manifest.files)
     if manifest.link_secret:
         target = settings.link_secret_path
         target.parent.mkdir(parents=True, exist_ok=True)

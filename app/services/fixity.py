@@ -23,6 +23,8 @@ from app.storage import BlobStore
 log = logging.getLogger(__name__)
 
 BATCH = 100
+#: files checked at once by pictor verify (the scrub: one at a time, at its rate)
+PARALLEL = 4
 MISSING = "missing"
 CHANGED = "changed"
 
@@ -48,8 +50,16 @@ async def verify(pool: Pool, store: BlobStore, study: str | None = None) -> Veri
     """Check every stored file (of ``study``); record what is found."""
     report = VerifyReport()
     position = 0
+    # a few files at once: reading one while hashing another keeps disk and CPU busy
+    limit = asyncio.Semaphore(PARALLEL)
+
+    async def one(item: Checked) -> str | None:
+        async with limit:
+            return await check(store, item)
+
     while batch := await index.files_after(pool, position, BATCH, study):
-        found = [(item, await check(store, item)) for item in batch]
+        outcomes = await asyncio.gather(*(one(item) for item in batch))
+        found = list(zip(batch, outcomes))
         await index.record(pool, found)
         for item, problem in found:
             report.checked += 1
