@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +38,22 @@ def multipart(
 
 def content_type(boundary: str = BOUNDARY) -> str:
     return f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def pictor_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``pictor ARGS`` as an administrator runs it beside a server on ``data_dir`` (no
+    PICTOR_* or DATABASE_URL of the test run's own environment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOR_")}
+    env.pop("DATABASE_URL", None)
+    env["PICTOR_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=300,
+    )
 
 
 def embedded_dsn(data_dir: Path) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from app.index import access
+from app.tasks import stop_task
 
 log = logging.getLogger("pictor.audit")
 
@@ -105,13 +106,8 @@ class AuditLog:
 
     async def stop(self) -> None:
         """Stop the writer and write what is left."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self.flush()
 
     async def _run(self) -> None:

@@ -19,6 +19,7 @@ from app.index import fixity as index
 from app.index.database import INDEX_ERRORS, Pool
 from app.index.fixity import Checked, Problem
 from app.storage import BlobStore
+from app.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +126,8 @@ class Scrubber:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

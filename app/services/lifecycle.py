@@ -29,6 +29,7 @@ from app.index.corrections import Correction
 from app.index.database import Pool
 from app.index.lifecycle import Trashed, TrashedStudy
 from app.storage import BlobStore
+from app.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +135,8 @@ class Lifecycle:
         self._task = asyncio.get_running_loop().create_task(self._run(interval))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self, interval: float) -> None:
         while True:

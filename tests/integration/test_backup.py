@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,21 +20,12 @@ from app.index.database import EmbeddedPostgres, create_pool
 from app.services.lifecycle import Lifecycle
 from app.storage import FileBlobStore
 
-from conftest import Archive, multipart
+from conftest import Archive, multipart, pictor_cli
 from server import PictorProcess
 from synth import ct_slice, new_uids
 
 PICTOR = [sys.executable, "-m", "app.cli"]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOR_")}
-    env.pop("DATABASE_URL", None)
-    env["PICTOR_DATA_DIR"] = str(data_dir)
-    return subprocess.run(
-        PICTOR + list(args), env=env, capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
 
 
 def _state(archive: Archive) -> dict[str, Any]:
@@ -79,8 +68,8 @@ def test_backup_drill_store_back_up_change_back_up_wipe_restore(tmp_path: Path) 
             ).status_code
             == 200
         )
-        assert _cli("token", "create", "--name", "viewer", data_dir=data).returncode == 0
-        one = _cli("backup", str(dest), data_dir=data)
+        assert pictor_cli("token", "create", "--name", "viewer", data_dir=data).returncode == 0
+        one = pictor_cli("backup", str(dest), data_dir=data)
         assert one.returncode == 0, one.stderr
         assert "4 files, 4 copied" in one.stdout
         # more, deleted, corrected, while serving
@@ -100,10 +89,10 @@ def test_backup_drill_store_back_up_change_back_up_wipe_restore(tmp_path: Path) 
         )
         assert fixed.status_code == 200, fixed.text
         time.sleep(1.5)  # the audit writer's batch
-        two = _cli("backup", str(dest), data_dir=data)
+        two = pictor_cli("backup", str(dest), data_dir=data)
         assert two.returncode == 0, two.stderr
         assert "8 files, 4 copied" in two.stdout  # incremental: the first 4 were there
-        assert len(_cli("backup", str(dest), "--list", data_dir=data).stdout.split()) == 2
+        assert len(pictor_cli("backup", str(dest), "--list", data_dir=data).stdout.split()) == 2
         before = _state(archive)
         audited = archive.query("SELECT count(*) FROM audit_event WHERE action = 'stow'")[0][0]
         # after the last backup: not in it
@@ -114,7 +103,7 @@ def test_backup_drill_store_back_up_change_back_up_wipe_restore(tmp_path: Path) 
         server.stop()
     shutil.rmtree(data)  # the disk is lost
 
-    restored = _cli("restore", str(dest), data_dir=data)
+    restored = pictor_cli("restore", str(dest), data_dir=data)
     assert restored.returncode == 0, restored.stderr
     assert "8 files" in restored.stdout
     server = PictorProcess(data, port=server.port, workers=1).start()
@@ -134,7 +123,7 @@ def test_backup_drill_store_back_up_change_back_up_wipe_restore(tmp_path: Path) 
         archive.http.close()
         server.stop()
     # a restore never goes onto a data directory in use
-    again = _cli("restore", str(dest), data_dir=data)
+    again = pictor_cli("restore", str(dest), data_dir=data)
     assert again.returncode != 0 and "is not empty" in again.stderr
     assert "Traceback" not in again.stderr
 
@@ -150,25 +139,25 @@ def test_an_older_backup_is_restored_with_at_and_damage_is_refused(tmp_path: Pat
             archive.stow(multipart([ct_slice(study, series, 0, rows=32, cols=32)])).status_code
             == 200
         )
-        assert _cli("backup", str(dest), data_dir=data).returncode == 0
+        assert pictor_cli("backup", str(dest), data_dir=data).returncode == 0
         assert (
             archive.stow(multipart([ct_slice(study, series, 1, rows=32, cols=32)])).status_code
             == 200
         )
-        assert _cli("backup", str(dest), data_dir=data).returncode == 0
+        assert pictor_cli("backup", str(dest), data_dir=data).returncode == 0
     finally:
         archive.http.close()
         server.stop()
-    first = _cli("backup", str(dest), "--list", data_dir=data).stdout.split()[0]
-    old = _cli("restore", str(dest), "--at", first, data_dir=tmp_path / "old")
+    first = pictor_cli("backup", str(dest), "--list", data_dir=data).stdout.split()[0]
+    old = pictor_cli("restore", str(dest), "--at", first, data_dir=tmp_path / "old")
     assert old.returncode == 0 and "1 files" in old.stdout, old.stderr
     # a damaged copy in the backup is found, and nothing half-restored is left
     damaged = next((dest / "files").rglob("*.dcm"))
     damaged.write_bytes(damaged.read_bytes()[:-1] + b"X")
-    bad = _cli("restore", str(dest), data_dir=tmp_path / "bad")
+    bad = pictor_cli("restore", str(dest), data_dir=tmp_path / "bad")
     assert bad.returncode != 0 and "damaged" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
-    missing = _cli("restore", str(tmp_path / "nothing"), data_dir=tmp_path / "none")
+    missing = pictor_cli("restore", str(tmp_path / "nothing"), data_dir=tmp_path / "none")
     assert missing.returncode != 0 and "no complete backup" in missing.stderr
 
 

@@ -4,29 +4,18 @@ output, ``/health`` and ``/metrics``, and repaired from a backup."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from conftest import Archive, multipart
+from conftest import Archive, multipart, pictor_cli
 from server import PictorProcess
 from synth import ct_slice, new_uids
 
 PICTOR = [sys.executable, "-m", "app.cli"]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOR_")}
-    env.pop("DATABASE_URL", None)
-    env["PICTOR_DATA_DIR"] = str(data_dir)
-    return subprocess.run(
-        PICTOR + list(args), env=env, capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
 
 
 def _metric(base: str, name: str) -> float:
@@ -56,8 +45,8 @@ def test_verify_reports_damage_and_repairs_it_from_a_backup(tmp_path: Path) -> N
         )
         assert _metric(server.base, "pictor_stored_instances") == 3
         assert _metric(server.base, "pictor_fixity_problems") == 0
-        assert _cli("backup", str(tmp_path / "backup"), data_dir=data).returncode == 0
-        clean = _cli("verify", data_dir=data)
+        assert pictor_cli("backup", str(tmp_path / "backup"), data_dir=data).returncode == 0
+        clean = pictor_cli("verify", data_dir=data)
         assert (
             clean.returncode == 0
             and "checked 3 files" in clean.stdout
@@ -68,7 +57,7 @@ def test_verify_reports_damage_and_repairs_it_from_a_backup(tmp_path: Path) -> N
         data_bytes[-10] ^= 0xFF  # one bit flipped on the disk
         changed.write_bytes(bytes(data_bytes))
         missing.unlink()
-        bad = _cli("verify", "--study", study, data_dir=data)
+        bad = pictor_cli("verify", "--study", study, data_dir=data)
         assert bad.returncode == 1
         assert f"CHANGED: {changed.relative_to(data / 'storage')}" in bad.stdout
         assert f"MISSING: {missing.relative_to(data / 'storage')}" in bad.stdout
@@ -77,7 +66,7 @@ def test_verify_reports_damage_and_repairs_it_from_a_backup(tmp_path: Path) -> N
         assert health["status"] == "degraded" and health["storage"]["damaged_files"] == 2
         assert any("2 stored files are missing or changed" in p for p in health["problems"])
         assert _metric(server.base, "pictor_fixity_problems") == 2
-        fixed = _cli("verify", "--repair-from", str(tmp_path / "backup"), data_dir=data)
+        fixed = pictor_cli("verify", "--repair-from", str(tmp_path / "backup"), data_dir=data)
         assert fixed.returncode == 0, fixed.stdout + fixed.stderr
         assert fixed.stdout.count("repaired from the backup") == 2
         assert httpx.get(f"{server.base}/health").json()["status"] == "ok"
