@@ -517,6 +517,15 @@ def _settings_patch(assignments: list[str]) -> dict[str, Any]:
     return body
 
 
+def _errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
+    """A backup's or a restore's errors to report in one line: ``more``, the file
+    system's, the tools', and boto3's (backups to S3; imported only when an error is
+    being handled)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (*more, OSError, RuntimeError, BotoCoreError, ClientError)
+
+
 def backup(args: argparse.Namespace) -> int:
     """``pictor backup DEST``: the index at one point in time and the files it
     references, into the directory DEST (only the files it lacks); while serving."""
@@ -527,9 +536,13 @@ def backup(args: argparse.Namespace) -> int:
     from app.bootstrap import open_database, open_store
     from app.services.backup import backup as run_backup
     from app.services.backup import backups
+    from app.storage.targets import open_target
 
     settings = _settings(args)
-    dest = Path(args.dest).expanduser().resolve()
+    try:
+        dest = open_target(args.dest, settings.s3_endpoint_url)
+    except ValueError as exc:
+        sys.exit(f"pictor backup: {exc}")
     if args.list:
         for name in backups(dest):
             print(name)
@@ -542,10 +555,10 @@ def backup(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(run())
-    except (OSError, RuntimeError) as exc:
+    except _errors() as exc:
         sys.exit(f"pictor backup: {exc}")
     print(
-        f"backup {report.name} in {dest}: {report.files} files, {report.copied} copied "
+        f"backup {report.name} in {dest.describe()}: {report.files} files, {report.copied} copied "
         f"({report.bytes_copied} bytes), {report.files - report.copied} already there"
     )
     for key in report.corrupt:
@@ -566,9 +579,13 @@ def restore(args: argparse.Namespace) -> int:
         restore_files,
         restore_index,
     )
+    from app.storage.targets import open_target
 
     settings = _settings(args)
-    src = Path(args.src).expanduser().resolve()
+    try:
+        src = open_target(args.src, settings.s3_endpoint_url)
+    except ValueError as exc:
+        sys.exit(f"pictor restore: {exc}")
     failed: list[bool] = []
     if not settings.data_dir.exists():
         # nothing half-restored is left; at exit, after the embedded PostgreSQL's own
@@ -591,7 +608,7 @@ def restore(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(run())
-    except (BackupError, OSError, RuntimeError) as exc:
+    except _errors(BackupError) as exc:
         failed.append(True)
         sys.exit(f"pictor restore: {exc}")
     print(

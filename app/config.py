@@ -52,6 +52,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: refused (507 over STOW, A700 over C-STORE) before the disk fills up and takes the
     #: database with it; reads, deletes and the purge go on
     min_free_bytes: int = 1 << 30
+    #: the S3 API endpoint of an S3-compatible store (MinIO, Ceph, Garage, ...); empty:
+    #: AWS. Credentials and region: the standard AWS_* variables
+    s3_endpoint_url: str = ""
     #: bytes a second the background fixity scrub reads (one process of the archive
     #: scrubs; 0 turns it off): 16 MiB/s goes round 1.3 TB a day
     scrub_rate: int = 16 << 20
@@ -179,6 +182,7 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_TRASH_DAYS": "trash_days",
     "PICTOR_MIN_FREE_BYTES": "min_free_bytes",
     "PICTOR_SCRUB_RATE": "scrub_rate",
+    "PICTOR_S3_ENDPOINT_URL": "s3_endpoint_url",
     "PICTOR_PURGE_INTERVAL": "purge_interval",
     "PICTOR_WORKERS": "workers",
     "PICTOR_LOG_LEVEL": "log_level",

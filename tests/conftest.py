@@ -40,12 +40,16 @@ def content_type(boundary: str = BOUNDARY) -> str:
     return f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def pictor_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+def pictor_cli(
+    *args: str, data_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``pictor ARGS`` as an administrator runs it beside a server on ``data_dir`` (no
-    PICTOR_* or DATABASE_URL of the test run's own environment)."""
+    PICTOR_* or DATABASE_URL of the test run's own environment; ``env`` added)."""
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOR_")}
     env.pop("DATABASE_URL", None)
     env["PICTOR_DATA_DIR"] = str(data_dir)
+    env.update(extra)
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         env=env,

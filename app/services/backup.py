@@ -1,6 +1,7 @@
 """Backup and restore of a whole archive (issue #19): the index at one point in time
 (PostgreSQL's own dump, app.index.backup) and the stored files it references, to a
-directory; again and again, each time copying only the files the destination lacks.
+directory or an S3-compatible bucket (app.storage.targets); again and again, each
+time copying only the files the destination lacks.
 
 A destination holds::
 
@@ -20,10 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import io
 import logging
 import os
-import shutil
+import tempfile
 from pathlib import Path
+from typing import IO
 
 import msgspec
 
@@ -32,6 +36,7 @@ from app.config import Settings
 from app.index import backup as index
 from app.index.database import Pool
 from app.storage import BlobStore
+from app.storage.targets import BackupTarget
 
 log = logging.getLogger(__name__)
 
@@ -70,85 +75,96 @@ class BackupError(Exception):
 _manifest = msgspec.json.Decoder(Manifest)
 
 
-def backups(dest: Path) -> list[str]:
-    """The complete backups in ``dest``, oldest first."""
-    root = dest / "backups"
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file())
+def backups(target: BackupTarget) -> list[str]:
+    """The complete backups in ``target`` (those with a manifest), oldest first."""
+    suffix = "/manifest.json"
+    return sorted(
+        n[len("backups/") : -len(suffix)]
+        for n in target.listing("backups/")
+        if n.endswith(suffix) and n.count("/") == 2
+    )
 
 
-async def backup(settings: Settings, pool: Pool, store: BlobStore, dest: Path) -> BackupReport:
-    """Back the archive up into ``dest`` while it serves."""
+class _Hashing:
+    """A file object read through, its SHA-256 computed on the way."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _copy_out(store: BlobStore, target: BackupTarget, key: str) -> str:
+    with store.open_blob(key) as raw:
+        reader = _Hashing(raw)
+        target.put(f"files/{key}", reader)  # type: ignore[arg-type]
+    return reader.digest.hexdigest()
+
+
+async def backup(
+    settings: Settings, pool: Pool, store: BlobStore, target: BackupTarget
+) -> BackupReport:
+    """Back the archive up into ``target`` while it serves."""
     name = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    folder = dest / "backups" / name
-    folder.mkdir(parents=True)
-    files_dir = dest / "files"
+    folder = f"backups/{name}/"
     corrupt: list[str] = []
     limit = asyncio.Semaphore(PARALLEL)
 
     async def copy(f: index.StoredFile) -> bool:
         """Copy one file unless an earlier backup did (files never change); whether."""
-        target = files_dir / f.key
-        if target.is_file() and target.stat().st_size == f.size:
+        if await asyncio.to_thread(target.has, f"files/{f.key}", f.size):
             return False
         async with limit:
-            digest = await asyncio.to_thread(store.export_blob, f.key, target)
+            digest = await asyncio.to_thread(_copy_out, store, target, f.key)
         if digest != f.sha256:
             log.error("backup: %s does not have the SHA-256 recorded at ingest", f.key)
             corrupt.append(f.key)
         return True
 
-    async with index.snapshot(pool) as snap:
-        dumping = asyncio.ensure_future(
-            index.dump(settings.database_url, snap.id, folder / "index.dump")
-        )
-        done = await asyncio.gather(*(copy(f) for f in snap.files))
-        await dumping
-        files = snap.files
-    copied = sum(done)
-    bytes_copied = sum(f.size for f, d in zip(files, done) if d)
+    with tempfile.TemporaryDirectory(prefix=".backup-", dir=settings.data_dir) as work:
+        dump = Path(work) / "index.dump"
+        async with index.snapshot(pool) as snap:
+            dumping = asyncio.ensure_future(index.dump(settings.database_url, snap.id, dump))
+            done = await asyncio.gather(*(copy(f) for f in snap.files))
+            await dumping
+            files = snap.files
+        with open(dump, "rb") as f:
+            await asyncio.to_thread(target.put, folder + "index.dump", f)
     secret = settings.link_secret_path
-    if not settings.link_secret and secret.is_file():
-        shutil.copy2(secret, folder / "link-secret")
+    has_secret = not settings.link_secret and secret.is_file()
+    if has_secret:
+        with open(secret, "rb") as f:
+            await asyncio.to_thread(target.put, folder + "link-secret", f)
     manifest = Manifest(
-        format=FORMAT,
-        created=name,
-        pictor=__version__,
-        files=files,
-        link_secret=(folder / "link-secret").is_file(),
+        format=FORMAT, created=name, pictor=__version__, files=files, link_secret=has_secret
     )
-    _write_durably(folder / "manifest.json", msgspec.json.encode(manifest))  # complete now
+    encoded = io.BytesIO(msgspec.json.encode(manifest))
+    await asyncio.to_thread(target.put, folder + "manifest.json", encoded)  # complete now
     return BackupReport(
-        name=name, files=len(files), copied=copied, bytes_copied=bytes_copied, corrupt=corrupt
+        name=name,
+        files=len(files),
+        copied=sum(done),
+        bytes_copied=sum(f.size for f, d in zip(files, done) if d),
+        corrupt=corrupt,
     )
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    temp = path.with_name(path.name + ".part")
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def choose(src: Path, at: str | None) -> tuple[str, Manifest]:
+def choose(target: BackupTarget, at: str | None) -> tuple[str, Manifest]:
     """The backup to restore: ``at`` (a name, or a prefix of one), else the latest."""
-    names = backups(src)
+    names = backups(target)
+    where = target.describe()
     if not names:
-        raise BackupError(f"{src} holds no complete backup (no backups/*/manifest.json)")
+        raise BackupError(f"{where} holds no complete backup (no backups/*/manifest.json)")
     if at:
         names = [n for n in names if n.startswith(at)]
         if not names:
-            raise BackupError(f"{src} holds no backup named {at!r} (see pictor backup --list)")
+            raise BackupError(f"{where} holds no backup named {at!r} (see pictor backup --list)")
     name = names[-1]
-    manifest = _manifest.decode((src / "backups" / name / "manifest.json").read_bytes())
+    manifest = _manifest.decode(target.read(f"backups/{name}/manifest.json"))
     if manifest.format != FORMAT:
         raise BackupError(f"backup {name} has format {manifest.format}; this Pictor reads {FORMAT}")
     return name, manifest
@@ -162,31 +178,43 @@ def check_empty(data_dir: Path) -> None:
         )
 
 
-async def restore_index(pool: Pool, dsn: str, src: Path, name: str) -> None:
+async def restore_index(pool: Pool, dsn: str, target: BackupTarget, name: str) -> None:
     if not await index.is_empty(pool):
         raise BackupError("the database already holds an archive: a restore needs an empty one")
-    await index.restore(dsn, src / "backups" / name / "index.dump")
+    # (a command of its own: blocking the loop while the dump downloads stalls nothing)
+    with target.local(f"backups/{name}/index.dump") as path:
+        await index.restore(dsn, path)
+
+
+def _copy_in(store: BlobStore, target: BackupTarget, f: index.StoredFile) -> str:
+    try:
+        with target.local(f"files/{f.key}") as source:
+            return store.import_blob(f.key, source)
+    except FileNotFoundError:
+        raise BackupError(f"the backup lacks the file {f.key}") from None
 
 
 async def restore_files(
-    settings: Settings, store: BlobStore, src: Path, name: str, manifest: Manifest
+    settings: Settings, store: BlobStore, target: BackupTarget, name: str, manifest: Manifest
 ) -> RestoreReport:
     limit = asyncio.Semaphore(PARALLEL)
 
     async def put(f: index.StoredFile) -> None:
-        source = src / "files" / f.key
-        if not source.is_file():
-            raise BackupError(f"the backup lacks the file {f.key}")
         async with limit:
-            digest = await asyncio.to_thread(store.import_blob, f.key, source)
+            digest = await asyncio.to_thread(_copy_in, store, target, f)
         if digest != f.sha256:
             raise BackupError(f"the backup's copy of {f.key} is damaged (SHA-256 differs)")
 
     await asyncio.gather(*(put(f) for f in manifest.files))
-    total = sum(f.size for f in manifest.files)
     if manifest.link_secret:
-        target = settings.link_secret_path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / "backups" / name / "link-secret", target)
-        os.chmod(target, 0o600)
+        data = await asyncio.to_thread(target.read, f"backups/{name}/link-secret")
+        path = settings.link_secret_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    total = sum(f.size for f in manifest.files)
     return RestoreReport(name=name, files=len(manifest.files), bytes=total)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 
 def instance_key(study_uid: str, series_uid: str, sop_uid: str, version: str = "") -> str:
@@ -123,9 +123,8 @@ class BlobStore(Protocol):
     def free_bytes(self) -> int:
         """Bytes still available to new blobs (cheap: called per request)."""
 
-    def export_blob(self, key: str, target: Path) -> str:
-        """Copy the blob to the file ``target`` (durably, complete or not at all: a
-        backup); its SHA-256, computed on the way."""
+    def open_blob(self, key: str) -> IO[bytes]:
+        """The blob, to read through (a backup copies it; FileNotFoundError if absent)."""
 
     def import_blob(self, key: str, source: Path) -> str:
         """Store the file ``source`` as the blob ``key`` (a restore); its SHA-256."""

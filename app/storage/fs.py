@@ -39,6 +39,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from app.storage.base import Publication, Upload
 
@@ -312,8 +313,8 @@ class FileBlobStore:
         stat = os.statvfs(self.root)
         return stat.f_bavail * stat.f_frsize
 
-    def export_blob(self, key: str, target: Path) -> str:
-        return copy_durably(self.path(key), target)
+    def open_blob(self, key: str) -> IO[bytes]:
+        return open(self.path(key), "rb", buffering=0)  # noqa: SIM115 - the caller closes
 
     def import_blob(self, key: str, source: Path) -> str:
         return copy_durably(source, self.path(key))
