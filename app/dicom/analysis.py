@@ -37,6 +37,9 @@ from app.dicom.uids import uid_problem
 from app.errors import FailureReason, InstanceRejected
 
 _FRAGMENT_START_MARKERS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP")
+#: the ranges of the index's integer and smallint columns (schemas/001, 007)
+_INTEGER = (-(2**31), 2**31 - 1)
+_SMALLINT = (-(2**15), 2**15 - 1)
 
 
 class Frames(msgspec.Struct, array_like=True, frozen=True):
@@ -115,18 +118,20 @@ def _encapsulated_frames(
 ) -> Frames | None:
     """Group fragments into frames (PS3.5 A.4): offset tables first, then the data."""
     assert pixel.fragments is not None
-    bot, fragments = pixel.fragments[0], pixel.fragments[1:]
-    if not fragments:
+    if len(pixel.fragments) < 2:  # no Basic Offset Table item, or no fragment after it
         return None
+    bot, fragments = pixel.fragments[0], pixel.fragments[1:]
     offsets = [off for off, _ in fragments]
     lengths = [n for _, n in fragments]
     # position of each fragment's item tag relative to the first fragment's item tag
     rel = [off - 8 - (fragments[0][0] - 8) for off in offsets]
     starts: list[int] | None = None
     table: list[int] = []
-    if extended_offsets:
+    # a table of 8-byte (Extended) or 4-byte (Basic) offsets; one of another length is
+    # malformed, and frames are then found as if there were none
+    if extended_offsets and len(extended_offsets) % 8 == 0:
         table = list(struct.unpack(f"<{len(extended_offsets) // 8}Q", extended_offsets))
-    elif bot[1] >= 4:
+    elif bot[1] >= 4 and bot[1] % 4 == 0:
         raw = read_head(bot[0], bot[1])
         table = list(struct.unpack(f"<{bot[1] // 4}L", raw))
     if table:
@@ -186,10 +191,20 @@ def analyse_parsed(
     instance_json = {k: v for k, v in metadata.items() if int(k, 16) in INSTANCE_TAGS}
 
     def text(tag: int) -> str | None:
-        return first_text(ds, tag, charset)
+        value = first_text(ds, tag, charset)
+        if value is not None and "\x00" in value:
+            # NUL is padding (PS3.5 6.2), not text: a PostgreSQL text column refuses it
+            value = value.replace("\x00", "") or None
+        return value
 
-    def integer(tag: int) -> int | None:
-        return first_int(ds, tag, charset, le)
+    def integer(tag: int, bounds: tuple[int, int] = _INTEGER) -> int | None:
+        """The first value as an integer of the index column's type, or None (an IS
+        holds a 32-bit integer, PS3.5 6.2: one outside it, or "inf", is no value)."""
+        try:
+            value = first_int(ds, tag, charset, le)
+        except OverflowError:  # int(float("inf")), from an IS or DS of "1e999"
+            return None
+        return value if value is not None and bounds[0] <= value <= bounds[1] else None
 
     rows, columns = integer(0x00280010), integer(0x00280011)
     bits_allocated, samples = integer(0x00280100), integer(0x00280002) or 1
@@ -250,8 +265,8 @@ def analyse_parsed(
             "samples_per_pixel": samples if pixel is not None else None,
             "photometric_interpretation": text(0x00280004),
             "number_of_frames": number_of_frames if pixel is not None else None,
-            "pixel_representation": integer(0x00280103),
-            "planar_configuration": integer(0x00280006),
+            "pixel_representation": integer(0x00280103, _SMALLINT),
+            "planar_configuration": integer(0x00280006, _SMALLINT),
         },
         study_json=encode(study_json),
         series_json=encode(series_json),

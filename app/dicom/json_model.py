@@ -221,13 +221,15 @@ class Charset:
 
 def _strings(el: Element, charset: Charset) -> list[str]:
     assert el.value is not None
-    text = charset.decode(el.value, el.vr)
+    # NUL pads UI and binary values only (PS3.5 6.2): inside text it is no character,
+    # and PostgreSQL's jsonb cannot hold \u0000; the file itself keeps it
+    text = charset.decode(el.value, el.vr).replace("\x00", "")
     if el.vr in _SINGLE_VALUED_TEXT:
-        return [text.rstrip(" \x00")]
+        return [text.rstrip(" ")]
     values = text.split("\\")
     if el.vr in _STRIP_BOTH:
-        return [v.strip(" \x00") for v in values]
-    return [v.rstrip(" \x00") for v in values]
+        return [v.strip(" ") for v in values]
+    return [v.rstrip(" ") for v in values]
 
 
 def _number(text: str, vr: str) -> int | float | str | None:

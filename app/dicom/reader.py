@@ -38,6 +38,13 @@ PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 #: Non-binary values longer than this are not read into memory either.
 TEXT_LIMIT = 16 << 20
+#: Sequences nested deeper than this are refused. PS3.5 7.5 sets no bound, but the
+#: reader and the DICOM JSON built from its tree recurse once per level; no IOD nests
+#: anywhere near this deep (an SR content tree rarely passes ten levels).
+MAX_NESTING = 64
+#: A deflated data set (PS3.5 A.5) is inflated in memory: at most this much of it.
+MAX_INFLATED = 256 << 20
+_INFLATE_STEP = 1 << 20
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
@@ -127,6 +134,8 @@ class _Walker:
         self.u32 = struct.Struct(e + "L").unpack_from
         self.tag_len = struct.Struct(e + "HHL").unpack_from
         self.tag_vr_len = struct.Struct(e + "HH2sH").unpack_from
+        #: sequences entered and not yet left
+        self.depth = 0
 
     def need(self, pos: int, n: int) -> None:
         if pos + n > self.size:
@@ -176,7 +185,7 @@ class _Walker:
                 self.need(pos, 12)
                 length = self.u32(buf, pos + 8)[0]
                 pos += 12
-            elif vr.isalpha() and vr.isupper():
+            elif raw_vr.isalpha() and raw_vr.isupper():  # bytes: ASCII letters only
                 length = short_len
                 pos += 8
             else:
@@ -204,6 +213,18 @@ class _Walker:
         return Element(tag, vr, pos, length, value, header_offset=header), pos + length
 
     def sequence(self, pos: int, length: int, *, implicit: bool) -> tuple[list[DataSet], int]:
+        if self.depth >= MAX_NESTING:
+            raise DicomFormatError(
+                f"sequences are nested more than {MAX_NESTING} deep at byte {pos}"
+            )
+        self.depth += 1
+        try:
+            return self._items(pos, length, implicit=implicit)
+        finally:
+            self.depth -= 1
+
+    def _items(self, pos: int, length: int, *, implicit: bool) -> tuple[list[DataSet], int]:
+        """The items of a sequence whose value starts at ``pos`` (PS3.5 7.5.1)."""
         items: list[DataSet] = []
         end = self.size if length == UNDEFINED else pos + length
         if length != UNDEFINED:
@@ -315,6 +336,36 @@ def tail_offset(buf: Buffer) -> int | None:
         return None
 
 
+def _inflate(deflated: memoryview) -> bytearray:
+    """The data set of the Deflated Explicit VR Little Endian transfer syntax (PS3.5
+    A.5: raw deflate, RFC 1951), at most MAX_INFLATED bytes of it: deflate packs up to
+    1032 bytes into one, so a small upload could otherwise claim gigabytes. Inflated
+    step by step into one buffer, so that memory stays close to what is kept."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    body = bytearray()
+    try:
+        for start in range(0, len(deflated), _INFLATE_STEP):
+            pending: bytes | memoryview = deflated[start : start + _INFLATE_STEP]
+            while not inflater.eof:
+                room = min(_INFLATE_STEP, MAX_INFLATED + 1 - len(body))
+                piece = inflater.decompress(pending, room)
+                body += piece
+                if len(body) > MAX_INFLATED:
+                    raise DicomFormatError(
+                        f"the deflated data set inflates to more than {MAX_INFLATED >> 20} MiB"
+                    )
+                pending = inflater.unconsumed_tail
+                if not pending and len(piece) < room:
+                    break  # this step's input is used up
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise DicomFormatError(f"deflated data set cannot be inflated: {exc}") from None
+    if not inflater.eof:
+        raise DicomFormatError("deflated data set cannot be inflated: the stream is truncated")
+    return body
+
+
 def _parse(buf: Buffer, inline_limit: int) -> ParsedFile:
     view = memoryview(buf)
     meta, pos = _parse_meta(view)
@@ -322,10 +373,7 @@ def _parse(buf: Buffer, inline_limit: int) -> ParsedFile:
     offsets_in_file = True
     body: Buffer = view
     if ts == DEFLATED_EXPLICIT_VR_LE:
-        try:
-            body = zlib.decompress(bytes(view[pos:]), -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise DicomFormatError(f"deflated data set cannot be inflated: {exc}") from exc
+        body = _inflate(view[pos:])
         pos, offsets_in_file = 0, False
     little = ts != EXPLICIT_VR_BE
     implicit = _is_implicit(body, pos, ts)

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 from app.errors import BadRequest
 
+#: bounds on what the parser holds back between chunks: a part's header section, and
+#: the transport padding after a boundary (RFC 2046 5.1.1 sets no limit on either)
 _MAX_HEADER_BYTES = 16 * 1024
+_MAX_PADDING = 256
+#: the whitespace around a header field's value: SP and HTAB (RFC 9110 5.5, 5.6.3), not
+#: what str.strip() takes for whitespace (NO-BREAK SPACE, NEL, ...)
+_OWS = " \t"
 
 
 class MultipartError(BadRequest):
@@ -88,7 +94,13 @@ class MultipartParser:
     def __init__(self, boundary: str) -> None:
         if not boundary or len(boundary) > 70:
             raise MultipartError("the multipart boundary must have 1 to 70 characters (RFC 2046)")
-        self._dash_boundary = b"--" + boundary.encode("latin-1")
+        try:
+            # a header field's value is octets (RFC 9110 5.5), read as latin-1
+            self._dash_boundary = b"--" + boundary.encode("latin-1")
+        except UnicodeEncodeError:
+            raise MultipartError(
+                "the multipart boundary has a character that is not an octet (RFC 2046 5.1.1)"
+            ) from None
         self._delimiter = b"\r\n" + self._dash_boundary
         self._buf = bytearray()
         self._state = _PREAMBLE
@@ -182,9 +194,11 @@ class MultipartParser:
                     raise MultipartError("the body has a closing boundary but no part")
                 return False
             end = buf.find(b"\r\n")
+            # the bound holds whatever the chunking: a CR at the end of the buffer may
+            # still be the start of the CRLF
+            if end > _MAX_PADDING or (end < 0 and len(buf) > _MAX_PADDING + 1):
+                raise MultipartError("the boundary line is not followed by CRLF")
             if end < 0:
-                if len(buf) > 256:
-                    raise MultipartError("the boundary line is not followed by CRLF")
                 return False
             if buf[:end].strip(b" \t"):
                 raise MultipartError("unexpected characters after the boundary on its line")
@@ -198,11 +212,10 @@ class MultipartParser:
                 self._begin_body()
                 return True
             end = buf.find(b"\r\n\r\n")
+            # as above: up to three bytes of the empty line may be at the end of the buffer
+            if end > _MAX_HEADER_BYTES or (end < 0 and len(buf) > _MAX_HEADER_BYTES + 3):
+                raise MultipartError("a part's header section is larger than 16 KiB")
             if end < 0:
-                if len(buf) < 2:
-                    return False
-                if len(buf) > _MAX_HEADER_BYTES:
-                    raise MultipartError("a part's header section is larger than 16 KiB")
                 return False
             headers = _parse_headers(bytes(buf[:end]))
             del buf[: end + 4]
@@ -240,11 +253,11 @@ def _parse_headers(block: bytes) -> dict[str, str]:
     for raw in block.split(b"\r\n"):
         line = raw.decode("latin-1")
         if line[:1] in (" ", "\t") and name:  # obsolete line folding
-            headers[name] += " " + line.strip()
+            headers[name] += " " + line.strip(_OWS)
             continue
         if ":" not in line:
             raise MultipartError(f"malformed part header line: {line[:80]!r}")
         key, _, value = line.partition(":")
-        name = key.strip().lower()
-        headers[name] = value.strip()
+        name = key.strip(_OWS).lower()
+        headers[name] = value.strip(_OWS)
     return headers
