@@ -4,7 +4,6 @@ output, ``/health`` and ``/metrics``, and repaired from a backup."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -13,9 +12,6 @@ import httpx
 from conftest import Archive, multipart, pictor_cli
 from server import PictorProcess
 from synth import ct_slice, new_uids
-
-PICTOR = [sys.executable, "-m", "app.cli"]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _metric(base: str, name: str) -> float:
