@@ -310,6 +310,16 @@ def _is_implicit(body: Buffer, pos: int, ts: str) -> bool:
     return False
 
 
+def data_set_start(buf: Buffer) -> tuple[int, str] | None:
+    """Where the data set begins in a Part 10 file (after the File Meta Information,
+    PS3.10 7.1) and its transfer syntax; None if ``buf`` is not one."""
+    try:
+        meta, pos = _parse_meta(memoryview(buf))
+        return pos, _meta_transfer_syntax(meta)
+    except (DicomFormatError, struct.error, IndexError, UnicodeDecodeError):
+        return None
+
+
 def tail_offset(buf: Buffer) -> int | None:
     """Where the top-level elements before Pixel Data end in a Part 10 file, or a
     prefix of one: the position of the first element at or after (7FE0,0000), or the

@@ -23,6 +23,7 @@ class Existing(msgspec.Struct, frozen=True):
     sop_instance_uid: str
     file_sha256: str
     file_key: str
+    file_size: int = 0
 
 
 class NewInstance(msgspec.Struct, frozen=True):
@@ -37,7 +38,7 @@ async def find_existing(pool: asyncpg.Pool, sop_uids: Sequence[str]) -> dict[str
         return {}
     try:
         rows = await pool.fetch(
-            "SELECT pk, sop_instance_uid, file_sha256, file_key FROM instance"
+            "SELECT pk, sop_instance_uid, file_sha256, file_key, file_size FROM instance"
             " WHERE sop_instance_uid = ANY($1::text[])",
             list(sop_uids),
         )

@@ -27,7 +27,7 @@ import msgspec
 
 from app.config import Settings
 from app.dicom.analysis import Analysis, analyse_content
-from app.dicom.equivalence import same_instance
+from app.dicom.equivalence import MAX_DECODED, same_content, same_instance
 from app.dicom.iocm import KEY_OBJECT_SELECTION
 from app.errors import FailureReason, InstanceRejected, ServiceUnavailable, StorageFull
 from app.index import instances as index
@@ -265,7 +265,7 @@ class Ingest:
             uids = [a.sop_instance_uid for a in candidates.values()]
             existing = await index.find_existing(self.pool, uids)
             rejected = await self.lifecycle.rejected(uids)
-            resent = await self._resent(existing, candidates.values())
+            resent = await self._resent(existing, [(a, parts[i]) for i, a in candidates.items()])
         except ServiceUnavailable as exc:
             await self.discard(parts)  # nothing of this batch was published
             for i, a in candidates.items():
@@ -330,24 +330,38 @@ class Ingest:
         return self._final(parts, outcomes)
 
     async def _resent(
-        self, existing: dict[str, index.Existing], candidates: Iterable[Analysis]
+        self, existing: dict[str, index.Existing], candidates: Iterable[tuple[Analysis, Part]]
     ) -> set[int]:
         """The stored instances (primary keys) that a candidate with other bytes re-sends:
         the same data set in another encoding (another transfer syntax, another door's
-        File Meta Information; app.dicom.equivalence). The stored object is kept."""
+        File Meta Information; app.dicom.equivalence), pixels included. The stored
+        object is kept."""
         differing = {
-            old.pk: a
-            for a in candidates
+            old.pk: (a, part, old)
+            for a, part in candidates
             if (old := existing.get(a.sop_instance_uid)) is not None and old.file_sha256 != a.sha256
         }
         if not differing:
             return set()
         stored = await index.stored_metadata(self.pool, list(differing))
-        return {
-            pk
-            for pk, a in differing.items()
-            if pk in stored and same_instance(stored[pk], a.metadata)
-        }
+        same: set[int] = set()
+        for pk, (a, part, old) in differing.items():
+            if pk not in stored or not same_instance(stored[pk], a.metadata):
+                continue
+            if await asyncio.to_thread(self._same_content, old, part):
+                same.add(pk)
+        return same
+
+    def _same_content(self, old: index.Existing, part: Part) -> bool:
+        if max(old.file_size, part.temp.size) > MAX_DECODED:
+            return False  # not read whole to be compared: the duplicate rules apply
+        key = old.file_key
+        try:
+            kept = self.store.read_blocking(key)
+        except OSError:
+            return False
+        with part.temp.content() as received:
+            return same_content(kept, received)
 
     @staticmethod
     def _final(parts: Sequence[Part], outcomes: list[Outcome | None]) -> list[Outcome]:
@@ -464,7 +478,7 @@ class Ingest:
                 now = await index.find_existing(self.pool, [a.sop_instance_uid])
                 other = now.get(a.sop_instance_uid)
                 same = other is not None and (
-                    other.file_sha256 == a.sha256 or bool(await self._resent(now, [a]))
+                    other.file_sha256 == a.sha256 or bool(await self._resent(now, [(a, parts[i])]))
                 )
                 outcomes[i] = (
                     _outcome(a, ALREADY_STORED)

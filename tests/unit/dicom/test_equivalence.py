@@ -8,7 +8,7 @@ import pydicom
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from app.dicom.analysis import analyse_content
-from app.dicom.equivalence import same_instance
+from app.dicom.equivalence import same_content, same_instance
 
 from synth import ct_slice, new_uids
 
@@ -73,3 +73,25 @@ def test_sequences_are_compared_item_by_item() -> None:
 def test_malformed_json_is_never_the_same() -> None:
     data, _ = _original()
     assert not same_instance(b"{not json", _metadata(data))
+
+
+def test_pixels_decide_too_in_one_syntax_and_in_two() -> None:
+    """Equal headers are not enough: a second object with other pixel values under the
+    same UIDs is another object (it replaces or is refused), in the same transfer syntax
+    (bytes compared) and in another (decoded pixels compared)."""
+    study, series = new_uids()
+    first = ct_slice(study, series, 0, rows=32, cols=32, seed=1)
+    other = ct_slice(study, series, 0, rows=32, cols=32, seed=2)
+    assert same_instance(_metadata(first), _metadata(other))  # headers alike
+    assert not same_content(first, other)
+    assert same_content(first, first)
+    rle = pydicom.dcmread(io.BytesIO(first))
+    rle.compress(RLELossless, generate_instance_uid=False)
+    assert same_content(first, _encode(rle))
+    rle_other = pydicom.dcmread(io.BytesIO(other))
+    rle_other.compress(RLELossless, generate_instance_uid=False)
+    assert not same_content(first, _encode(rle_other))
+    meta = pydicom.dcmread(io.BytesIO(first))
+    meta.file_meta.SourceApplicationEntityTitle = "ROUTER"  # another door's meta only
+    assert same_content(first, _encode(meta))
+    assert not same_content(first, b"not DICOM")
