@@ -56,11 +56,12 @@ class PictorProcess:
             {
                 "PICTOR_DATA_DIR": str(self.data_dir),
                 "PICTOR_PORT": str(self.port),
-                "PICTOR_WORKERS": str(self.workers),
                 "PICTOR_DIMSE_PORT": "0",
                 "PICTOR_LOG_LEVEL": "warning",
             }
         )
+        if self.workers:  # 0: the server's default (two per core)
+            env["PICTOR_WORKERS"] = str(self.workers)
         env.update(self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
