@@ -52,6 +52,17 @@ async def files_after(
     return [Checked(*r) for r in rows]
 
 
+async def stored_file(pool: asyncpg.Pool, file_key: str) -> Checked | None:
+    """The stored instance whose file is ``file_key``, if any."""
+    row = await pool.fetchrow(
+        """SELECT i.pk, i.sop_instance_uid, s.study_uid, i.file_key, i.file_size,
+                  i.file_sha256
+           FROM instance i JOIN study s ON s.pk = i.study_pk WHERE i.file_key = $1""",
+        file_key,
+    )
+    return Checked(*row) if row is not None else None
+
+
 async def record(pool: asyncpg.Pool, found: Sequence[tuple[Checked, str | None]]) -> None:
     """Each checked file's outcome: a problem kept (first seen kept), or cleared."""
     bad = [(c.file_key, c.sop_instance_uid, c.study_uid, p) for c, p in found if p]

@@ -17,7 +17,7 @@ import msgspec
 
 from app.index import fixity as index
 from app.index.database import INDEX_ERRORS, Pool
-from app.index.fixity import Checked, Problem
+from app.index.fixity import Checked
 from app.storage import BlobStore
 from app.tasks import stop_task
 
@@ -79,7 +79,7 @@ async def repair(pool: Pool, store: BlobStore, backup: Path) -> tuple[list[str],
     left: list[str] = []
     for problem in await index.problems(pool):
         source = backup / "files" / problem.file_key
-        item = await _item(pool, problem)
+        item = await index.stored_file(pool, problem.file_key)
         if item is None or not source.is_file() or await _sha256(source) != item.file_sha256:
             left.append(problem.file_key)
             continue
@@ -90,13 +90,6 @@ async def repair(pool: Pool, store: BlobStore, backup: Path) -> tuple[list[str],
         if not outcome:
             log.warning("fixity: %s repaired from %s", item.file_key, backup)
     return repaired, left
-
-
-async def _item(pool: Pool, problem: Problem) -> Checked | None:
-    for item in await index.files_after(pool, 0, 1_000_000, problem.study_uid):
-        if item.file_key == problem.file_key:
-            return item
-    return None
 
 
 async def _sha256(path: Path) -> str:
