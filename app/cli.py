@@ -111,7 +111,7 @@ def serve(args: argparse.Namespace) -> int:
         watched: list[_Watched] = []
         if embedded is not None:
             watched.append(
-                _Watched("the embedded PostgreSQL", embedded.is_running, embedded.restart)
+                _Watched("the embedded PostgreSQL", lambda: embedded.running, embedded.restart)
             )
         # server processes read their settings from the environment
         os.environ.update(to_environment(settings))
@@ -122,7 +122,7 @@ def serve(args: argparse.Namespace) -> int:
                     f"pictor: the DIMSE process did not start listening on port "
                     f"{settings.dimse_port}; see above"
                 )
-            watched.append(_Watched("the DIMSE process", dimse.alive, dimse.restart))
+            watched.append(_Watched("the DIMSE process", dimse.alive, dimse.start))
         watchdog = _Watchdog(watched)
         watchdog.start()
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -292,9 +292,6 @@ class _DimseProcess:
         """Running, or ended on purpose: SIGINT / SIGTERM end it with status 0 (Ctrl-C
         reaches it together with the supervisor); a crash or a kill does not."""
         return self.proc is None or self.proc.poll() in (None, 0)
-
-    def restart(self) -> bool:
-        return self.start()
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -214,9 +214,6 @@ class EmbeddedPostgres:
         """Whether the postmaster of the directory is alive."""
         return _postmaster_alive(self.directory)
 
-    def is_running(self) -> bool:
-        return self.running
-
     def stop(self) -> None:
         """Stop the server (fast shutdown: open sessions are ended, data is flushed),
         unless another process still uses it."""
