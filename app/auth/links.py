@@ -23,6 +23,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from app.config import Settings
+from app.text import ascii_int
 
 PREFIX = "pl_"
 COOKIE = "pictor_link"
@@ -91,9 +92,9 @@ def verify(secret: bytes, token: str, now: float | None = None) -> tuple[str, in
     if not hmac.compare_digest(mac, hmac.new(secret, payload, sha256).digest()):
         raise LinkError("the study link's signature does not match")
     study, _, expires_text = payload.decode("utf-8", "replace").partition("\0")
-    if not expires_text.isdigit():
+    expires = ascii_int(expires_text)
+    if expires is None:
         raise LinkError("malformed study link")
-    expires = int(expires_text)
     if expires <= (time.time() if now is None else now):
         raise LinkError("the study link has expired")
     return study, expires
@@ -105,6 +106,7 @@ def parse_ttl(text: str) -> int:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     factor = units.get(text[-1:], 0)
     number = text[:-1] if factor else text
-    if not number.isdigit():
-        raise LinkError(f"TTL {text!r} is not a duration such as 30m, 1h or 7d")
-    return int(number) * (factor or 1)
+    count = ascii_int(number, 9)
+    if count is None:
+        raise LinkError(f"TTL {text[:40]!r} is not a duration such as 30m, 1h or 7d")
+    return count * (factor or 1)

@@ -25,6 +25,7 @@ from app.errors import NotFound, RangeNotSatisfiable
 from app.services import retrieve
 from app.services.retrieve import StoredInstance
 from app.storage import BlobStore
+from app.text import ascii_int
 
 # -- bulk data --------------------------------------------------------------------------
 
@@ -46,15 +47,22 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first_text, dash, last_text = spec.strip().partition("-")
-    if not dash or not (first_text + last_text).isdigit():
-        raise RangeNotSatisfiable(f"malformed Range header {header!r}", size)
-    if not first_text:  # suffix: the last N bytes
-        length = min(int(last_text), size)
+    first = ascii_int(first_text) if first_text else None
+    last_given = ascii_int(last_text) if last_text else None
+    if (
+        not dash
+        or (first_text and first is None)
+        or (last_text and last_given is None)
+        or (first is None and last_given is None)
+    ):
+        raise RangeNotSatisfiable(f"malformed Range header {header[:100]!r}", size)
+    if first is None:  # suffix: the last N bytes
+        assert last_given is not None
+        length = min(last_given, size)
         if length == 0:
             raise RangeNotSatisfiable(f"Range {header!r} selects nothing", size)
         return size - length, length
-    first = int(first_text)
-    last = min(int(last_text), size - 1) if last_text else size - 1
+    last = min(last_given, size - 1) if last_given is not None else size - 1
     if first >= size or last < first:
         raise RangeNotSatisfiable(f"Range {header!r} is outside the {size}-byte value", size)
     return first, last - first + 1

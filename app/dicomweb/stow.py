@@ -35,6 +35,7 @@ from app.dicomweb.urls import instance_url, request_base_url, study_url
 from app.errors import BadRequest, FailureReason, ServiceUnavailable, UnsupportedMediaType
 from app.services.ingest import BATCH, FAILED, INDEX_DOWN, STORAGE_FULL, Ingest, Outcome, Part
 from app.storage import Upload
+from app.text import ascii_int
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ async def store_instances(request: Request[Any, Any, Any]) -> Response[bytes]:
         raise BadRequest(f"the Study Instance UID in the URL {problem}")
     ingest: Ingest = request.app.state.ingest
     length = request.headers.get("content-length", "")
-    ingest.check_space(int(length) if length.isdigit() else 0)  # 507 before the body
+    ingest.check_space(ascii_int(length, 19) or 0)  # 507 before the body
     upload = _Upload(ingest, study, who_of(request.scope), may(request.scope, DELETE))
     failure = ""
     try:

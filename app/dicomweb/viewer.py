@@ -40,6 +40,7 @@ from app.dicom.uids import uid_problem
 from app.dicomweb.urls import request_base_url
 from app.errors import BadRequest, PictorError
 from app.services.search import Level, build_query, run
+from app.text import ascii_int
 
 #: media types the browser needs exactly (WebAssembly.instantiateStreaming insists on
 #: application/wasm); others come from :mod:`mimetypes`
@@ -284,7 +285,7 @@ async def _invoke(request: Request[Any, Any, Any]) -> str:
             modalities = _list(params["modalitiesinstudy"], "modalitiesInStudy")
             search_params.append(("ModalitiesInStudy", ",".join(modalities)))
         recent = params.get("mostrecentresults", "").strip()
-        if recent and (not recent.isdigit() or int(recent) < 1):
+        if recent and ((ascii_int(recent) or 0) < 1):
             raise BadRequest(f"mostRecentResults {recent!r} is not a positive number")
         studies = [
             s.uid

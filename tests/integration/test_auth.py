@@ -616,6 +616,11 @@ def test_admin_api_links_and_tokens(secured: Secured) -> None:
     assert r.status_code == 201, r.text
     url = r.json()["url"]
     assert url.startswith(f"{secured.base}/link/pl_")
+    for ttl in ("\u00b2h", "9" * 5000, "1.5h", "", "-1m"):  # never a 500
+        bad = secured.get(
+            "/admin/links", admin, method="POST", json={"study": secured.study, "ttl": ttl}
+        )
+        assert bad.status_code == 400 and "TTL" in bad.json()["message"], (ttl[:10], bad.text)
     assert (
         secured.get(f"/dicom-web/studies/{secured.study}/metadata", r.json()["token"]).status_code
         == 200

@@ -290,6 +290,11 @@ def test_bulk_data_byte_ranges(archive: Archive, stored: dict) -> None:
     assert r.status_code == 416
     r = archive.http.get(uri, headers={**single, "Range": "bytes=0-1,5-6"})
     assert r.status_code == 200 and r.content == value
+    # digits that are not ASCII ("²".isdigit() is true, int() refuses it), and more
+    # digits than int() reads: 416, never a 500
+    for spec in ("\u00b2-", "0-\u00b3", "-\u00b9", "0-" + "9" * 5000, "9" * 5000 + "-"):
+        r = archive.http.get(uri, headers={**single, "Range": f"bytes={spec}".encode("latin-1")})
+        assert r.status_code == 416, spec[:20]
 
 
 def test_search_answers_while_workers_transcode(archive: Archive, tmp_path: Path) -> None:

@@ -173,6 +173,16 @@ def test_iid_patient(site: tuple[httpx.Client, dict[str, str]]) -> None:
             400,
             "mostRecentResults",
         ),
+        (
+            {"requestType": "PATIENT", "patientID": "X", "mostRecentResults": "\u00b2"},
+            400,
+            "mostRecentResults",
+        ),
+        (
+            {"requestType": "PATIENT", "patientID": "X", "mostRecentResults": "9" * 5000},
+            400,
+            "mostRecentResults",
+        ),
     ],
 )
 def test_iid_errors_are_pages(
