@@ -35,7 +35,7 @@ from app import __version__
 from app.config import Settings
 from app.index import backup as index
 from app.index.database import Pool
-from app.storage import BlobStore
+from app.storage import BlobStore, is_instance_key
 from app.storage.targets import BackupTarget
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,15 @@ def choose(target: BackupTarget, at: str | None) -> tuple[str, Manifest]:
         if not names:
             raise BackupError(f"{where} holds no backup named {at!r} (see pictor backup --list)")
     name = names[-1]
-    manifest = _manifest.decode(target.read(f"backups/{name}/manifest.json"))
+    try:
+        manifest = _manifest.decode(target.read(f"backups/{name}/manifest.json"))
+    except msgspec.DecodeError as exc:
+        raise BackupError(f"backup {name} has a damaged manifest: {exc}") from None
     if manifest.format != FORMAT:
         raise BackupError(f"backup {name} has format {manifest.format}; this Pictor reads {FORMAT}")
+    bad = next((f.key for f in manifest.files if not is_instance_key(f.key)), None)
+    if bad is not None:  # it would become a file name in the new data directory
+        raise BackupError(f"backup {name} lists a file that is not a stored instance's: {bad!r}")
     return name, manifest
 
 

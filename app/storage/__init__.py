@@ -2,7 +2,15 @@
 (app.storage.base): the file system (app.storage.fs), memory for tests
 (app.storage.memory); S3-compatible object storage is to come."""
 
-from app.storage.base import BlobStore, Publication, Upload, instance_key
+from app.storage.base import BlobStore, Publication, Upload, instance_key, is_instance_key
 from app.storage.fs import FileBlobStore, TempBlob
 
-__all__ = ["BlobStore", "FileBlobStore", "Publication", "TempBlob", "Upload", "instance_key"]
+__all__ = [
+    "BlobStore",
+    "FileBlobStore",
+    "Publication",
+    "TempBlob",
+    "Upload",
+    "instance_key",
+    "is_instance_key",
+]

@@ -16,10 +16,21 @@ key's location: only keys.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Protocol
+
+#: what :func:`instance_key` makes: three UIDs (a digit first, then digits and dots) and
+#: an optional hex version; never "..", never absolute
+_KEY = re.compile(r"(?:[0-9][0-9.]{0,63}/){2}[0-9][0-9.]{0,63}(?:\.[0-9a-f]{1,32})?\.dcm")
+
+
+def is_instance_key(key: str) -> bool:
+    """Whether ``key`` is one :func:`instance_key` could have made: a key read from
+    outside (a backup's manifest) must be, before it becomes a file name."""
+    return _KEY.fullmatch(key) is not None
 
 
 def instance_key(study_uid: str, series_uid: str, sop_uid: str, version: str = "") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -156,6 +157,21 @@ def test_an_older_backup_is_restored_with_at_and_damage_is_refused(tmp_path: Pat
     bad = pictor_cli("restore", str(dest), data_dir=tmp_path / "bad")
     assert bad.returncode != 0 and "damaged" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
+    # a tampered manifest: a key that would be a file name outside the storage
+    hostile = tmp_path / "hostile"
+    shutil.copytree(dest, hostile)
+    last = sorted((hostile / "backups").iterdir())[-1] / "manifest.json"
+    for key in ("../../../../outside.dcm", "/etc/passwd", "1.2/3.4/..dcm", "a/b/c.dcm"):
+        manifest = json.loads(last.read_text())
+        manifest["files"][0][0] = key
+        last.write_text(json.dumps(manifest))
+        refused = pictor_cli("restore", str(hostile), data_dir=tmp_path / "h")
+        assert refused.returncode != 0, key
+        assert "not a stored instance's" in refused.stderr and "Traceback" not in refused.stderr
+        assert not (tmp_path / "h").exists() and not (tmp_path / "outside.dcm").exists()
+    last.write_text("{not json")
+    broken = pictor_cli("restore", str(hostile), data_dir=tmp_path / "h")
+    assert broken.returncode != 0 and "damaged manifest" in broken.stderr
     missing = pictor_cli("restore", str(tmp_path / "nothing"), data_dir=tmp_path / "none")
     assert missing.returncode != 0 and "no complete backup" in missing.stderr
 
