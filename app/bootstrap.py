@@ -13,7 +13,7 @@ from app.config import Settings
 from app.index.database import EmbeddedPostgres, Pool, apply_migrations, create_pool, migrations
 from app.index.instances import referenced_keys
 from app.services.lifecycle import Lifecycle
-from app.storage import BlobStore, FileBlobStore
+from app.storage import BlobStore, open_blob_store
 
 log = logging.getLogger("pictor")
 
@@ -55,8 +55,11 @@ def schema_version() -> int:
 
 
 def open_store(settings: Settings) -> BlobStore:
-    """The archive's blob store, as the settings say (the data directory's storage)."""
-    return FileBlobStore(settings.storage_dir, settings.tmp_dir)
+    """The archive's blob store, as the settings say: ``PICTOR_STORAGE_URL``, else the
+    data directory's ``storage/``."""
+    return open_blob_store(
+        settings.storage_url, settings.storage_dir, settings.tmp_dir, settings.s3_endpoint_url
+    )
 
 
 @asynccontextmanager

@@ -516,11 +516,11 @@ def _settings_patch(assignments: list[str]) -> dict[str, Any]:
 
 def _errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
     """A backup's or a restore's errors to report in one line: ``more``, the file
-    system's, the tools', and boto3's (backups to S3; imported only when an error is
-    being handled)."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    system's, the tools', and the S3 client's (imported only when an error is being
+    handled)."""
+    from app.storage.targets import client_errors
 
-    return (*more, OSError, RuntimeError, BotoCoreError, ClientError)
+    return (*more, OSError, RuntimeError, *client_errors())
 
 
 def backup(args: argparse.Namespace) -> int:

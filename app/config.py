@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -52,6 +53,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: refused (507 over STOW, A700 over C-STORE) before the disk fills up and takes the
     #: database with it; reads, deletes and the purge go on
     min_free_bytes: int = 1 << 30
+    #: where stored instances live: ``file:///path`` (empty: ``<data_dir>/storage``) or
+    #: ``s3://bucket[/prefix]`` (an S3-compatible bucket; see ``s3_endpoint_url``). All
+    #: nodes of one archive use the same URL
+    storage_url: str = ""
     #: the S3 API endpoint of an S3-compatible store (MinIO, Ceph, Garage, ...); empty:
     #: AWS. Credentials and region: the standard AWS_* variables
     s3_endpoint_url: str = ""
@@ -183,6 +188,7 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_MIN_FREE_BYTES": "min_free_bytes",
     "PICTOR_SCRUB_RATE": "scrub_rate",
     "PICTOR_S3_ENDPOINT_URL": "s3_endpoint_url",
+    "PICTOR_STORAGE_URL": "storage_url",
     "PICTOR_PURGE_INTERVAL": "purge_interval",
     "PICTOR_WORKERS": "workers",
     "PICTOR_LOG_LEVEL": "log_level",
@@ -299,6 +305,27 @@ def normalize_origin(text: str) -> str:
     return origin
 
 
+def check_storage_url(url: str) -> None:
+    """``PICTOR_STORAGE_URL`` names a directory (``file:///path``) or a bucket
+    (``s3://bucket[/prefix]``), else a clear error."""
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme == "file" and parts.path.startswith("/") and parts.netloc in ("", "localhost"):
+        return
+    plain = all(segment not in (".", "..") for segment in parts.path.split("/"))
+    if parts.scheme == "s3" and _BUCKET.fullmatch(parts.netloc) and not parts.query and plain:
+        return
+    raise ConfigError(
+        f"PICTOR_STORAGE_URL={url!r} is not file:///absolute/path nor s3://bucket[/prefix] "
+        "(a bucket name has 3 to 63 lower-case letters, digits, dots and hyphens)"
+    )
+
+
+#: S3 bucket names (AWS's rules, which S3-compatible servers follow)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -324,6 +351,7 @@ def load_settings(
         raise ConfigError(
             f"PICTOR_LOG_LEVEL={settings.log_level!r}: use one of {', '.join(LOG_LEVELS)}"
         )
+    check_storage_url(settings.storage_url)
     if not 0 < settings.port < 65536 or not 0 <= settings.dimse_port < 65536:
         raise ConfigError("ports must be between 1 and 65535 (DIMSE port 0 turns DIMSE off)")
     if not 0 < len(settings.dimse_ae_title.strip()) <= 16:

@@ -20,6 +20,7 @@ import pydicom  # noqa: E402
 from pydicom.filebase import DicomBytesIO  # noqa: E402
 
 from corpus import reference_files  # noqa: E402
+from s3server import MotoServer  # noqa: E402
 from server import PictorProcess  # noqa: E402
 from synth import ct_slice, new_uids  # noqa: E402
 
@@ -170,3 +171,14 @@ def stored(archive: Archive) -> dict[str, object]:
         "datasets": datasets,
         "corpus": corpus,
     }
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """One S3 protocol server on loopback for the session (each test takes buckets of
+    its own with ``new_bucket``)."""
+    server = MotoServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -42,6 +42,13 @@ class BackupTarget(Protocol):
     def describe(self) -> str: ...
 
 
+def client_errors() -> tuple[type[Exception], ...]:
+    """The errors the S3 client (boto3) raises, for callers that report them."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
+
+
 def open_target(location: str, endpoint: str = "") -> BackupTarget:
     """The target of ``location``: ``s3://bucket[/prefix]``, else a directory path."""
     if location.startswith("s3://"):

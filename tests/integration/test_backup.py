@@ -7,10 +7,7 @@ import asyncio
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,8 @@ from app.services.lifecycle import Lifecycle
 from app.storage import FileBlobStore
 
 from conftest import Archive, multipart, pictor_cli
-from server import PictorProcess, free_port
+from s3server import MotoServer
+from server import PictorProcess
 from synth import ct_slice, new_uids
 
 
@@ -208,42 +206,11 @@ def test_the_purge_waits_while_a_backup_copies(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def s3(tmp_path: Path) -> Iterator[dict[str, str]]:
+def s3(moto: MotoServer) -> dict[str, str]:
     """An S3 protocol server on loopback (moto in server mode, which nobody here wrote)
     with one bucket; the environment a backup to it needs."""
-    import boto3
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {
-        "PICTOR_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-    }
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                boto3.client(
-                    "s3",
-                    endpoint_url=env["PICTOR_S3_ENDPOINT_URL"],
-                    aws_access_key_id="test",
-                    aws_secret_access_key="test",
-                    region_name="us-east-1",
-                ).create_bucket(Bucket="pacs-backup")
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                assert time.monotonic() < deadline, "moto did not start"
-                time.sleep(0.2)
-        yield env
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    moto.new_bucket("pacs-backup")
+    return moto.env
 
 
 def test_backup_to_s3_and_restore_from_it(tmp_path: Path, s3: dict[str, str]) -> None:

@@ -1,5 +1,6 @@
 """The BlobStore contract (app.storage.base), run on every implementation: the file
-system (real files in a temporary directory) and memory. Crash recovery of the file
+system (real files in a temporary directory), an S3 bucket (moto's S3 server on
+loopback) and memory. Crash recovery of the file
 system (sweep after SIGKILL) is in tests/integration/test_blob_store.py and
 test_crash.py."""
 
@@ -14,6 +15,9 @@ import pytest
 
 from app.storage import BlobStore, FileBlobStore, instance_key
 from app.storage.memory import MemoryBlobStore
+from app.storage.s3 import S3BlobStore
+
+from s3server import MotoServer
 
 Factory = Callable[[Path], BlobStore]
 STORES: dict[str, Factory] = {
@@ -22,8 +26,14 @@ STORES: dict[str, Factory] = {
 }
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=[*sorted(STORES), "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    if request.param == "s3":
+        moto: MotoServer = request.getfixturevalue("moto")
+        monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+        for name, value in moto.env.items():
+            monkeypatch.setenv(name, value)  # the client reads the AWS_* variables itself
+        return S3BlobStore(moto.new_bucket(), "site/a", moto.endpoint, tmp_path / "tmp")
     return STORES[request.param](tmp_path)
 
 
@@ -123,7 +133,7 @@ def test_an_aborted_upload_is_gone(store: BlobStore) -> None:
         assert await store.probe() > 0
 
     asyncio.run(run())
-    if isinstance(store, FileBlobStore):
+    if isinstance(store, FileBlobStore | S3BlobStore):
         assert list(store.tmp.iterdir()) == []
     else:
         assert isinstance(store, MemoryBlobStore) and not store.uploads
