@@ -1,12 +1,13 @@
 """Server memory during one very large STOW-RS upload (streaming, DESIGN.md decision 3).
 
-Usage: python benchmarks/stow_memory.py [--gb 2] [--multipart]
+Usage: python benchmarks/stow_memory.py [--gb 2] [--multipart] [--s3]
 
 Writes a native multi-frame instance of ``--gb`` GB to disk, streams it to a fresh
 server in 1 MiB chunks (as ``application/dicom``, or as one part of a
 ``multipart/related`` body with ``--multipart``), samples the resident memory of all
 server processes every 20 ms, and checks the stored file is byte-identical. Prints the
-RSS before, the peak during, and the difference.
+RSS before, the peak during, and the difference. ``--s3``: the archive stores to a
+bucket of moto's S3 server on loopback (issue #16), and the object is checked.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import uvloop
 
 from _client import BOUNDARY, MULTIPART, Connection
+from s3server import MotoServer
 from server import PictorProcess
 from synth import big_multiframe
 
@@ -34,10 +36,12 @@ def main() -> None:
     )
     parser.add_argument("--gb", type=float, default=2.0)
     parser.add_argument("--multipart", action="store_true")
-    parser.add_argument(
-        "--json", type=Path, default=Path(__file__).parent / "results" / "stow_memory.json"
-    )
+    parser.add_argument("--s3", action="store_true", help="store to an S3 bucket (moto)")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.json is None:
+        name = "stow_memory_s3.json" if args.s3 else "stow_memory.json"
+        args.json = Path(__file__).parent / "results" / name
 
     with tempfile.TemporaryDirectory(
         prefix="pictor-mem-", dir=os.environ.get("PICTOR_BENCH_DIR")
@@ -63,7 +67,12 @@ def main() -> None:
                     yield chunk
             yield tail
 
-        server = PictorProcess(root / "data", workers=1).start()
+        moto = MotoServer().start() if args.s3 else None
+        env = {}
+        if moto is not None:
+            bucket = moto.new_bucket()
+            env = {**moto.env, "PICTOR_STORAGE_URL": f"s3://{bucket}/mem"}
+        server = PictorProcess(root / "data", workers=1, env=env).start()
         try:
             time.sleep(1)
             baseline = server.rss()
@@ -95,20 +104,31 @@ def main() -> None:
             sampler.join()
             if status != 200:
                 raise RuntimeError(f"STOW answered {status}: {answer[:300]!r}")
-            stored = list((root / "data" / "storage").rglob("*.dcm"))
             check = hashlib.sha256()
-            with open(stored[0], "rb") as f:
-                while chunk := f.read(1 << 22):
+            if moto is not None:
+                s3 = moto.client()
+                (key,) = [k for k in moto.keys(bucket, "mem/") if "/.pictor/" not in k]
+                for chunk in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 22):
                     check.update(chunk)
-            if len(stored) != 1 or check.hexdigest() != digest.hexdigest():
+                count = 1
+            else:
+                stored = list((root / "data" / "storage").rglob("*.dcm"))
+                count = len(stored)
+                with open(stored[0], "rb") as f:
+                    while chunk := f.read(1 << 22):
+                        check.update(chunk)
+            if count != 1 or check.hexdigest() != digest.hexdigest():
                 raise RuntimeError("the stored file differs from the upload")
         finally:
             server.stop()
+            if moto is not None:
+                moto.stop()
 
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "upload_bytes": size,
         "multipart": args.multipart,
+        "storage": "s3" if args.s3 else "file",
         "seconds": round(elapsed, 2),
         "mb_per_s": round(size / elapsed / 1e6, 1),
         "rss_before_mb": round(baseline / 1e6, 1),
@@ -116,7 +136,8 @@ def main() -> None:
         "rss_growth_mb": round((peak - baseline) / 1e6, 1),
     }
     print(
-        f"{size / 1e9:.2f} GB upload ({'multipart' if args.multipart else 'application/dicom'}) "
+        f"{size / 1e9:.2f} GB upload ({'multipart' if args.multipart else 'application/dicom'}, "
+        f"{'S3' if args.s3 else 'file'} storage) "
         f"in {elapsed:.1f} s ({results['mb_per_s']} MB/s): server RSS {results['rss_before_mb']} MB "
         f"before, {results['rss_peak_mb']} MB peak, growth {results['rss_growth_mb']} MB"
     )
