@@ -50,7 +50,6 @@ def serve(args: argparse.Namespace) -> int:
     import msgspec
     import uvicorn
 
-    from app.auth.links import load_secret
     from app.bootstrap import EmbeddedPostgres, prepare
     from app.config import exposure_problem, to_environment
     from app.errors import PictorError
@@ -82,7 +81,6 @@ def serve(args: argparse.Namespace) -> int:
         problem = port_problem(settings.host, port, what, option) if port else None
         if problem:
             sys.exit(f"pictor: {problem}")
-    load_secret(settings)  # the link secret exists before the server processes share it
     embedded: EmbeddedPostgres | None = None
     watchdog: _Watchdog | None = None
     metrics_dir: Path | None = None
@@ -659,12 +657,22 @@ def link(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if (problem := uid_problem(args.study)) is not None:
         sys.exit(f"pictor: the study UID {problem}")
+    import asyncio
+
+    from app.bootstrap import open_index
+    from app.errors import PictorError
+
+    async def secret() -> bytes:
+        async with open_index(settings) as pool:
+            return await links.load_secret(settings, pool)
+
     try:
-        token, expires = links.sign(
-            links.load_secret(settings), args.study, links.parse_ttl(args.ttl)
-        )
+        ttl = links.parse_ttl(args.ttl)
+        token, expires = links.sign(asyncio.run(secret()), args.study, ttl)
     except links.LinkError as exc:
         sys.exit(f"pictor: {exc}")
+    except PictorError as exc:
+        sys.exit(f"pictor: {exc.message}")
     root = args.base_url or settings.public_base_url.removesuffix("/dicom-web")
     if not root:
         scheme = "https" if settings.tls_cert else "http"

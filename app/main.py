@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,11 +78,14 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             app.state.ingest = Ingest(settings, pool, store, app.state.lifecycle)
             app.state.instances = InstanceCache(pool)
             audit = AuditLog(pool) if settings.audit_enabled else None
+            link_secret = links.LinkSecret(settings, pool)
+            with contextlib.suppress(ServiceUnavailable):  # else read once the index answers
+                await link_secret.get()
             app.state.access = Access(
                 enforce=settings.auth,
                 tokens=TokenVerifier(pool, settings.auth_cache_seconds),
                 jwts=JwtVerifier(settings) if settings.oidc_enabled else None,
-                link_secret=await asyncio.to_thread(links.load_secret, settings),
+                link_secret=link_secret,
                 audit=audit,
             )
             if audit is not None:

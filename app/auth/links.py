@@ -3,9 +3,13 @@
 A link token is ``pl_`` + base64url(``STUDY_UID`` NUL ``expiry``) + ``.`` +
 base64url(HMAC-SHA256(secret, that payload)). Anyone holding it may read that study
 (the viewer, DICOMweb metadata, frames, rendered images) until it expires; it names no
-person, so the audit trail records it as ``link:STUDY_UID``. Changing the secret
-(``PICTOR_LINK_SECRET`` or the ``link-secret`` file of the data directory) invalidates
-every link issued.
+person, so the audit trail records it as ``link:STUDY_UID``.
+
+The secret is ``PICTOR_LINK_SECRET``, else the archive's own, kept in the index
+(``archive_secret``) so that every node of the archive signs and verifies with the
+same key (issue #16: a per-node file made a link from one node fail on the other). The
+first start writes it, taking an existing ``<data_dir>/link-secret`` file's value so
+that links issued before keep working. Changing the secret invalidates every link.
 
 The link URL (``/link/TOKEN``) is answered by :mod:`app.auth.middleware`: it sets an
 ``HttpOnly; SameSite=Strict`` cookie carrying the token and redirects to the viewer, since
@@ -14,16 +18,22 @@ a browser (and OHIF) will not add an ``Authorization`` header by itself.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
-import os
+import logging
 import secrets
 import time
 from hashlib import sha256
-from pathlib import Path
+from typing import Any
 
 from app.config import Settings
+from app.errors import ServiceUnavailable
+from app.index import access
+from app.index.database import INDEX_ERRORS
 from app.text import ascii_int
+
+log = logging.getLogger("pictor")
 
 PREFIX = "pl_"
 COOKIE = "pictor_link"
@@ -43,31 +53,45 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def load_secret(settings: Settings) -> bytes:
-    """The link signing secret: configured, or ``<data_dir>/link-secret`` (created once,
-    mode 0600, atomically: several processes may start at once and must agree)."""
+_SECRET_NAME = "link-secret"
+
+
+async def load_secret(settings: Settings, pool: Any) -> bytes:
+    """The link signing secret: configured, else the archive's (see the module's
+    docstring). The index must answer (ServiceUnavailable otherwise)."""
     if settings.link_secret:
         return settings.link_secret.encode()
     path = settings.link_secret_path
     try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".link-secret-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        earlier = (await asyncio.to_thread(path.read_bytes)).strip().decode("ascii")
+    except (FileNotFoundError, UnicodeDecodeError):
+        earlier = ""
     try:
-        os.write(fd, secrets.token_hex(32).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(temp, path)  # fails if another process won: then its secret is used
-    except FileExistsError:
-        pass
-    finally:
-        temp.unlink()
-    return Path(path).read_bytes().strip()
+        value = await access.archive_secret(pool, _SECRET_NAME, earlier or secrets.token_hex(32))
+    except INDEX_ERRORS as exc:
+        raise ServiceUnavailable("the index does not answer; try again shortly") from exc
+    if earlier and value != earlier:
+        log.warning(
+            "%s differs from the archive's link secret, which is used (links signed with "
+            "the file's no longer open)",
+            path,
+        )
+    return value.encode()
+
+
+class LinkSecret:
+    """The secret, read from the index on first use: a server process that starts
+    while the database is down serves (503) and reads it once the index answers."""
+
+    def __init__(self, settings: Settings, pool: Any) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._value: bytes | None = None
+
+    async def get(self) -> bytes:
+        if self._value is None:
+            self._value = await load_secret(self._settings, self._pool)
+        return self._value
 
 
 def sign(secret: bytes, study: str, ttl: float, now: float | None = None) -> tuple[str, int]:

@@ -60,7 +60,14 @@ from app.auth.principal import (
 )
 from app.auth.routes import Target, target_of
 from app.auth.tokens import TokenVerifier, looks_like_token
-from app.errors import Forbidden, MethodNotAllowed, NotFound, PictorError, Unauthorized
+from app.errors import (
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PictorError,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from app.observability import ROUTE_KEY
 from app.routes import matched
 
@@ -78,7 +85,7 @@ class Access:
         enforce: bool,
         tokens: TokenVerifier | None,
         jwts: JwtVerifier | None,
-        link_secret: bytes,
+        link_secret: links.LinkSecret,
         audit: AuditLog | None,
     ) -> None:
         self.enforce = enforce
@@ -125,7 +132,10 @@ class AccessMiddleware:
         path: str = scope["path"]  # canonical (app.routes.PathGuard)
         link = path.startswith("/link/") and path.count("/") == 2
         if link and scope["method"] in ("GET", "HEAD"):
-            await self._open_link(access, scope, send, path[len("/link/") :])
+            try:
+                await self._open_link(access, scope, send, path[len("/link/") :])
+            except ServiceUnavailable as down:  # the link secret is in the index
+                await send_error(send, down)
             return
         target = target_of(scope["method"], matched(scope))
         if target.refusal is not None:
@@ -145,6 +155,10 @@ class AccessMiddleware:
             scope[ROUTE_KEY] = target.action
             await send_error(send, denied)
             self._audit(access, scope, target, principal, denied.status_code)
+            return
+        except ServiceUnavailable as down:  # who is asking cannot be told now
+            scope[ROUTE_KEY] = target.action
+            await send_error(send, down)
             return
         if access.audit is None:
             await self.app(scope, receive, send)
@@ -176,7 +190,7 @@ class AccessMiddleware:
             raise Unauthorized("authentication required: send Authorization: Bearer TOKEN", REALM)
         if token.startswith(links.PREFIX):
             try:
-                study, _ = links.verify(access.link_secret, token)
+                study, _ = links.verify(await access.link_secret.get(), token)
             except links.LinkError as exc:
                 raise _invalid(str(exc)) from exc
             return Principal(f"link:{study}", frozenset((READ,)), study)
@@ -261,7 +275,7 @@ class AccessMiddleware:
         scope[ROUTE_KEY] = "link-open"
         target = Target("link-open", READ)
         try:
-            study, expires = links.verify(access.link_secret, token)
+            study, expires = links.verify(await access.link_secret.get(), token)
         except links.LinkError as exc:
             message = f"{exc}: ask for a new link"
             await send_error(send, Unauthorized(message, f'{REALM}, error="invalid_token"'))

@@ -93,7 +93,8 @@ async def create_link(request: Request[Any, Any, Any]) -> Response[bytes]:
         raise BadRequest(f"study {problem}")
     try:
         ttl = wanted.ttl if isinstance(wanted.ttl, int) else links.parse_ttl(wanted.ttl)
-        token, expires = links.sign(request.app.state.access.link_secret, wanted.study, ttl)
+        secret = await request.app.state.access.link_secret.get()
+        token, expires = links.sign(secret, wanted.study, ttl)
     except links.LinkError as exc:
         raise BadRequest(str(exc)) from exc
     return _json(link_answer(root_url(request), wanted.study, token, expires), 201)

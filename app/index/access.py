@@ -75,6 +75,21 @@ async def token_by_hash(pool: Any, token_hash: bytes) -> tuple[str, tuple[str, .
     return None if row is None else (row["name"], tuple(row["scopes"]))
 
 
+async def archive_secret(pool: Any, name: str, candidate: str) -> str:
+    """The archive's secret ``name``: ``candidate`` if no node has written one yet, else
+    the one written first (several nodes may start at once; all get the same)."""
+    async with pool.acquire() as conn:
+        value = await conn.fetchval(
+            """INSERT INTO archive_secret (name, value) VALUES ($1, $2)
+               ON CONFLICT (name) DO NOTHING RETURNING value""",
+            name,
+            candidate,
+        )
+        if value is None:
+            value = await conn.fetchval("SELECT value FROM archive_secret WHERE name = $1", name)
+    return str(value)
+
+
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.exceptions._base.DataError)
 
 

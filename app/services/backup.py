@@ -9,9 +9,11 @@ A destination holds::
                                          while any backup references it)
     backups/<UTC time>/index.dump        pg_dump, custom format
     backups/<UTC time>/manifest.json     time, version, schema, [key, size, SHA-256]...
-    backups/<UTC time>/link-secret       the study-link signing secret, if generated
+    backups/<UTC time>/link-secret       (backups made before schema 10 only) the
+                                         study-link signing secret
 
-Tokens, the audit trail, the trash, rejections and corrections are in the index. A
+Tokens, the study-link secret, the audit trail, the trash, rejections and corrections
+are in the index. A
 backup is complete once its manifest exists (written last); a restore takes the
 latest complete one (or the one asked for) onto an empty data directory, checks each
 file's SHA-256 on the way and then applies any newer migrations.
@@ -50,6 +52,7 @@ class Manifest(msgspec.Struct, kw_only=True):
     created: str
     pictor: str
     files: list[index.StoredFile]
+    #: the backup has a ``link-secret`` file (made before the secret moved to the index)
     link_secret: bool = False
 
 
@@ -134,14 +137,8 @@ async def backup(
             files = snap.files
         with open(dump, "rb") as f:
             await asyncio.to_thread(target.put, folder + "index.dump", f)
-    secret = settings.link_secret_path
-    has_secret = not settings.link_secret and secret.is_file()
-    if has_secret:
-        with open(secret, "rb") as f:
-            await asyncio.to_thread(target.put, folder + "link-secret", f)
-    manifest = Manifest(
-        format=FORMAT, created=name, pictor=__version__, files=files, link_secret=has_secret
-    )
+    # the study-link secret is in the index (archive_secret) since schema 10
+    manifest = Manifest(format=FORMAT, created=name, pictor=__version__, files=files)
     encoded = io.BytesIO(msgspec.json.encode(manifest))
     await asyncio.to_thread(target.put, folder + "manifest.json", encoded)  # complete now
     return BackupReport(

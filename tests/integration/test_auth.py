@@ -497,8 +497,10 @@ def test_link_url_sets_a_cookie_and_opens_the_viewer(secured: Secured) -> None:
 
 
 def test_expired_and_tampered_links_are_401(secured: Secured) -> None:
-    secret = (secured.archive.data_dir / "link-secret").read_bytes().strip()
-    assert (secured.archive.data_dir / "link-secret").stat().st_mode & 0o777 == 0o600
+    # the archive's secret is in the index, shared by every node (issue #16)
+    (row,) = secured.archive.query("SELECT value FROM archive_secret WHERE name = 'link-secret'")
+    secret = row["value"].encode()
+    assert len(secret) == 64 and not (secured.archive.data_dir / "link-secret").exists()
     expired, _ = links.sign(secret, secured.study, 60, now=time.time() - 3600)
     good = _link(secured, secured.study).rsplit("/", 1)[1]
     body, mac = good[3:].split(".")
@@ -899,3 +901,26 @@ def test_insecure_flag_warns_loudly(tmp_path: Path) -> None:
         assert "INSECURE" in log and "WITHOUT ACCESS CONTROL" in log
     finally:
         assert process.stop() == 0
+
+
+def test_links_issued_before_the_secret_moved_to_the_index_still_open(tmp_path: Path) -> None:
+    """Before schema 10 the secret was the data directory's ``link-secret`` file; the
+    first start after the upgrade makes that the archive's secret, so links already
+    handed to an EMR keep working (and every node then shares it, issue #16)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    old = "ab" * 32
+    (data / "link-secret").write_text(old + "\n")
+    issued, _ = links.sign(old.encode(), "1.2.3.4", 3600)
+    process = PictorProcess(data, workers=1, env={"PICTOR_AUTH": "true"}).start()
+    archive = Archive(process)
+    try:
+        rows = archive.query("SELECT value FROM archive_secret WHERE name = 'link-secret'")
+        assert [r["value"] for r in rows] == [old]
+        opened = httpx.get(f"{process.base}/link/{issued}")
+        assert opened.status_code == 303, opened.text
+        forged, _ = links.sign(b"cd" * 32, "1.2.3.4", 3600)
+        assert httpx.get(f"{process.base}/link/{forged}").status_code == 401
+    finally:
+        archive.http.close()
+        process.stop()

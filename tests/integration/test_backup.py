@@ -48,7 +48,9 @@ def _state(archive: Archive) -> dict[str, Any]:
         r[0] for r in archive.query("SELECT sop_instance_uid FROM trash_instance")
     )
     state["tokens"] = sorted(tuple(r) for r in archive.query("SELECT name, scopes FROM api_token"))
-    state["link_secret"] = (archive.data_dir / "link-secret").read_bytes()
+    state["link_secret"] = [
+        tuple(r) for r in archive.query("SELECT name, value FROM archive_secret")
+    ]
     return state
 
 
