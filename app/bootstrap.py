@@ -14,6 +14,7 @@ from app.index.database import EmbeddedPostgres, Pool, apply_migrations, create_
 from app.index.instances import referenced_keys
 from app.services.lifecycle import Lifecycle
 from app.storage import BlobStore, open_blob_store
+from app.storage.tiered import TieredBlobStore
 
 log = logging.getLogger("pictor")
 
@@ -27,7 +28,11 @@ async def prepare(settings: Settings, dsn: str) -> None:
         if applied:
             log.info("applied schema migrations %s", applied)
         store = open_store(settings)
-        swept = await store.sweep(lambda keys: referenced_keys(pool, keys))
+
+        async def referenced(keys: list[str], tier: int | None = None) -> set[str]:
+            return await referenced_keys(pool, keys, tier)
+
+        swept = await store.sweep(referenced)
         if any(swept.values()):
             log.warning("start-up sweep: removed %s", swept)
         recovered = await Lifecycle(settings, pool, store).recover()
@@ -56,10 +61,19 @@ def schema_version() -> int:
 
 def open_store(settings: Settings) -> BlobStore:
     """The archive's blob store, as the settings say: ``PICTOR_STORAGE_URL``, else the
-    data directory's ``storage/``."""
-    return open_blob_store(
+    data directory's ``storage/``; with ``PICTOR_COLD_STORAGE_URL``, both tiers."""
+    hot = open_blob_store(
         settings.storage_url, settings.storage_dir, settings.tmp_dir, settings.s3_endpoint_url
     )
+    if not settings.cold_storage_url:
+        return hot
+    cold = open_blob_store(
+        settings.cold_storage_url,
+        settings.data_dir / "cold",
+        settings.data_dir / "tmp-cold",  # its own: each store sweeps what is in its tmp
+        settings.s3_endpoint_url,
+    )
+    return TieredBlobStore(hot, cold)
 
 
 @asynccontextmanager
@@ -84,8 +98,9 @@ async def open_database(
         if not dsn:
             embedded = EmbeddedPostgres(settings.pg_dir)
             dsn = await asyncio.to_thread(embedded.start)
-        # two connections: a purge holds one for the backup lock while it works on another
-        pool = await create_pool(dsn, min_size=1, max_size=2)
+        # a purge holds one connection for the backup lock while it works on another; a
+        # tier move holds a third, for the mover's lock
+        pool = await create_pool(dsn, min_size=1, max_size=4)
         try:
             if migrate:
                 async with pool.acquire() as conn:

@@ -442,6 +442,62 @@ def trash(args: argparse.Namespace) -> int:
     return 0
 
 
+def tier(args: argparse.Namespace) -> int:
+    """``pictor tier run|status|recall``: the storage tiers (issue #16)."""
+    import json
+
+    from app.bootstrap import open_store
+    from app.errors import PictorError
+    from app.services.tiering import Tiering, status
+
+    settings = _settings(args)
+
+    async def as_mover(pool: Any, work: Callable[[Tiering], Awaitable[T]]) -> T:
+        tiering = Tiering(settings, pool, open_store(settings))
+        if not tiering.enabled:
+            sys.exit("pictor: no cold storage is configured (PICTOR_COLD_STORAGE_URL)")
+        async with tiering.mover() as mine:
+            if not mine:
+                sys.exit("pictor: a tier move is running (another node or process); try later")
+            return await work(tiering)
+
+    try:
+        if args.action == "status":
+            if args.study:
+                _check_uids(args.study)
+            found = _with_index(settings, lambda pool: status(pool, args.study))
+            if args.json:
+                print(json.dumps(found, indent=2))
+                return 0
+            for name, counts in found["tiers"].items():
+                print(f"{name}\t{counts['instances']} instances\t{counts['bytes']} bytes")
+            if "studies" in found:
+                s = found["studies"]
+                print(f"studies: {s['hot']} hot, {s['cold']} cold, {s['mixed']} in both")
+        elif args.action == "run":
+            report = _with_index(
+                settings, lambda pool: as_mover(pool, lambda t: t.run(dry_run=args.dry_run))
+            )
+            for moved in report.studies:
+                left = f"\t{moved.problems} left (see the log)" if moved.problems else ""
+                print(f"{moved.study_uid}\t{moved.instances}\t{moved.bytes}{left}")
+            verb = "would move" if report.dry_run else "moved"
+            print(
+                f"{verb} {len(report.studies)} studies ({report.instances} instances, "
+                f"{report.bytes} bytes) to the cold tier",
+                file=sys.stderr,
+            )
+        else:
+            _check_uids(args.study)
+            back = _with_index(
+                settings, lambda pool: as_mover(pool, lambda t: t.recall(args.study))
+            )
+            print(f"recalled {back.instances} instances ({back.bytes} bytes) of {back.study_uid}")
+    except PictorError as exc:
+        sys.exit(f"pictor: {exc.message}")
+    return 0
+
+
 def delete(args: argparse.Namespace) -> int:
     """``pictor delete STUDY_UID [--series UID [--instance UID]]``: into the trash."""
     from app.errors import PictorError
@@ -571,6 +627,7 @@ def restore(args: argparse.Namespace) -> int:
         BackupError,
         check_empty,
         choose,
+        files_restored_hot,
         restore_files,
         restore_index,
     )
@@ -597,8 +654,8 @@ def restore(args: argparse.Namespace) -> int:
         async with open_database(settings, migrate=False) as (dsn, pool):
             await restore_index(pool, dsn, src, name)
         report = await restore_files(settings, open_store(settings), src, name, manifest)
-        async with open_index(settings):  # newer migrations, if the backup is older
-            pass
+        async with open_index(settings) as pool:  # newer migrations, if the backup is older
+            await files_restored_hot(pool)
         return report
 
     try:
@@ -914,6 +971,20 @@ def build_parser() -> argparse.ArgumentParser:
     tre.add_argument("--older-than", help="only what was deleted this long ago: 3d, 12h, 30m")
     data_dir(tre)
     tr_.set_defaults(func=trash)
+
+    ti = sub.add_parser("tier", help="storage tiers: move idle studies to cold, say where")
+    tisub = ti.add_subparsers(dest="action", required=True)
+    tir = tisub.add_parser("run", help="move the idle studies to the cold storage now")
+    tir.add_argument("--dry-run", action="store_true", help="only list what would move")
+    data_dir(tir)
+    tis = tisub.add_parser("status", help="instances and bytes per tier")
+    tis.add_argument("--study", help="one study's tiers")
+    tis.add_argument("--json", action="store_true")
+    data_dir(tis)
+    tic = tisub.add_parser("recall", help="bring a study back to the hot storage")
+    tic.add_argument("study", help="Study Instance UID")
+    data_dir(tic)
+    ti.set_defaults(func=tier)
 
     d = sub.add_parser("delete", help="delete a study, series or instance (into the trash)")
     d.add_argument("study", help="Study Instance UID")

@@ -57,6 +57,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: ``s3://bucket[/prefix]`` (an S3-compatible bucket; see ``s3_endpoint_url``). All
     #: nodes of one archive use the same URL
     storage_url: str = ""
+    #: a second, cheaper storage (same URL forms): studies nobody has read for
+    #: ``tier_after_days`` move there; reads from it are transparent. Empty: one tier
+    cold_storage_url: str = ""
+    #: days without a read (or a new instance) after which a study moves to cold
+    tier_after_days: float = 30.0
+    #: never move a study received less than this many days ago
+    tier_min_age_days: float = 30.0
+    #: a read of a study in the cold tier brings it back to hot (in the background)
+    tier_recall: bool = False
+    #: bytes a second a tier move copies (one mover in the whole archive)
+    tier_rate: int = 32 << 20
+    #: seconds between runs of the background tier move (0: only ``pictor tier run``)
+    tier_interval: float = 3600.0
     #: the S3 API endpoint of an S3-compatible store (MinIO, Ceph, Garage, ...); empty:
     #: AWS. Credentials and region: the standard AWS_* variables
     s3_endpoint_url: str = ""
@@ -189,6 +202,12 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_SCRUB_RATE": "scrub_rate",
     "PICTOR_S3_ENDPOINT_URL": "s3_endpoint_url",
     "PICTOR_STORAGE_URL": "storage_url",
+    "PICTOR_COLD_STORAGE_URL": "cold_storage_url",
+    "PICTOR_TIER_AFTER_DAYS": "tier_after_days",
+    "PICTOR_TIER_MIN_AGE_DAYS": "tier_min_age_days",
+    "PICTOR_TIER_RECALL": "tier_recall",
+    "PICTOR_TIER_RATE": "tier_rate",
+    "PICTOR_TIER_INTERVAL": "tier_interval",
     "PICTOR_PURGE_INTERVAL": "purge_interval",
     "PICTOR_WORKERS": "workers",
     "PICTOR_LOG_LEVEL": "log_level",
@@ -305,7 +324,7 @@ def normalize_origin(text: str) -> str:
     return origin
 
 
-def check_storage_url(url: str) -> None:
+def check_storage_url(url: str, variable: str = "PICTOR_STORAGE_URL") -> None:
     """``PICTOR_STORAGE_URL`` names a directory (``file:///path``) or a bucket
     (``s3://bucket[/prefix]``), else a clear error."""
     if not url:
@@ -317,7 +336,7 @@ def check_storage_url(url: str) -> None:
     if parts.scheme == "s3" and _BUCKET.fullmatch(parts.netloc) and not parts.query and plain:
         return
     raise ConfigError(
-        f"PICTOR_STORAGE_URL={url!r} is not file:///absolute/path nor s3://bucket[/prefix] "
+        f"{variable}={url!r} is not file:///absolute/path nor s3://bucket[/prefix] "
         "(a bucket name has 3 to 63 lower-case letters, digits, dots and hyphens)"
     )
 
@@ -352,6 +371,13 @@ def load_settings(
             f"PICTOR_LOG_LEVEL={settings.log_level!r}: use one of {', '.join(LOG_LEVELS)}"
         )
     check_storage_url(settings.storage_url)
+    check_storage_url(settings.cold_storage_url, "PICTOR_COLD_STORAGE_URL")
+    if settings.cold_storage_url and settings.cold_storage_url == settings.storage_url:
+        raise ConfigError("PICTOR_COLD_STORAGE_URL must name another place than the hot storage")
+    if min(settings.tier_after_days, settings.tier_min_age_days, settings.tier_interval) < 0:
+        raise ConfigError("tier days and interval cannot be negative")
+    if settings.tier_rate <= 0:
+        raise ConfigError("PICTOR_TIER_RATE must be a positive number of bytes a second")
     if not 0 < settings.port < 65536 or not 0 <= settings.dimse_port < 65536:
         raise ConfigError("ports must be between 1 and 65535 (DIMSE port 0 turns DIMSE off)")
     if not 0 < len(settings.dimse_ae_title.strip()) <= 16:

@@ -31,6 +31,7 @@ from app.services.fixity import Scrubber
 from app.services.ingest import Ingest
 from app.services.lifecycle import Lifecycle
 from app.services.retrieve import InstanceCache
+from app.services.tiering import Tiering
 
 log = logging.getLogger("pictor")
 
@@ -94,10 +95,13 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             app.state.lifecycle.start(settings.purge_interval)
             app.state.scrubber = Scrubber(pool, store, settings.scrub_rate)
             app.state.scrubber.start()
+            app.state.tiering = Tiering(settings, pool, store)
+            app.state.tiering.start()
             # started in the background: serving does not wait for the codec workers
             warming = asyncio.get_running_loop().create_task(codec_pool.warm_up())
             yield
             warming.cancel()
+            await app.state.tiering.stop()
             await app.state.scrubber.stop()
             await app.state.lifecycle.stop()
             await app.state.instances.stop()

@@ -55,6 +55,7 @@ from app.dimse.retrieve import Retrieve
 from app.dimse.status import SUCCESS
 from app.dimse.store import Storage
 from app.services.ingest import Ingest
+from app.services.tiering import Tiering
 
 log = logging.getLogger("pictor.dimse")
 
@@ -197,11 +198,14 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ae = build_ae(settings)
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=6)
     audit = AuditLog(pool) if settings.audit_enabled else None
     try:
         store = open_store(settings)
         res = Resources(settings, pool, store, Ingest(settings, pool, store), Bridge(loop))
+        # C-MOVE / C-GET reads keep studies hot, and this process may be the tier mover
+        tiering = Tiering(settings, pool, store)
+        tiering.start()
         evt_handlers = handlers(res)
         if restricted(settings):
             networks = await asyncio.to_thread(resolve_sources, settings.peer_sources)
@@ -221,6 +225,7 @@ async def serve(settings: Settings) -> None:
         finally:
             # associations still running finish their work on the loop while it turns
             await asyncio.to_thread(ae.shutdown)
+            await tiering.stop()
     finally:
         if audit is not None:
             await audit.stop()

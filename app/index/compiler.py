@@ -306,7 +306,16 @@ def _computed(level: Level, wanted: frozenset[int] | None, base: str) -> list[tu
 
     pairs = []
     if want(levels.INSTANCE_AVAILABILITY):
-        pairs.append((levels.INSTANCE_AVAILABILITY, _attr("CS", "json_build_array('ONLINE')")))
+        # PS3.4 C.4.1.1.3.2: ONLINE, or NEARLINE for what is in the cold storage tier
+        # (issue #16); a study or series is as available as its least available instance
+        exists = "EXISTS (SELECT FROM instance c WHERE c.{} = {}.pk AND c.tier <> 0)"
+        cold = {
+            Level.STUDY: exists.format("study_pk", "st"),
+            Level.SERIES: exists.format("series_pk", "se"),
+            Level.INSTANCE: "i.tier <> 0",
+        }[level]
+        availability = f"json_build_array(CASE WHEN {cold} THEN 'NEARLINE' ELSE 'ONLINE' END)"
+        pairs.append((levels.INSTANCE_AVAILABILITY, _attr("CS", availability)))
     if want(levels.RETRIEVE_URL):
         url = {
             Level.STUDY: f"{base} || '/studies/' || st.study_uid",

@@ -61,13 +61,17 @@ async def stored_metadata(pool: asyncpg.Pool, pks: Sequence[int]) -> dict[int, b
     return {r["pk"]: r["metadata"] for r in rows}
 
 
-async def referenced_keys(pool: asyncpg.Pool, keys: list[str]) -> set[str]:
+async def referenced_keys(pool: asyncpg.Pool, keys: list[str], tier: int | None = None) -> set[str]:
     """The keys an index row references: a stored instance's, or a trashed one's (its
-    file is kept until the purge; schemas/008)."""
+    file is kept until the purge; schemas/008); with ``tier``, only rows whose blob is
+    in that storage tier (schemas/011)."""
     rows = await pool.fetch(
         "SELECT file_key FROM instance WHERE file_key = ANY($1::text[])"
-        " UNION SELECT file_key FROM trash_instance WHERE file_key = ANY($1::text[])",
+        " AND ($2::smallint IS NULL OR tier = $2)"
+        " UNION SELECT file_key FROM trash_instance WHERE file_key = ANY($1::text[])"
+        " AND ($2::smallint IS NULL OR tier = $2)",
         keys,
+        tier,
     )
     return {r["file_key"] for r in rows}
 

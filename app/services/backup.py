@@ -36,6 +36,7 @@ import msgspec
 from app import __version__
 from app.config import Settings
 from app.index import backup as index
+from app.index import tiering as index_tiering
 from app.index.database import Pool
 from app.storage import BlobStore, is_instance_key
 from app.storage.targets import BackupTarget
@@ -187,6 +188,13 @@ async def restore_index(pool: Pool, dsn: str, target: BackupTarget, name: str) -
     # (a command of its own: blocking the loop while the dump downloads stalls nothing)
     with target.local(f"backups/{name}/index.dump") as path:
         await index.restore(dsn, path)
+
+
+async def files_restored_hot(pool: Pool) -> None:
+    """A restore puts every file into the hot storage tier: the rows say so (issue #16;
+    once the migrations brought the index to this version)."""
+    async with pool.acquire() as conn:
+        await index_tiering.all_hot(conn)
 
 
 def _copy_in(store: BlobStore, target: BackupTarget, f: index.StoredFile) -> str:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import time
 
 from app.errors import ServiceUnavailable
-from app.index import fixity
+from app.index import fixity, tiering
 from app.index.database import Pool, ping
 from app.storage import BlobStore
 
@@ -83,9 +84,39 @@ async def gauges(pool: Pool, store: BlobStore, min_free: int) -> list[tuple[str,
             "Stored files missing or changed (pictor verify).",
             await fixity.count_problems(pool),
         ),
+        *await _tier_gauges(pool),
         ("pictor_db_pool_size", "Connections of this process's index pool.", pool.get_size()),
         ("pictor_db_pool_idle", "Idle connections of that pool.", pool.get_idle_size()),
     ]
+
+
+_TIER_SECONDS = 60.0
+_tier_cache: tuple[float, list[tuple[str, str, float]]] | None = None
+
+
+async def _tier_gauges(pool: Pool) -> list[tuple[str, str, float]]:
+    """Bytes, instances and studies per storage tier (issue #16); read at most once a
+    minute per process (the cold side costs a read of the cold rows' index)."""
+    global _tier_cache
+    now = time.monotonic()
+    if _tier_cache is not None and _tier_cache[0] > now:
+        return _tier_cache[1]
+    found = await tiering.status(pool)
+    by_tier = {t.tier: t for t in found.tiers}
+    gauges: list[tuple[str, str, float]] = []
+    for number, name in ((0, "hot"), (1, "cold")):
+        counts = by_tier[number]
+        gauges.append((f"pictor_tier_{name}_bytes", f"Bytes in the {name} tier.", counts.bytes))
+        gauges.append(
+            (f"pictor_tier_{name}_instances", f"Instances in the {name} tier.", counts.instances)
+        )
+    gauges += [
+        ("pictor_tier_hot_studies", "Studies all in the hot tier.", found.hot_studies),
+        ("pictor_tier_cold_studies", "Studies all in the cold tier.", found.cold_studies),
+        ("pictor_tier_mixed_studies", "Studies with instances in both tiers.", found.mixed_studies),
+    ]
+    _tier_cache = (now + _TIER_SECONDS, gauges)
+    return gauges
 
 
 async def _listening(host: str, port: int) -> bool:

@@ -30,6 +30,7 @@ from app.index import retrieve as index_retrieve
 from app.index.database import Listener, Pool
 from app.index.instances import CHANGED_CHANNEL, STUDY_PREFIX
 from app.index.retrieve import Scope, StoredInstance
+from app.services.tiering import READS
 from app.storage import BlobStore
 
 #: seconds a looked-up instance serves further requests without another index probe (a
@@ -58,16 +59,19 @@ __all__ = [
 
 async def instance(pool: Pool, scope: Scope) -> StoredInstance:
     """One stored instance (404 if none)."""
+    READS.note(scope.study)  # a read keeps the study in the hot tier (issue #16)
     return await index_retrieve.instance(pool, scope)
 
 
 async def instances(pool: Pool, scope: Scope) -> list[StoredInstance]:
     """The stored instances of a study, series or instance, in PS3.18 10.4 order."""
+    READS.note(scope.study)
     return await index_retrieve.instances(pool, scope)
 
 
 async def metadata(pool: Pool, scope: Scope) -> list[tuple[bytes, str]]:
     """The DICOM JSON stored at ingest for each instance of ``scope``."""
+    READS.note(scope.study)
     return await index_retrieve.metadata(pool, scope)
 
 
@@ -118,6 +122,7 @@ class InstanceCache:
         """The cached instance, if it is (no I/O; the key was validated when cached)."""
         hit = self._recent.get((study, series, instance))
         if hit is not None and hit[0] > time.monotonic():
+            READS.note(study)
             return hit[1]
         return None
 
@@ -125,6 +130,7 @@ class InstanceCache:
         assert scope.series is not None and scope.instance is not None
         key = (scope.study, scope.series, scope.instance)
         now = time.monotonic()
+        READS.note(scope.study)
         hit = self._recent.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]

@@ -137,8 +137,9 @@ class BlobStore(Protocol):
     def open_blob(self, key: str) -> IO[bytes]:
         """The blob, to read through (a backup copies it; FileNotFoundError if absent)."""
 
-    def import_blob(self, key: str, source: Path) -> str:
-        """Store the file ``source`` as the blob ``key`` (a restore); its SHA-256."""
+    def import_blob(self, key: str, source: Path | IO[bytes]) -> str:
+        """Store the file ``source`` (or what a file object reads) as the blob ``key``,
+        replacing it (a restore, a tier move); its SHA-256."""
 
     def hash_blob(self, key: str) -> tuple[int, str]:
         """The blob's size and SHA-256, read through (FileNotFoundError if absent)."""

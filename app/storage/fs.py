@@ -28,6 +28,7 @@ instances are durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -51,14 +52,21 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _STALE_FOREIGN_PART_SECONDS = 24 * 3600
 
 
-def copy_durably(source: Path, target: Path) -> str:
-    """Copy ``source`` to ``target`` through a temporary name beside it (fsynced, then
-    renamed, the directory fsynced): ``target`` is complete or absent. The SHA-256."""
+def copy_durably(source: Path | IO[bytes], target: Path) -> str:
+    """Copy ``source`` (a file, or what a file object reads) to ``target`` through a
+    temporary name beside it (fsynced, then renamed, the directory fsynced): ``target``
+    is complete or absent. The SHA-256."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
     digest = hashlib.sha256()
     try:
-        with open(source, "rb", buffering=0) as src, open(temp, "wb", buffering=0) as dst:
+        with contextlib.ExitStack() as files:
+            src = (
+                files.enter_context(open(source, "rb", buffering=0))
+                if isinstance(source, Path)
+                else source
+            )
+            dst = files.enter_context(open(temp, "wb", buffering=0))
             while chunk := src.read(1 << 20):
                 digest.update(chunk)
                 dst.write(chunk)
@@ -316,7 +324,7 @@ class FileBlobStore:
     def open_blob(self, key: str) -> IO[bytes]:
         return open(self.path(key), "rb", buffering=0)  # noqa: SIM115 - the caller closes
 
-    def import_blob(self, key: str, source: Path) -> str:
+    def import_blob(self, key: str, source: Path | IO[bytes]) -> str:
         return copy_durably(source, self.path(key))
 
     def hash_blob(self, key: str) -> tuple[int, str]:

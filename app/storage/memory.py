@@ -171,7 +171,7 @@ class MemoryBlobStore:
             raise FileNotFoundError(key)
         return len(self.blobs[key]), hashlib.sha256(self.blobs[key]).hexdigest()
 
-    def import_blob(self, key: str, source: Path) -> str:
-        data = source.read_bytes()
+    def import_blob(self, key: str, source: Path | IO[bytes]) -> str:
+        data = source.read_bytes() if isinstance(source, Path) else source.read()
         self.blobs[key] = data
         return hashlib.sha256(data).hexdigest()

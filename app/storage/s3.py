@@ -42,6 +42,7 @@ once the object is stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import mmap
@@ -503,22 +504,33 @@ class S3BlobStore:
         except BaseError as exc:
             raise storage_error(exc, f"reading {key}") from exc
 
-    def import_blob(self, key: str, source: Path) -> str:
-        digest = hashlib.sha256()
-        with open(source, "rb", buffering=0) as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        try:
-            obstore.put(
-                self._store,
-                key,
-                source,
-                attributes={"Content-Type": _CONTENT_TYPE},
-                chunk_size=_MEMORY_PART,
-                max_concurrency=4,
+    def import_blob(self, key: str, source: Path | IO[bytes]) -> str:
+        """A restore's file or a tier move's stream, uploaded (multipart past 8 MiB,
+        parts read one at a time) and hashed on the way."""
+        with contextlib.ExitStack() as files:
+            stream = (
+                files.enter_context(open(source, "rb", buffering=0))
+                if isinstance(source, Path)
+                else source
             )
-        except BaseError as exc:
-            raise storage_error(exc, f"storing {key}") from exc
+            digest = hashlib.sha256()
+
+            def chunks() -> Iterator[bytes]:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+                    yield chunk
+
+            try:
+                obstore.put(
+                    self._store,
+                    key,
+                    chunks(),
+                    attributes={"Content-Type": _CONTENT_TYPE},
+                    chunk_size=_MEMORY_PART,
+                    max_concurrency=4,
+                )
+            except BaseError as exc:
+                raise storage_error(exc, f"storing {key}") from exc
         return digest.hexdigest()
 
     def hash_blob(self, key: str) -> tuple[int, str]:
