@@ -82,6 +82,9 @@ http {{
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_request_buffering off;
             proxy_buffering off;
+            proxy_buffer_size 512k;
+            proxy_buffers 4 512k;
+            proxy_busy_buffers_size 512k;
             add_header X-Upstream $upstream_addr always;
         }}
     }}
