@@ -42,7 +42,7 @@ import asyncpg
 import uvloop
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from qido import seed
+from qido import SEEDED, seed
 
 from app.dimse.network import no_delay
 
@@ -194,7 +194,7 @@ def find_latency(args: argparse.Namespace, seed_root: Path) -> dict[str, Any]:
     data = seed_root / "data"
     marker = seed_root / "seeded.json"
     dimse_port = free_port()
-    env = {"PICTOR_DIMSE_PORT": str(dimse_port)}
+    env = {"PICTOR_DIMSE_PORT": str(dimse_port), **SEEDED}
     if not marker.exists():
         print(
             f"seeding {seed_root}: {args.studies:,} studies, {args.seed_instances:,} instances",

@@ -42,7 +42,7 @@ from typing import Any
 import asyncpg
 import msgspec
 import uvloop
-from qido import TYPES, Spec, build_specs, percentile, verify
+from qido import SEEDED, TYPES, Spec, build_specs, percentile, verify
 
 from _client import Connection, stow
 from conftest import embedded_dsn
@@ -375,7 +375,7 @@ def main() -> None:
             check=True,
         )
     data = root / "data"
-    server = PictorProcess(data, workers=0, log_path=root / "server.log").start()
+    server = PictorProcess(data, workers=0, env=SEEDED, log_path=root / "server.log").start()
     try:
         results = uvloop.run(bench(server, args))
     finally:

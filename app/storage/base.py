@@ -20,11 +20,21 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Protocol, TypeVar
 
 #: what :func:`instance_key` makes: three UIDs (a digit first, then digits and dots) and
 #: an optional hex version; never "..", never absolute
 _KEY = re.compile(r"(?:[0-9][0-9.]{0,63}/){2}[0-9][0-9.]{0,63}(?:\.[0-9a-f]{1,32})?\.dcm")
+
+
+_T = TypeVar("_T")
+
+
+def of_this_store(value: object, kind: type[_T], what: str) -> _T:
+    """``value`` as this store's own ``kind`` (an upload or a publication handed back by
+    the caller was made by this store)."""
+    assert isinstance(value, kind), f"{what} of another store"
+    return value
 
 
 def is_instance_key(key: str) -> bool:

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from app.storage.base import Publication, Upload
+from app.storage.base import Publication, Upload, of_this_store
 
 _HOST = socket.gethostname().replace("-", "_")
 _PART_BUFFER = 4 << 20  # one in-memory buffer per part being received
@@ -275,13 +275,11 @@ class FilePublication:
 
 
 def _own(upload: Upload) -> TempBlob:
-    assert isinstance(upload, TempBlob), "an upload of another store"
-    return upload
+    return of_this_store(upload, TempBlob, "an upload")
 
 
 def _published(pub: Publication) -> FilePublication:
-    assert isinstance(pub, FilePublication), "a publication of another store"
-    return pub
+    return of_this_store(pub, FilePublication, "a publication")
 
 
 def _intent(intent: object) -> Path | None:

@@ -59,7 +59,7 @@ import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, PreconditionError
 from obstore.store import S3Store
 
-from app.storage.base import Publication, Upload
+from app.storage.base import Publication, Upload, is_instance_key, of_this_store
 from app.storage.fs import _HOST, _owner_is_gone, _process_is_gone, _unlink_quietly
 
 #: an upload up to this size is kept in memory and sent in one PUT; larger ones are
@@ -221,13 +221,11 @@ class S3Publication:
 
 
 def _own(upload: Upload) -> SpoolUpload:
-    assert isinstance(upload, SpoolUpload), "an upload of another store"
-    return upload
+    return of_this_store(upload, SpoolUpload, "an upload")
 
 
 def _published(pub: Publication) -> S3Publication:
-    assert isinstance(pub, S3Publication), "a publication of another store"
-    return pub
+    return of_this_store(pub, S3Publication, "a publication")
 
 
 class S3BlobStore:
@@ -593,7 +591,7 @@ class S3BlobStore:
                     body = await (await obstore.get_async(self._store, name)).bytes_async()
                     for line in bytes(body).decode(errors="replace").splitlines():
                         key, _, token = line.partition("\t")
-                        if key and ".." not in key and not key.startswith("/"):
+                        if is_instance_key(key):  # what the bucket says is input
                             candidates.append((key, token))
         except BaseError as exc:
             raise storage_error(exc, "sweep") from exc

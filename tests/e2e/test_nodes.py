@@ -13,12 +13,7 @@ an empty database apply the migrations once.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +24,9 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.filebase import DicomBytesIO
 
 from conftest import content_type, multipart, pictor_cli
+from nginx_proxy import Nginx
 from s3server import MotoServer
-from server import PictorProcess, free_port
+from server import PictorProcess
 from standalone_pg import StandalonePostgres
 from synth import ct_slice, new_uids
 
@@ -42,74 +38,6 @@ def postgres() -> Iterator[StandalonePostgres]:
         yield server
     finally:
         server.stop()
-
-
-class Nginx:
-    """nginx in front of the nodes, round robin, as docs/scaling.md configures it."""
-
-    def __init__(self, upstreams: list[int]) -> None:
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="pictor-nginx-"))
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.root / sub).mkdir(mode=0o777)
-            os.chmod(self.root / sub, 0o777)  # the workers run as nobody under root
-        servers = "".join(f"        server 127.0.0.1:{p};\n" for p in upstreams)
-        (self.root / "nginx.conf").write_text(
-            f"""
-worker_processes 1;
-error_log {self.root}/error.log warn;
-pid {self.root}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {self.root}/body;
-    proxy_temp_path {self.root}/proxy;
-    fastcgi_temp_path {self.root}/fastcgi;
-    uwsgi_temp_path {self.root}/uwsgi;
-    scgi_temp_path {self.root}/scgi;
-    client_max_body_size 0;
-    upstream pictor {{
-{servers}        keepalive 16;
-    }}
-    server {{
-        listen 127.0.0.1:{self.port};
-        location / {{
-            proxy_pass http://pictor;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_request_buffering off;
-            proxy_buffering off;
-            proxy_buffer_size 512k;
-            proxy_buffers 4 512k;
-            proxy_busy_buffers_size 512k;
-            add_header X-Upstream $upstream_addr always;
-        }}
-    }}
-}}
-"""
-        )
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", str(self.root), "-c", str(self.root / "nginx.conf"),
-             "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2)
-                return
-            except httpx.HTTPError:
-                assert self.proc.poll() is None, self.proc.stderr and self.proc.stderr.read()
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _start_together(nodes: list[PictorProcess]) -> None:
