@@ -451,11 +451,11 @@ def tier(args: argparse.Namespace) -> int:
     from app.services.tiering import Tiering, status
 
     settings = _settings(args)
+    if args.action != "status" and not settings.cold_storage_url:
+        sys.exit("pictor: no cold storage is configured (PICTOR_COLD_STORAGE_URL)")
 
     async def as_mover(pool: Any, work: Callable[[Tiering], Awaitable[T]]) -> T:
         tiering = Tiering(settings, pool, open_store(settings))
-        if not tiering.enabled:
-            sys.exit("pictor: no cold storage is configured (PICTOR_COLD_STORAGE_URL)")
         async with tiering.mover() as mine:
             if not mine:
                 sys.exit("pictor: a tier move is running (another node or process); try later")

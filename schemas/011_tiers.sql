@@ -14,6 +14,6 @@ CREATE INDEX instance_cold_study ON instance (study_pk) WHERE tier <> 0;
 CREATE INDEX instance_cold_series ON instance (series_pk) WHERE tier <> 0;
 -- the tier mover's candidates: idle studies, oldest first
 CREATE INDEX study_idle ON study ((greatest(coalesce(last_read_at, updated_at), updated_at)));
--- studies read since they were last moved (a recall on read looks for cold ones)
-CREATE INDEX study_read_since_moved ON study (last_read_at)
-    WHERE last_read_at > tiered_at OR (last_read_at IS NOT NULL AND tiered_at IS NULL);
+-- studies read since they were last moved (a recall on read looks for cold ones; a
+-- study with cold instances has been moved, so tiered_at is set)
+CREATE INDEX study_read_since_moved ON study (last_read_at) WHERE last_read_at > tiered_at;

@@ -115,17 +115,18 @@ async def set_tier(
     return [r["file_key"] for r in rows]
 
 
-async def note_reads(pool: asyncpg.Pool, study_uids: list[str]) -> list[str]:
-    """These studies were read now; those of them with instances in the cold tier."""
-    rows = await pool.fetch(
-        """UPDATE study st SET last_read_at = now()
-            WHERE st.study_uid = ANY($1::text[])
-        RETURNING st.study_uid,
-                  EXISTS (SELECT 1 FROM instance c WHERE c.study_pk = st.pk AND c.tier <> 0)
-                      AS cold""",
+async def note_reads(pool: asyncpg.Pool, study_uids: list[str]) -> None:
+    """These studies were read now. A study's row is written at most once an hour for
+    its reads (tiering counts in days; each write also rebuilds the study's stored QIDO
+    answers through their trigger), and always for a read after its last move (what a
+    recall on read looks for)."""
+    await pool.execute(
+        """UPDATE study SET last_read_at = now()
+            WHERE study_uid = ANY($1::text[])
+              AND (last_read_at IS NULL OR last_read_at < now() - interval '1 hour'
+                   OR last_read_at < tiered_at)""",
         study_uids,
     )
-    return [r["study_uid"] for r in rows if r["cold"]]
 
 
 async def status(pool: asyncpg.Pool) -> Status:
@@ -185,7 +186,7 @@ async def read_since_moved(pool: asyncpg.Pool, limit: int = 100) -> list[str]:
     what a recall on read brings back."""
     rows = await pool.fetch(
         """SELECT st.study_uid FROM study st
-            WHERE st.last_read_at > coalesce(st.tiered_at, '-infinity')
+            WHERE st.last_read_at > st.tiered_at
               AND EXISTS (SELECT 1 FROM instance c WHERE c.study_pk = st.pk AND c.tier <> 0)
             ORDER BY st.last_read_at LIMIT $1""",
         limit,

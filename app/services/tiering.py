@@ -218,16 +218,15 @@ class Tiering:
         self._task = None
         await self.flush()
 
-    async def flush(self) -> list[str]:
-        """Write the noted reads; the read studies with cold instances."""
+    async def flush(self) -> None:
+        """Write the noted reads."""
         studies = READS.take()
         if not studies:
-            return []
+            return
         try:
-            return await index.note_reads(self.pool, studies)
+            await index.note_reads(self.pool, studies)
         except INDEX_ERRORS as exc:
             log.warning("noting %d read studies failed: %s", len(studies), exc)
-            return []
 
     async def _loop(self) -> None:
         interval = self.settings.tier_interval

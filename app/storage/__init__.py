@@ -26,10 +26,10 @@ def open_blob_store(url: str, default_dir: Path, tmp: Path, s3_endpoint: str = "
     """The store ``url`` names (checked by the settings): ``s3://bucket[/prefix]``, a
     ``file:///path``, or, empty, the directory ``default_dir``. ``tmp`` is the node's
     own directory for uploads in flight."""
-    if url.startswith("s3://"):
+    parts = urlsplit(url)  # the scheme as the settings read it: case-insensitive
+    if parts.scheme == "s3":
         from app.storage.s3 import S3BlobStore  # obstore only where a bucket is used
 
-        parts = urlsplit(url)
         return S3BlobStore(parts.netloc, parts.path.strip("/"), s3_endpoint, tmp)
-    root = Path(unquote(urlsplit(url).path)) if url else default_dir
+    root = Path(unquote(parts.path)) if url else default_dir
     return FileBlobStore(root, tmp)

@@ -158,6 +158,9 @@ def test_a_storage_url_that_is_not_one_is_refused_at_start(tmp_path: Path) -> No
         ("s3://Bad_Bucket/x", "bucket name"),
         ("ftp://host/x", "file:///absolute/path"),
         ("file://relative/x", "file:///absolute/path"),
+        ("s3://pacs/a/../b", "s3://bucket"),
+        ("s3://pacs/a?versionId=1", "s3://bucket"),
+        ("s3://ab/x", "bucket name"),
     ):
         run = pictor_cli("serve", data_dir=tmp_path / "d", env={"PICTOR_STORAGE_URL": url})
         assert run.returncode != 0

@@ -7,18 +7,23 @@ demand; deleting a cold instance deletes its object."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pydicom
 from pydicom.filebase import DicomBytesIO
 
-from conftest import Archive, multipart, pictor_cli
+from app.index.tiering import TIER_LOCK
+
+from conftest import Archive, embedded_dsn, multipart, pictor_cli
 from s3server import MotoServer
 from server import PictorProcess, stop_postgres
 from synth import ct_slice, new_uids
@@ -104,6 +109,15 @@ def test_idle_studies_move_to_cold_and_come_back(tmp_path: Path, moto: MotoServe
         listed = cli("run", "--dry-run")
         assert idle in listed and busy not in listed and "would move 1 studies" in listed
         assert tiers(idle) == [0, 0, 0] and cold_objects() == {}
+        # one mover in the archive: while another holds the lock, the command says so
+        busy_mover = asyncio.run(_while_moving(data, env))
+        assert busy_mover.returncode == 1, busy_mover.stdout + busy_mover.stderr
+        assert "a tier move is running" in busy_mover.stderr
+        assert tiers(idle) == [0, 0, 0]
+        unknown = pictor_cli("tier", "recall", "1.2.3.999", data_dir=data, env=env)
+        assert unknown.returncode == 1 and "no study 1.2.3.999" in unknown.stderr
+        hostile = pictor_cli("tier", "status", "--study", "1.2.3;DROP", data_dir=data, env=env)
+        assert hostile.returncode == 1 and "the UID" in hostile.stderr
         # a study newer than PICTOR_TIER_MIN_AGE_DAYS never moves
         young = pictor_cli(
             "tier", "run", "--dry-run", data_dir=data,
@@ -190,6 +204,16 @@ def test_idle_studies_move_to_cold_and_come_back(tmp_path: Path, moto: MotoServe
         stop_postgres(data)
 
 
+async def _while_moving(data: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``pictor tier run`` while another session holds the mover's lock."""
+    conn = await asyncpg.connect(embedded_dsn(data))
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", TIER_LOCK)
+        return await asyncio.to_thread(pictor_cli, "tier", "run", data_dir=data, env=env)
+    finally:
+        await conn.close()
+
+
 def test_tier_commands_without_a_cold_storage_say_so(tmp_path: Path) -> None:
     done = pictor_cli("tier", "run", data_dir=tmp_path / "d")
     assert done.returncode != 0
@@ -198,4 +222,9 @@ def test_tier_commands_without_a_cold_storage_say_so(tmp_path: Path) -> None:
         "tier", "status", data_dir=tmp_path / "d", env={"PICTOR_COLD_STORAGE_URL": "ftp://x/y"}
     )
     assert bad.returncode != 0 and "PICTOR_COLD_STORAGE_URL='ftp://x/y'" in bad.stderr
-    stop_postgres(tmp_path / "d")
+    assert not (tmp_path / "d" / "pg").exists()  # a configuration error starts no database
+    same = pictor_cli(
+        "tier", "run", data_dir=tmp_path / "d",
+        env={"PICTOR_STORAGE_URL": "s3://b-1/x", "PICTOR_COLD_STORAGE_URL": "s3://b-1/x"},
+    )  # fmt: skip
+    assert same.returncode != 0 and "another place than the hot storage" in same.stderr

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.storage import BlobStore, FileBlobStore, instance_key
+from app.config import load_settings
+from app.storage import BlobStore, FileBlobStore, instance_key, open_blob_store
 from app.storage.memory import MemoryBlobStore
 from app.storage.s3 import S3BlobStore
 
@@ -137,3 +138,28 @@ def test_an_aborted_upload_is_gone(store: BlobStore) -> None:
         assert list(store.tmp.iterdir()) == []
     else:
         assert isinstance(store, MemoryBlobStore) and not store.uploads
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "where"),
+    [
+        ("", FileBlobStore, "default"),
+        ("file://{tmp}/pacs", FileBlobStore, "{tmp}/pacs"),
+        ("FILE://{tmp}/pacs%20a", FileBlobStore, "{tmp}/pacs a"),
+        ("s3://pacs-archive/site/a", S3BlobStore, "s3://pacs-archive/site/a"),
+        ("S3://pacs-archive", S3BlobStore, "s3://pacs-archive"),  # RFC 3986 3.1: any case
+    ],
+)
+def test_the_storage_url_names_the_store_the_settings_checked(
+    tmp_path: Path, url: str, kind: type, where: str
+) -> None:
+    """The store is chosen on the URL as the settings validated it (urlsplit), so a
+    spelling they accept never falls through to a directory named after it."""
+    url, where = url.format(tmp=tmp_path), where.format(tmp=tmp_path)
+    load_settings({"data_dir": str(tmp_path)}, {"PICTOR_STORAGE_URL": url})  # accepted
+    store = open_blob_store(url, tmp_path / "default", tmp_path / "tmp")
+    assert isinstance(store, kind)
+    if isinstance(store, S3BlobStore):
+        assert store.describe() == where
+    else:
+        assert store.root == (tmp_path / "default" if where == "default" else Path(where))
