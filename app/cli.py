@@ -1,4 +1,4 @@
-"""``pictor``: the command line (serve, import, viewer, token, link, audit)."""
+"""``pictor``: the command line (serve, import, viewer, token, user, link, audit)."""
 
 from __future__ import annotations
 
@@ -338,6 +338,82 @@ def _with_index(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
             return await work(pool)
 
     return asyncio.run(run())
+
+
+def _new_password(args: argparse.Namespace, name: str) -> str:
+    """The password from standard input (``--password-stdin``: its first line), else
+    typed twice at the terminal."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        sys.exit("pictor: no terminal to ask for the password: pass --password-stdin")
+    import getpass
+
+    first = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != first:
+        sys.exit("pictor: the two passwords differ; nothing was changed")
+    return first
+
+
+def user(args: argparse.Namespace) -> int:
+    """``pictor user add|passwd|role|disable|enable|list``: people who sign in at
+    ``/login`` (passwords hashed with argon2id)."""
+    from app.auth.principal import ROLES
+    from app.errors import PictorError
+    from app.services import users
+
+    settings = _settings(args)
+    try:
+        if args.action == "add":
+            users.check_name(args.name)
+            password = _new_password(args, args.name)
+            _with_index(settings, lambda pool: users.add_user(pool, args.name, password, args.role))
+            print(f"user {args.name!r} ({args.role}) added", file=sys.stderr)
+        elif args.action == "passwd":
+            password = _new_password(args, args.name)
+            _with_index(settings, lambda pool: users.set_password(pool, args.name, password))
+            print(f"password of {args.name!r} changed; their sessions ended", file=sys.stderr)
+        elif args.action == "role":
+            _with_index(settings, lambda pool: users.set_role(pool, args.name, args.role))
+            print(f"{args.name!r} is now {args.role}", file=sys.stderr)
+        elif args.action in ("disable", "enable"):
+            disabled = args.action == "disable"
+            _with_index(settings, lambda pool: users.set_disabled(pool, args.name, disabled))
+            print(
+                f"{args.name!r} {args.action}d" + ("; their sessions ended" if disabled else ""),
+                file=sys.stderr,
+            )
+        else:
+            rows = _with_index(settings, users.list_users)
+            if args.json:
+                import json
+
+                print(
+                    json.dumps(
+                        [
+                            {
+                                "name": r.name,
+                                "role": r.role,
+                                "scopes": sorted(ROLES.get(r.role, ())),
+                                "created": r.created_at.isoformat(),
+                                "passwordChanged": r.password_changed_at.isoformat(),
+                                "disabled": r.disabled_at.isoformat() if r.disabled_at else None,
+                                "sessions": r.sessions,
+                            }
+                            for r in rows
+                        ],
+                        indent=1,
+                    )
+                )
+            for r in [] if args.json else rows:
+                state = f"disabled {r.disabled_at:%Y-%m-%d %H:%M}" if r.disabled_at else "active"
+                print(
+                    f"{r.name}\t{r.role}\t{r.created_at:%Y-%m-%d %H:%M}\t{state}\t"
+                    f"{r.sessions} session(s)"
+                )
+    except PictorError as exc:
+        sys.exit(f"pictor: {exc.message}")
+    return 0
 
 
 def token(args: argparse.Namespace) -> int:
@@ -948,6 +1024,33 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("name")
     data_dir(tr)
     t.set_defaults(func=token)
+
+    us = sub.add_parser("user", help="people who sign in at /login (passwords hashed, argon2id)")
+    usub = us.add_subparsers(dest="action", required=True)
+    roles = "viewer (read), technologist (read, write), radiologist (read, worklist), admin"
+    ua = usub.add_parser("add", help="add an account")
+    ua.add_argument("name", help="1 to 64 letters, digits, '.', '_', '@', '-'")
+    ua.add_argument("--role", required=True, help=roles)
+    up = usub.add_parser("passwd", help="set a new password (ends the account's sessions)")
+    up.add_argument("name")
+    for p in (ua, up):
+        p.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from standard input's first line (else: asked twice)",
+        )
+    ur = usub.add_parser("role", help="give an account another role")
+    ur.add_argument("name")
+    ur.add_argument("role", help=roles)
+    ud = usub.add_parser("disable", help="refuse its sign-ins and end its sessions")
+    ud.add_argument("name")
+    ue = usub.add_parser("enable", help="allow a disabled account to sign in again")
+    ue.add_argument("name")
+    ul = usub.add_parser("list", help="the accounts (names, roles, state; never passwords)")
+    ul.add_argument("--json", action="store_true", help="as JSON")
+    for p in (ua, up, ur, ud, ue, ul):
+        data_dir(p)
+    us.set_defaults(func=user)
 
     lk = sub.add_parser("link", help="a signed, expiring URL opening one study in the viewer")
     lk.add_argument("study", help="Study Instance UID")

@@ -123,6 +123,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: seconds a verified API token or JWT is trusted without checking again (so a
     #: revoked token stops working within this time)
     auth_cache_seconds: float = 5.0
+    # -- people who sign in (issue #21; see app/auth/sessions.py) --
+    #: a browser session ends after this many seconds without a request ...
+    session_idle_seconds: float = 1800.0
+    #: ... and this many seconds after sign-in, whatever happens (the absolute timeout)
+    session_max_seconds: float = 43200.0
+    #: failed sign-ins of one account within ``login_lock_seconds`` before it is locked
+    login_max_failures: int = 5
+    #: failed sign-ins from one client address (any account) before it is locked
+    login_address_max_failures: int = 20
+    #: how long a lock lasts, and the window failures are counted in
+    login_lock_seconds: float = 900.0
     #: seconds a client has to send a request's line and headers (else 408)
     header_timeout: float = 30.0
     #: seconds a request body may stall between two chunks (else 408, nothing kept)
@@ -228,6 +239,11 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_TLS_KEY": "tls_key",
     "PICTOR_LINK_SECRET": "link_secret",
     "PICTOR_AUTH_CACHE_SECONDS": "auth_cache_seconds",
+    "PICTOR_SESSION_IDLE_SECONDS": "session_idle_seconds",
+    "PICTOR_SESSION_MAX_SECONDS": "session_max_seconds",
+    "PICTOR_LOGIN_MAX_FAILURES": "login_max_failures",
+    "PICTOR_LOGIN_ADDRESS_MAX_FAILURES": "login_address_max_failures",
+    "PICTOR_LOGIN_LOCK_SECONDS": "login_lock_seconds",
 }
 
 
@@ -427,6 +443,14 @@ def _check_access_settings(settings: Settings) -> None:
         raise ConfigError("JWT verification needs the issuer (PICTOR_OIDC_ISSUER)")
     if settings.auth_cache_seconds < 0:
         raise ConfigError("PICTOR_AUTH_CACHE_SECONDS cannot be negative")
+    if not 0 < settings.session_idle_seconds <= settings.session_max_seconds:
+        raise ConfigError(
+            "sessions need 0 < PICTOR_SESSION_IDLE_SECONDS <= PICTOR_SESSION_MAX_SECONDS"
+        )
+    if settings.login_max_failures < 1 or settings.login_address_max_failures < 1:
+        raise ConfigError("PICTOR_LOGIN_(ADDRESS_)MAX_FAILURES must be at least 1")
+    if settings.login_lock_seconds <= 0:
+        raise ConfigError("PICTOR_LOGIN_LOCK_SECONDS must be positive")
 
 
 def is_loopback(host: str) -> bool:

@@ -15,6 +15,7 @@ from app.auth import links
 from app.auth.audit import AuditLog
 from app.auth.middleware import Access, AccessMiddleware
 from app.auth.oidc import JwtVerifier
+from app.auth.sessions import SessionVerifier
 from app.auth.tokens import TokenVerifier
 from app.bootstrap import EmbeddedPostgres, create_pool, open_store, prepare
 from app.codec import pool as codec_pool
@@ -88,9 +89,15 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
                 jwts=JwtVerifier(settings) if settings.oidc_enabled else None,
                 link_secret=link_secret,
                 audit=audit,
+                sessions=SessionVerifier(
+                    pool, settings.auth_cache_seconds, settings.session_idle_seconds
+                ),
+                public_base_url=settings.public_base_url,
             )
             if audit is not None:
                 audit.start()
+            if settings.auth:
+                await app.state.access.sessions.start()
             await app.state.instances.start()
             app.state.lifecycle.start(settings.purge_interval)
             app.state.scrubber = Scrubber(pool, store, settings.scrub_rate)
@@ -105,6 +112,8 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             await app.state.scrubber.stop()
             await app.state.lifecycle.stop()
             await app.state.instances.stop()
+            if settings.auth:
+                await app.state.access.sessions.stop()
             if audit is not None:
                 await audit.stop()  # the last events are written before the pool closes
         finally:

@@ -35,6 +35,7 @@ from app.dicomweb import (
     bulk,
     frames,
     lifecycle,
+    login,
     metadata,
     monitoring,
     qido,
@@ -100,6 +101,10 @@ ROUTES: tuple[Route, ...] = (
     Route("viewer-root", "GET", "/viewer", None, viewer.viewer_root),
     Route("viewer", "GET", "/viewer/{path:path}", None, viewer.viewer_files),
     Route("metrics", "GET", "/metrics", ADMIN, monitoring.metrics),
+    # people signing in (issue #21): open, audited by their handlers
+    Route("login", "GET", "/login", None, login.login_page),
+    Route("login-submit", "POST", "/login", None, login.login),
+    Route("logout", "POST", "/logout", None, login.logout),
     Route("admin-links", "POST", "/admin/links", ADMIN, admin.create_link, status=201),
     Route("admin-tokens", "GET", "/admin/tokens", ADMIN, admin.list_tokens),
     Route("admin-tokens-create", "POST", "/admin/tokens", ADMIN, admin.create_token, status=201),

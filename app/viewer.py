@@ -25,6 +25,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -168,15 +169,28 @@ def relative_root(path: str) -> str:
     return "../" * depth or "./"
 
 
-def index_html(template: str, path: str) -> str:
+def index_html(template: str, path: str, *, signed_in: str | None = None) -> str:
     """OHIF's ``index.html`` for the deep link ``/viewer/<path>``: every reference to the
     bundle made relative, and ``window.PUBLIC_URL`` (OHIF's and webpack's base) computed
-    in the browser as the absolute path of ``/viewer/`` as the browser sees it."""
+    in the browser as the absolute path of ``/viewer/`` as the browser sees it. For a
+    person who signed in (``signed_in``: their name), a small sign-out button (OHIF has
+    none without its own OIDC sign-in)."""
     root = relative_root(path)
     html = _ABSOLUTE_REF.sub(lambda m: m.group(1) + root, template)
-    return _PUBLIC_URL.sub(
+    html = _PUBLIC_URL.sub(
         lambda _: f"window.PUBLIC_URL=new URL({json.dumps(root)},location.href).pathname", html
     )
+    if signed_in is not None:
+        who = escape(signed_in, quote=True)
+        button = (
+            f'<form id="pictor-sign-out" method="post" action="{root}../logout" '
+            'style="position:fixed;right:6px;bottom:6px;z-index:2147483647;margin:0">'
+            f'<button type="submit" title="Signed in as {who}" style="font:12px system-ui,'
+            "sans-serif;padding:3px 10px;color:#e6e6e6;background:#14204a;border:1px solid "
+            '#5a6bb0;border-radius:4px;cursor:pointer">Sign out</button></form>'
+        )
+        html = html.replace("</body>", button + "</body>", 1)
+    return html
 
 
 def ohif_config(*, omit_quotation: bool = True, upload: bool = True) -> dict[str, Any]:
@@ -228,7 +242,20 @@ def ohif_config(*, omit_quotation: bool = True, upload: bool = True) -> dict[str
     }
 
 
-def app_config_js(config: dict[str, Any]) -> str:
+#: with sign-in on: a DICOMweb answer of 401 (the session ended: idle or absolute
+#: timeout, signed out elsewhere) sends the person to the sign-in form, which brings
+#: them back to the page they were on, instead of OHIF's "Data Source Connection Error"
+_SIGN_IN_AGAIN = (
+    "  config.httpErrorHandler = function (error) {\n"
+    "    if (!error || error.status !== 401) return;\n"
+    "    var root = new URL('..', here).pathname;\n"
+    "    var next = location.pathname.slice(root.length) + location.search;\n"
+    "    location.assign(new URL('../login?next=' + encodeURIComponent(next), here).href);\n"
+    "  };\n"
+)
+
+
+def app_config_js(config: dict[str, Any], *, signs_in: bool = False) -> str:
     """``app-config.js``: ``config`` with the router base and the DICOMweb roots taken
     from the URL the browser loaded this script from (``<viewer>/app-config.js``; the
     service is at ``<viewer>/../dicom-web``)."""
@@ -242,7 +269,6 @@ def app_config_js(config: dict[str, Any]) -> str:
         "  config.dataSources.forEach(function (source) {\n"
         "    var c = source.configuration;\n"
         "    c.wadoUriRoot = c.qidoRoot = c.wadoRoot = dicomweb;\n"
-        "  });\n"
-        "  window.config = config;\n"
+        "  });\n" + (_SIGN_IN_AGAIN if signs_in else "") + "  window.config = config;\n"
         "})();\n"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pydicom  # noqa: E402
 from pydicom.filebase import DicomBytesIO  # noqa: E402
+
+from app import viewer  # noqa: E402
 
 from corpus import reference_files  # noqa: E402
 from s3server import MotoServer  # noqa: E402
@@ -42,10 +45,11 @@ def content_type(boundary: str = BOUNDARY) -> str:
 
 
 def pictor_cli(
-    *args: str, data_dir: Path, env: dict[str, str] | None = None
+    *args: str, data_dir: Path, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``pictor ARGS`` as an administrator runs it beside a server on ``data_dir`` (no
-    PICTOR_* or DATABASE_URL of the test run's own environment; ``env`` added)."""
+    PICTOR_* or DATABASE_URL of the test run's own environment; ``env`` added; ``stdin``
+    typed in)."""
     extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOR_")}
     env.pop("DATABASE_URL", None)
@@ -54,6 +58,7 @@ def pictor_cli(
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],
@@ -182,3 +187,22 @@ def moto() -> Iterator[MotoServer]:
         yield server
     finally:
         server.stop()
+
+
+VIEWER_INDEX = (
+    '<!doctype html><html><head><script>window.PUBLIC_URL="/"</script>'
+    '<link rel="icon" href="/assets/favicon.ico"><script src="/app-config.js"></script>'
+    '<script defer src="/app.bundle.0123456789abcdef.js"></script></head><body></body></html>'
+)
+
+
+def stand_in_viewer(directory: Path) -> Path:
+    """A viewer bundle laid out like OHIF's dist, for tests that need no real one."""
+    directory.mkdir(parents=True)
+    (directory / "index.html").write_text(VIEWER_INDEX)
+    (directory / "app.bundle.0123456789abcdef.js").write_text('__webpack_require__.p = "/";')
+    (directory / "0ddf166f7a343eda.wasm").write_bytes(b"\0asm\1\0\0\0")
+    (directory / "app.bundle.css").write_text("@font-face{src:url(/a.woff2)}")
+    (directory / viewer.MARKER).write_text(json.dumps({"version": "test"}))
+    assert viewer.relocate(directory) == 1
+    return directory

@@ -14,10 +14,12 @@ for):
 * a path the table does not know: 404, a known path with another method: 405, before
   anything is dispatched (the path is canonical: :class:`app.routes.PathGuard`).
 
-Credentials, only these (RFC 6750): ``Authorization: Bearer TOKEN`` (2.1), else an
-``access_token`` query parameter (2.3), else the study-link cookie, which carries a
-study link and nothing else. A token is an API token (``pt_...``), a study link
-(``pl_...``) or a JWT (:mod:`app.auth.oidc`). Answers
+Credentials, only these: ``Authorization: Bearer TOKEN`` (RFC 6750 2.1), else an
+``access_token`` query parameter (2.3), else the session cookie of a person who signed
+in (:mod:`app.auth.sessions`), else the study-link cookie, which carries a study link
+and nothing else. A token is an API token (``pt_...``), a study link (``pl_...``) or a
+JWT (:mod:`app.auth.oidc`). A state-changing request authenticated by a cookie must come
+from this server's own origin (:func:`app.auth.sessions.cross_site`; else 403). Answers
 (RFC 6750 3): no credentials: 401 with ``WWW-Authenticate: Bearer realm="pictor"``;
 bad credentials (unknown, revoked, expired, tampered, wrong issuer / audience): 401 with
 ``error="invalid_token"``; a scope missing: 403 with ``error="insufficient_scope"``.
@@ -45,7 +47,7 @@ from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
 from app.asgi import StatusRecorder, header, quoted, send_error, send_whole
-from app.auth import links
+from app.auth import links, sessions
 from app.auth.audit import AuditLog
 from app.auth.oidc import JwtError, JwtVerifier, looks_like_jwt
 from app.auth.principal import (
@@ -59,6 +61,7 @@ from app.auth.principal import (
     grants,
 )
 from app.auth.routes import Target, target_of
+from app.auth.sessions import SessionVerifier, cookie_value
 from app.auth.tokens import TokenVerifier, looks_like_token
 from app.errors import (
     Forbidden,
@@ -87,12 +90,25 @@ class Access:
         jwts: JwtVerifier | None,
         link_secret: links.LinkSecret,
         audit: AuditLog | None,
+        sessions: SessionVerifier | None = None,
+        public_base_url: str = "",
     ) -> None:
         self.enforce = enforce
         self.tokens = tokens
         self.jwts = jwts
         self.link_secret = link_secret
         self.audit = audit
+        self.sessions = sessions
+        self.public_base_url = public_base_url
+
+    async def identify(self, scope: Any) -> Principal | None:
+        """Who the request's cookies say is asking (a signed-in person, a study link),
+        or None: for pages that are open to anyone but answer a person differently
+        (the viewer sends a stranger to sign in first)."""
+        try:
+            return await _from_cookies(self, scope)
+        except (Unauthorized, ServiceUnavailable):
+            return None
 
 
 def _invalid(message: str) -> Unauthorized:
@@ -102,15 +118,32 @@ def _invalid(message: str) -> Unauthorized:
     )
 
 
-def _cookie(scope: Any, name: str) -> str | None:
-    raw = header(scope, b"cookie")
-    if not raw:
+async def _from_cookies(access: Access, scope: Any) -> Principal | None:
+    """The principal of the session cookie, else of the study-link cookie; None when
+    the request has neither; Unauthorized when the one it has is not valid."""
+    session = cookie_value(scope, sessions.COOKIE)
+    if session is not None and access.sessions is not None:
+        principal = (
+            await access.sessions.verify(session) if sessions.looks_like_session(session) else None
+        )
+        if principal is not None:
+            return principal
+        if cookie_value(scope, links.COOKIE) is None:
+            raise _invalid("the session has ended: sign in again")
+    cookie = cookie_value(scope, links.COOKIE)
+    if cookie is None:
         return None
-    for item in raw.split(";"):
-        key, _, value = item.strip().partition("=")
-        if key == name:
-            return value.strip()
-    return None
+    if not cookie.startswith(links.PREFIX):
+        raise _invalid("the link cookie carries a study link only")
+    return await _link_principal(access, cookie)
+
+
+async def _link_principal(access: Access, token: str) -> Principal:
+    try:
+        study, _ = links.verify(await access.link_secret.get(), token)
+    except links.LinkError as exc:
+        raise _invalid(str(exc)) from exc
+    return Principal(f"link:{study}", frozenset((READ,)), study)
 
 
 def _client(scope: Any) -> str | None:
@@ -181,19 +214,19 @@ class AccessMiddleware:
         if token is None and b"access_token=" in scope.get("query_string", b""):
             token = self._token_parameter(scope)
         if token is None:
-            cookie = _cookie(scope, links.COOKIE)
-            if cookie is not None:
-                if not cookie.startswith(links.PREFIX):
-                    raise _invalid("the link cookie carries a study link only")
-                token = cookie
-        if token is None:
-            raise Unauthorized("authentication required: send Authorization: Bearer TOKEN", REALM)
+            principal = await _from_cookies(access, scope)
+            if principal is None:
+                raise Unauthorized(
+                    "authentication required: send Authorization: Bearer TOKEN, or sign in",
+                    REALM,
+                )
+            if scope["method"] not in sessions.SAFE_METHODS:
+                refusal = sessions.cross_site(scope, access.public_base_url)
+                if refusal is not None:
+                    raise Forbidden(refusal)
+            return principal
         if token.startswith(links.PREFIX):
-            try:
-                study, _ = links.verify(await access.link_secret.get(), token)
-            except links.LinkError as exc:
-                raise _invalid(str(exc)) from exc
-            return Principal(f"link:{study}", frozenset((READ,)), study)
+            return await _link_principal(access, token)
         if looks_like_token(token):
             principal = None if access.tokens is None else await access.tokens.verify(token)
             if principal is None:
@@ -281,12 +314,9 @@ class AccessMiddleware:
             await send_error(send, Unauthorized(message, f'{REALM}, error="invalid_token"'))
             self._audit(access, scope, target, ANONYMOUS, 401)
             return
-        secure = scope.get("scheme") == "https" or (
-            (header(scope, b"x-forwarded-proto") or "").split(",")[0].strip() == "https"
-        )
         cookie = (
             f"{links.COOKIE}={token}; Path=/; Max-Age={max(1, expires - int(time.time()))}; "
-            "HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
+            "HttpOnly; SameSite=Strict" + ("; Secure" if sessions.is_https(scope) else "")
         )
         location = "../viewer?" + urlencode({"StudyInstanceUIDs": study})
         await send_whole(

@@ -17,8 +17,10 @@ A token is accepted when (RFC 7519 7.2, RFC 9068 4):
 
 Scopes come from the configured claim (default ``scope``, a space-separated string as
 in RFC 8693 4.2 / RFC 9068, or a list), else ``scp``; roles from an optional claim
-(a dotted path such as ``realm_access.roles``). Values ``read``, ``write``, ``admin``
-count, also as ``pictor:read`` / ``pictor.read`` / ``pictor/read``.
+(a dotted path such as ``realm_access.roles``). Scope values ``read``, ``write``,
+``delete``, ``admin``, ``worklist`` count, also as ``pictor:read`` / ``pictor.read`` /
+``pictor/read``; a role (``viewer``, ``technologist``, ``radiologist``, ``admin``) in the
+roles claim grants that role's scopes, as for local accounts (issue #21).
 
 A verified token is trusted for ``auth_cache_seconds`` (never beyond its ``exp``)
 without verifying the signature again.
@@ -34,7 +36,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from app.auth.principal import SCOPES, Principal
+from app.auth.principal import ROLES, SCOPES, Principal
 from app.config import Settings
 
 LEEWAY = 30
@@ -68,19 +70,27 @@ def _names(value: Any) -> list[str]:
     return []
 
 
+def _unprefixed(value: str) -> str:
+    for prefix in ("pictor:", "pictor.", "pictor/"):
+        if value.startswith(prefix):
+            return value[len(prefix) :]
+    return value
+
+
 def granted_scopes(claims: dict[str, Any], scope_claim: str, roles_claim: str) -> frozenset[str]:
+    """Scopes named by the scope claim, and those of the roles named by the roles claim
+    (:data:`app.auth.principal.ROLES`: ``viewer``, ``technologist``, ``radiologist``,
+    ``admin``; a scope's name counts there too)."""
     values = _names(_claim(claims, scope_claim))
     if not values and scope_claim != "scp":
         values = _names(claims.get("scp"))
+    out: set[str] = {v for v in map(_unprefixed, values) if v in SCOPES}
     if roles_claim:
-        values += _names(_claim(claims, roles_claim))
-    out = set()
-    for value in values:
-        for prefix in ("pictor:", "pictor.", "pictor/"):
-            if value.startswith(prefix):
-                value = value[len(prefix) :]
-        if value in SCOPES:
-            out.add(value)
+        for value in map(_unprefixed, _names(_claim(claims, roles_claim))):
+            if value in ROLES:
+                out |= ROLES[value]
+            elif value in SCOPES:
+                out.add(value)
     return frozenset(out)
 
 

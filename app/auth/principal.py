@@ -45,9 +45,28 @@ WRITE = "write"
 #: delete studies, series and instances (issue #15); ``admin`` includes it
 DELETE = "delete"
 ADMIN = "admin"
-SCOPES = (READ, WRITE, DELETE, ADMIN)
+#: claim, update and complete reading work items (the worklist of issue #18)
+WORKLIST = "worklist"
+SCOPES = (READ, WRITE, DELETE, ADMIN, WORKLIST)
 #: scopes a granted scope carries with it
 IMPLIED = {ADMIN: frozenset({DELETE})}
+
+#: what a person's role lets them do (issue #21): local accounts have one role; an
+#: identity provider's roles claim may name several (their scopes add up)
+ROLES: dict[str, frozenset[str]] = {
+    "viewer": frozenset({READ}),
+    "technologist": frozenset({READ, WRITE}),
+    "radiologist": frozenset({READ, WORKLIST}),
+    "admin": frozenset(SCOPES),
+}
+
+
+def parse_role(text: str) -> str:
+    """A role name, validated (ValueError naming the roles otherwise)."""
+    role = text.strip().lower()
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}; got {text!r}")
+    return role
 
 
 def grants(scopes: frozenset[str], needed: str) -> bool:
@@ -59,7 +78,8 @@ class Principal(msgspec.Struct, frozen=True):
     """An authenticated caller.
 
     ``who`` is what the audit trail records: ``token:NAME``, ``jwt:SUBJECT``,
-    ``link:STUDY_UID``, ``aet:AE_TITLE`` or ``anonymous``. A study link's principal
+    ``user:NAME`` (a signed-in person), ``link:STUDY_UID``, ``aet:AE_TITLE`` or
+    ``anonymous``. A study link's principal
     has ``study`` set: it may read that study and nothing else.
     """
 

@@ -63,7 +63,7 @@ _IMMUTABLE = "public, max-age=31536000, immutable"
 _HTML = "text/html; charset=utf-8"
 
 
-def _page(status: int, title: str, body_html: str) -> Response[bytes]:
+def html_page(status: int, title: str, body_html: str) -> Response[bytes]:
     text = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
@@ -79,7 +79,7 @@ def _page(status: int, title: str, body_html: str) -> Response[bytes]:
 
 
 def _not_installed(directory: Path) -> Response[bytes]:
-    return _page(
+    return html_page(
         404,
         "The web viewer is not installed",
         "<p>Pictor serves the OHIF viewer here once its bundle is installed. On this "
@@ -92,10 +92,30 @@ def _not_installed(directory: Path) -> Response[bytes]:
     )
 
 
-def _index(directory: Path, path: str) -> Response[bytes]:
+def _signs_in(request: Request[Any, Any, Any]) -> bool:
+    """Whether people sign in to use the viewer (access control on)."""
+    return bool(request.app.state.settings.auth)
+
+
+async def _index(request: Request[Any, Any, Any], path: str) -> Response[bytes]:
+    """OHIF's page for ``/viewer/<path>``. With access control on, someone who has not
+    signed in (no session, no study link) is sent to the sign-in form first, which
+    brings them back here (issue #21)."""
+    directory: Path = request.app.state.settings.viewer_path
+    signed_in = None
+    if _signs_in(request):
+        who = await request.app.state.access.identify(request.scope)
+        if who is None:
+            here = "viewer/" + path.lstrip("/")
+            if request.url.query:
+                here += "?" + request.url.query
+            login = viewer.relative_root(path) + "../login?" + urlencode({"next": here})
+            return Redirect(login, status_code=303, headers={"Cache-Control": "no-store"})
+        if who.who.startswith("user:"):
+            signed_in = who.who[len("user:") :]
     template = (directory / "index.html").read_text(encoding="utf-8")
     return Response(
-        viewer.index_html(template, path).encode(),
+        viewer.index_html(template, path, signed_in=signed_in).encode(),
         media_type=_HTML,
         headers={"Cache-Control": _NO_CACHE},
     )
@@ -113,7 +133,7 @@ async def viewer_root(request: Request[Any, Any, Any]) -> Response[Any]:
     if bytes(request.scope.get("raw_path") or b"").endswith(b"/"):
         if viewer.installed(settings.viewer_path) is None:
             return _not_installed(settings.viewer_path)
-        return _index(settings.viewer_path, "/")
+        return await _index(request, "/")
     if any(k.lower() == "studyinstanceuids" for k, _ in parse_qsl(query)):
         # OHIF's study route is "viewer" under its base "/viewer"
         return Redirect(f"viewer/viewer?{query}", status_code=302)
@@ -132,7 +152,7 @@ async def viewer_files(request: Request[Any, Any, Any]) -> Response[Any]:
     name = path.strip("/")
     if name == "app-config.js":
         return Response(
-            viewer.app_config_js(viewer.ohif_config()).encode(),
+            viewer.app_config_js(viewer.ohif_config(), signs_in=_signs_in(request)).encode(),
             media_type=_MEDIA_TYPES[".js"],
             headers={"Cache-Control": _NO_CACHE},
         )
@@ -153,7 +173,7 @@ async def viewer_files(request: Request[Any, Any, Any]) -> Response[Any]:
         if "." in name.rsplit("/", 1)[-1]:
             # a missing asset, not a route of the application
             return Response(b"not found", status_code=404, media_type="text/plain; charset=utf-8")
-    return _index(directory, path)
+    return await _index(request, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -316,7 +336,7 @@ async def invoke_image_display(request: Request[Any, Any, Any]) -> Response[Any]
         location = await _invoke(request)
     except (BadRequest, _NoStudy) as exc:
         title = "Study not found" if isinstance(exc, _NoStudy) else "Invalid image display request"
-        return _page(
+        return html_page(
             exc.status_code,
             title,
             f"<p>{html.escape(exc.message)}</p><p>Request: <code>"

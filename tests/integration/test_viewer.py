@@ -4,7 +4,6 @@ tests/browser/test_ohif.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,25 +12,9 @@ import pytest
 
 from app import viewer
 
-from conftest import Pictor, content_type, multipart
+from conftest import VIEWER_INDEX as INDEX
+from conftest import Pictor, content_type, multipart, stand_in_viewer
 from synth import ct_slice, new_uids
-
-INDEX = (
-    '<!doctype html><html><head><script>window.PUBLIC_URL="/"</script>'
-    '<link rel="icon" href="/assets/favicon.ico"><script src="/app-config.js"></script>'
-    '<script defer src="/app.bundle.0123456789abcdef.js"></script></head><body></body></html>'
-)
-
-
-def _bundle(directory: Path) -> Path:
-    directory.mkdir(parents=True)
-    (directory / "index.html").write_text(INDEX)
-    (directory / "app.bundle.0123456789abcdef.js").write_text('__webpack_require__.p = "/";')
-    (directory / "0ddf166f7a343eda.wasm").write_bytes(b"\0asm\1\0\0\0")
-    (directory / "app.bundle.css").write_text("@font-face{src:url(/a.woff2)}")
-    (directory / viewer.MARKER).write_text(json.dumps({"version": "test"}))
-    assert viewer.relocate(directory) == 1
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +22,7 @@ def site(
     tmp_path_factory: pytest.TempPathFactory, pictor_module: Pictor
 ) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
     root = tmp_path_factory.mktemp("viewer")
-    bundle = _bundle(root / "bundle")
+    bundle = stand_in_viewer(root / "bundle")
     process = pictor_module(root / "data", workers=1, env={"PICTOR_VIEWER_DIR": str(bundle)})
     with httpx.Client(base_url=process.base, timeout=30) as client:
         uids: dict[str, str] = {}

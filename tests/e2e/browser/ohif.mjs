@@ -1,6 +1,8 @@
 // Drives OHIF, served by Pictor at /viewer, in Debian's headless Chromium through
 // playwright-core, as a person would: study list, filter, open studies, upload, an IHE
 // Invoke Image Display link; and, from a page of another origin, cross-origin fetches.
+// With `login` in the scenario, the person signs in at Pictor's form first, is sent back
+// to it when the session ends, and signs out at the end (issue #21).
 //
 // Usage: node ohif.mjs <scenario.json>. The scenario names the server, the studies to
 // expect, the file to upload, the artifacts directory and the CORS pages. The script
@@ -143,6 +145,33 @@ async function openStudy(name, url, { omitQuotation = true } = {}) {
 
 const base = scenario.base; // http://127.0.0.1:PORT
 
+// Sign in through Pictor's own form (issue #21), as a person who opens the viewer first
+async function signIn(name, password) {
+  await page.waitForURL(/\/login\?next=/);
+  const form = page.locator('form[action="login"]');
+  await form.locator('input[name=username]').fill(name);
+  await form.locator('input[name=password]').fill(password);
+  await form.getByRole('button', { name: 'Sign in' }).click();
+}
+
+if (scenario.login) {
+  await step('wrong_password', async () => {
+    await page.goto(`${base}/viewer/`);
+    const redirected = page.url();
+    await signIn(scenario.login.user, 'not the password');
+    await page.getByText('Wrong user name or password').waitFor();
+    return { redirected, url: page.url(), screenshot: await shot('login-wrong') };
+  });
+  await step('sign_in', async () => {
+    await page.goto(`${base}/viewer/`);
+    const form = await shot('login-form');
+    await signIn(scenario.login.user, scenario.login.password);
+    await page.waitForURL(/\/viewer\/(\?.*)?$/);
+    const cookie = (await context.cookies()).find((c) => c.name === 'pictor_session') || null;
+    return { url: page.url(), cookie, form };
+  });
+}
+
 await step('study_list', async () => {
   await page.goto(`${base}/viewer/`);
   const rows = {};
@@ -151,7 +180,7 @@ await step('study_list', async () => {
   return { rows, screenshot: await shot('study-list') };
 });
 
-await step('filter', async () => {
+if (scenario.filter) await step('filter', async () => {
   const qidoBefore = result.requests.length;
   // the patient name filter is the first text box of the list; OHIF adds its wildcards
   const box = page.locator('thead input, input').first();
@@ -171,7 +200,7 @@ for (const study of scenario.studies) {
     }));
 }
 
-await step('upload', async () => {
+if (scenario.upload) await step('upload', async () => {
   await page.goto(`${base}/viewer/`);
   await page.locator('tr').nth(1).waitFor();
   await dismissNotices();
@@ -191,7 +220,7 @@ await step('upload', async () => {
   };
 });
 
-await step('iid', async () =>
+if (scenario.iid) await step('iid', async () =>
   openStudy('iid', `${base}/IHEInvokeImageDisplay?requestType=STUDY&accessionNumber=${encodeURIComponent(scenario.iid.accessionNumber)}`));
 
 // CORS: the same little page served under two origins, one allowed, one not
@@ -219,6 +248,40 @@ for (const [key, origin] of Object.entries(scenario.cors || {})) {
         error: await attempt(`${dicomweb}/studies?limit=nope`, { headers: { Accept: 'application/dicom+json' } }),
       };
     }, `${base}/dicom-web`);
+  });
+}
+
+if (scenario.login) {
+  // the session ends while the viewer is open (a timeout, a sign-out elsewhere): the
+  // next search answers 401 and the viewer sends the person to sign in again
+  await step('session_ended', async () => {
+    await page.goto(`${base}/viewer/`);
+    await page.locator('tr').nth(1).waitFor();
+    await dismissNotices();
+    const ended = (await context.cookies()).find((c) => c.name === 'pictor_session');
+    await page.request.post(`${base}/logout`, { headers: { Origin: base } });
+    await context.addCookies([ended]); // the browser still holds the ended session
+    const box = page.locator('thead input, input').first();
+    await box.fill('ZZ');
+    await page.waitForURL(/\/login\?next=viewer/, { timeout: 30000 });
+    const url = page.url();
+    await signIn(scenario.login.user, scenario.login.password);
+    await page.waitForURL(/\/viewer\//);
+    await page.locator('tr').nth(1).waitFor();
+    return { url, back: page.url(), screenshot: await shot('signed-in-again') };
+  });
+  await step('sign_out', async () => {
+    await page.goto(`${base}/viewer/`);
+    await page.locator('tr').nth(1).waitFor();
+    await dismissNotices();
+    await page.locator('#pictor-sign-out button').click();
+    await page.waitForURL(/\/login\?next=/);
+    const form = await page.locator('input[name=password]').count();
+    const cookie = (await context.cookies()).find((c) => c.name === 'pictor_session') || null;
+    // the viewer is closed again
+    await page.goto(`${base}/viewer/`);
+    await page.waitForURL(/\/login\?next=/);
+    return { url: page.url(), form, cookie, screenshot: await shot('signed-out') };
   });
 }
 

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from PIL import Image
 
 from app.viewer import installed
 
-from conftest import Pictor, content_type, multipart
+from conftest import Archive, Pictor, content_type, multipart, pictor_cli
 from corpus import get_ref
 from server import free_port
 from synth import ct_slice, new_uids
@@ -97,6 +98,26 @@ def _drawn(png: str) -> bool:
     return bool((middle > 40).mean() > 0.02 and middle.std() > 10)
 
 
+def _run(scenario: dict[str, Any], tmp_path: Path, name: str = "result") -> dict[str, Any]:
+    """ohif.mjs on ``scenario``; the steps it recorded, every one of them passed."""
+    scenario_file = tmp_path / "scenario.json"
+    scenario_file.write_text(json.dumps(scenario))
+    done = subprocess.run(
+        ["node", str(HERE / "ohif.mjs"), str(scenario_file)],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    steps: dict[str, Any] = result["steps"]
+    failed = {k: v["error"] for k, v in steps.items() if not v["ok"]}
+    assert not failed, json.dumps(failed, indent=1)[:6000]
+    return steps
+
+
 @pytest.mark.slow
 def test_ohif_against_pictor(
     browser_tools: None, other_origin: int, tmp_path: Path, pictor: Pictor
@@ -152,21 +173,7 @@ def test_ohif_against_pictor(
         "iid": {"accessionNumber": ct_accession},
         "cors": {"allowed": allowed, "refused": refused},
     }
-    scenario_file = tmp_path / "scenario.json"
-    scenario_file.write_text(json.dumps(scenario))
-    done = subprocess.run(
-        ["node", str(HERE / "ohif.mjs"), str(scenario_file)],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    (ARTIFACTS / "result.json").write_text(json.dumps(result, indent=1))
-    steps = result["steps"]
-    failed = {k: v["error"] for k, v in steps.items() if not v["ok"]}
-    assert not failed, json.dumps(failed, indent=1)[:6000]
+    steps = _run(scenario, tmp_path)
 
     # the study list: both studies, with their patient names and modalities
     rows = steps["study_list"]["rows"]
@@ -215,4 +222,92 @@ def test_ohif_against_pictor(
     no = steps["cors_refused"]
     assert no["origin"] == refused
     assert not no["simple"]["ok"] and not no["preflighted"]["ok"] and not no["error"]["ok"]
+    http.close()
+
+
+@pytest.mark.slow
+def test_ohif_behind_the_sign_in(browser_tools: None, tmp_path: Path, pictor: Pictor) -> None:
+    """Issue #21: with --auth, a person opens the viewer, is sent to Pictor's sign-in
+    form, signs in (a wrong password first), sees the study list and an image, uploads
+    through OHIF (a STOW-RS authenticated by the session cookie, from the viewer's own
+    origin), is sent back to sign in when the session ends, and signs out."""
+    data = tmp_path / "data"
+    process = pictor(data, env={"PICTOR_VIEWER_DIR": str(VIEWER_DIR), "PICTOR_AUTH": "true"})
+    added = pictor_cli(
+        "user",
+        "add",
+        "tina",
+        "--role",
+        "technologist",
+        "--password-stdin",
+        data_dir=data,
+        stdin="tina's password 1\n",
+    )
+    assert added.returncode == 0, added.stderr
+    writer = pictor_cli(
+        "token", "create", "--name", "loader", "--scopes", "read,write", data_dir=data
+    )
+    http = httpx.Client(
+        base_url=process.dicomweb,
+        timeout=60,
+        headers={"Authorization": f"Bearer {writer.stdout.strip()}"},
+    )
+    study, series = new_uids()
+    stored = http.post(
+        "/studies",
+        content=multipart([ct_slice(study, series, i, rows=256, cols=256) for i in range(4)]),
+        headers={"Content-Type": content_type()},
+    )
+    assert stored.status_code == 200, stored.text
+    up_study, up_series = new_uids()
+    upload = tmp_path / "upload.dcm"
+    upload.write_bytes(
+        ct_slice(
+            up_study, up_series, 0, rows=64, cols=64, patient_id="UP2", patient_name="SIGNED^IN"
+        )
+    )
+    steps = _run(
+        {
+            "base": process.base,
+            "chromium": CHROMIUM,
+            "artifacts": str(ARTIFACTS / "login"),
+            "login": {"user": "tina", "password": "tina's password 1"},
+            "studies": [{"key": "ct", "uid": study, "name": "DOE, JANE", "omitQuotation": True}],
+            "upload": str(upload),
+        },
+        tmp_path,
+        "login",
+    )
+    # sent to the form by the viewer, a wrong password answered on the form
+    assert "/login?next=viewer" in steps["wrong_password"]["redirected"]
+    # signed in: back in the viewer, with an HttpOnly, SameSite session cookie
+    assert steps["sign_in"]["url"].startswith(process.base + "/viewer/")
+    cookie = steps["sign_in"]["cookie"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/"
+    assert "CT" in steps["study_list"]["rows"]["DOE, JANE"]
+    opened = steps["open_ct"]
+    assert opened["frames"] and all(r["status"] == 200 for r in opened["frames"])
+    assert _drawn(opened["screenshot"]), "the viewport is blank"
+    # the upload went through with the cookie (and its Origin): it is in the archive
+    assert steps["upload"]["status"] == 200
+    found = http.get("/studies", params={"StudyInstanceUID": up_study}).json()
+    assert found and found[0]["00100010"]["Value"][0]["Alphabetic"] == "SIGNED^IN"
+    # the session ended under the open viewer: back to the form, then back to the list
+    assert "/login?next=viewer" in steps["session_ended"]["url"]
+    assert "/viewer/" in steps["session_ended"]["back"]
+    # signed out: the form, no cookie, and the viewer closed again
+    out = steps["sign_out"]
+    assert "/login?next=" in out["url"] and out["form"] == 1 and out["cookie"] is None
+    archive = Archive(process)
+    deadline = time.monotonic() + 15  # the audit trail is written in batches
+    while True:
+        audit = archive.query(
+            "SELECT action, status FROM audit_event WHERE who = 'user:tina' ORDER BY id"
+        )
+        actions = [(r["action"], r["status"]) for r in audit]
+        if ("logout", 303) in actions or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert ("login", 401) in actions and ("login", 303) in actions and ("logout", 303) in actions
+    assert ("stow", 200) in actions and ("wado-frames", 200) in actions
     http.close()

@@ -11,6 +11,7 @@ import pytest
 from app.auth import links
 from app.auth.fhir import audit_event
 from app.auth.oidc import granted_scopes
+from app.auth.principal import ROLES
 from app.auth.routes import classify
 from app.config import ConfigError, exposure_problem, load_settings
 
@@ -113,7 +114,16 @@ def test_scopes_from_claims() -> None:
     assert granted_scopes({"scope": "openid read write"}, "scope", "") == {"read", "write"}
     assert granted_scopes({"scp": ["pictor:read"]}, "scope", "") == {"read"}
     claims = {"realm_access": {"roles": ["pictor.admin", "other"]}}
-    assert granted_scopes(claims, "scope", "realm_access.roles") == {"admin"}
+    # a role in the roles claim grants what the local role grants (issue #21)
+    assert granted_scopes(claims, "scope", "realm_access.roles") == ROLES["admin"]
+    assert granted_scopes({"roles": ["technologist"]}, "scope", "roles") == {"read", "write"}
+    assert granted_scopes({"roles": ["radiologist", "viewer"]}, "scope", "roles") == {
+        "read",
+        "worklist",
+    }
+    # a role name in the scope claim is not a scope; nor are roles read without the claim
+    assert granted_scopes({"scope": "technologist"}, "scope", "") == frozenset()
+    assert granted_scopes({"roles": ["admin"]}, "scope", "") == frozenset()
     assert granted_scopes({"scope": "sudo"}, "scope", "") == frozenset()
 
 
