@@ -114,6 +114,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: fewest seconds between two fetches of the JWK Set caused by unknown key ids (a
     #: flood of made-up ``kid`` values must not become a flood of requests to the issuer)
     oidc_jwks_cooldown: float = 10.0
+    #: people sign in at the identity provider (issue #21): the viewer's client id there
+    #: (a public client: authorization code with PKCE, run by OHIF in the browser); the
+    #: provider is ``oidc_issuer`` (its discovery document, OpenID Connect Discovery 1.0)
+    oidc_client_id: str = ""
+    #: the scopes the viewer asks for
+    oidc_viewer_scope: str = "openid profile"
     #: HTTPS: certificate chain and private key (PEM files)
     tls_cert: str = ""
     tls_key: str = ""
@@ -180,6 +186,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return bool(self.oidc_jwks_url or self.oidc_public_key)
 
     @property
+    def oidc_sign_in(self) -> bool:
+        """Whether people sign in at the identity provider (else with local accounts)."""
+        return bool(self.auth and self.oidc_client_id)
+
+    @property
     def oidc_algorithm_list(self) -> tuple[str, ...]:
         return tuple(a.strip() for a in self.oidc_algorithms.split(",") if a.strip())
 
@@ -235,6 +246,8 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_OIDC_SCOPE_CLAIM": "oidc_scope_claim",
     "PICTOR_OIDC_ROLES_CLAIM": "oidc_roles_claim",
     "PICTOR_OIDC_JWKS_COOLDOWN": "oidc_jwks_cooldown",
+    "PICTOR_OIDC_CLIENT_ID": "oidc_client_id",
+    "PICTOR_OIDC_VIEWER_SCOPE": "oidc_viewer_scope",
     "PICTOR_TLS_CERT": "tls_cert",
     "PICTOR_TLS_KEY": "tls_key",
     "PICTOR_LINK_SECRET": "link_secret",
@@ -441,6 +454,14 @@ def _check_access_settings(settings: Settings) -> None:
         raise ConfigError("give a JWKS URL or a public key for JWTs, not both")
     if settings.oidc_enabled and not settings.oidc_issuer:
         raise ConfigError("JWT verification needs the issuer (PICTOR_OIDC_ISSUER)")
+    if settings.oidc_client_id and not settings.oidc_enabled:
+        raise ConfigError(
+            "signing in at the identity provider (PICTOR_OIDC_CLIENT_ID) needs its keys to "
+            "verify the tokens: PICTOR_OIDC_JWKS_URL (or PICTOR_OIDC_PUBLIC_KEY) and "
+            "PICTOR_OIDC_ISSUER"
+        )
+    if settings.oidc_client_id and "openid" not in settings.oidc_viewer_scope.split():
+        raise ConfigError("PICTOR_OIDC_VIEWER_SCOPE must include openid")
     if settings.auth_cache_seconds < 0:
         raise ConfigError("PICTOR_AUTH_CACHE_SECONDS cannot be negative")
     if not 0 < settings.session_idle_seconds <= settings.session_max_seconds:

@@ -169,6 +169,12 @@ def relative_root(path: str) -> str:
     return "../" * depth or "./"
 
 
+_BUTTON_STYLE = (
+    "font:12px system-ui,sans-serif;padding:3px 10px;color:#e6e6e6;background:#14204a;"
+    "border:1px solid #5a6bb0;border-radius:4px;cursor:pointer"
+)
+
+
 def index_html(template: str, path: str, *, signed_in: str | None = None) -> str:
     """OHIF's ``index.html`` for the deep link ``/viewer/<path>``: every reference to the
     bundle made relative, and ``window.PUBLIC_URL`` (OHIF's and webpack's base) computed
@@ -185,9 +191,8 @@ def index_html(template: str, path: str, *, signed_in: str | None = None) -> str
         button = (
             f'<form id="pictor-sign-out" method="post" action="{root}../logout" '
             'style="position:fixed;right:6px;bottom:6px;z-index:2147483647;margin:0">'
-            f'<button type="submit" title="Signed in as {who}" style="font:12px system-ui,'
-            "sans-serif;padding:3px 10px;color:#e6e6e6;background:#14204a;border:1px solid "
-            '#5a6bb0;border-radius:4px;cursor:pointer">Sign out</button></form>'
+            f'<button type="submit" title="Signed in as {who}" '
+            f'style="{_BUTTON_STYLE}">Sign out</button></form>'
         )
         html = html.replace("</body>", button + "</body>", 1)
     return html
@@ -253,6 +258,90 @@ _SIGN_IN_AGAIN = (
     "    location.assign(new URL('../login?next=' + encodeURIComponent(next), here).href);\n"
     "  };\n"
 )
+#: the same with the identity provider's sign-in: the token OHIF holds is no longer
+#: accepted (expired, revoked), so it is dropped and the page reloaded; OHIF, holding
+#: no user, sends the person to the provider, which brings them back here
+_SIGN_IN_AGAIN_OIDC = (
+    "  config.httpErrorHandler = function (error) {\n"
+    "    if (!error || error.status !== 401 || window.__pictorSigningIn) return;\n"
+    "    window.__pictorSigningIn = true;\n"
+    "    [sessionStorage, localStorage].forEach(function (store) {\n"
+    "      Object.keys(store).forEach(function (key) {\n"
+    "        if (key.indexOf('oidc.user:') === 0) store.removeItem(key);\n"
+    "      });\n"
+    "    });\n"
+    "    location.reload();\n"
+    "  };\n"
+)
+
+
+def oidc_client(authority: str, client_id: str, scope: str) -> dict[str, Any]:
+    """OHIF's ``oidc`` entry: OHIF signs the person in at ``authority`` itself
+    (authorization code with PKCE, oidc-client-ts) and sends the access token as a
+    bearer token. Its redirect URIs, relative to the viewer, are what the provider must
+    have registered: ``<viewer>/callback`` and ``<viewer>/silent-refresh.html``; after
+    sign-out, the page the person signed out from (``<viewer>/`` for the study list)."""
+    return {
+        "authority": authority,
+        "client_id": client_id,
+        "redirect_uri": "/callback",
+        "silent_redirect_uri": "/silent-refresh.html",
+        # OHIF routes this path (not made relative to its base) to its sign-out callback:
+        # "/" would take OHIF's own /viewer/viewer route; the provider is sent back to
+        # the page the person signed out from instead (OHIF's Logout passes it)
+        "post_logout_redirect_uri": "/signed-out",
+        "response_type": "code",
+        "scope": scope,
+        "automaticSilentRenew": True,
+        "revokeAccessTokenOnSignout": True,
+    }
+
+
+#: with the identity provider's sign-in: a "Sign out" button (OHIF 3.13's own Logout
+#: menu item navigates to its /logout route, which does not sign out) that drops the
+#: tokens OHIF holds and ends the session at the provider (OpenID Connect RP-Initiated
+#: Logout 1.0: its end_session_endpoint, with client_id and a post_logout_redirect_uri
+#: of the viewer's root, which the provider must have registered)
+_SIGN_OUT_OIDC = (
+    "  window.addEventListener('DOMContentLoaded', function () {\n"
+    "    var client = config.oidc[0];\n"
+    "    var form = document.createElement('form');\n"
+    "    form.id = 'pictor-sign-out';\n"
+    "    form.style.cssText = 'position:fixed;right:6px;bottom:6px;z-index:2147483647;margin:0';\n"
+    "    var button = document.createElement('button');\n"
+    "    button.type = 'submit';\n"
+    "    button.textContent = 'Sign out';\n"
+    "    button.style.cssText = " + json.dumps(_BUTTON_STYLE) + ";\n"
+    "    form.appendChild(button);\n"
+    "    form.addEventListener('submit', function (event) {\n"
+    "      event.preventDefault();\n"
+    "      [sessionStorage, localStorage].forEach(function (store) {\n"
+    "        Object.keys(store).forEach(function (key) {\n"
+    "          if (key.indexOf('oidc.user:') === 0) store.removeItem(key);\n"
+    "        });\n"
+    "      });\n"
+    "      var back = here.href;\n"
+    "      var discovery = client.authority.replace(/\\/$/, '') +\n"
+    "        '/.well-known/openid-configuration';\n"
+    "      fetch(discovery).then(function (r) { return r.json(); }).then(function (meta) {\n"
+    "        if (!meta.end_session_endpoint) throw new Error('no end_session_endpoint');\n"
+    "        var end = new URL(meta.end_session_endpoint);\n"
+    "        end.searchParams.set('client_id', client.client_id);\n"
+    "        end.searchParams.set('post_logout_redirect_uri', back);\n"
+    "        location.assign(end.href);\n"
+    "      }).catch(function () { location.assign(back); });\n"
+    "    });\n"
+    "    document.body.appendChild(form);\n"
+    "  });\n"
+)
+
+
+def _again(config: dict[str, Any], signs_in: bool) -> str:
+    if not signs_in:
+        return ""
+    if config.get("oidc"):
+        return _SIGN_IN_AGAIN_OIDC + _SIGN_OUT_OIDC
+    return _SIGN_IN_AGAIN
 
 
 def app_config_js(config: dict[str, Any], *, signs_in: bool = False) -> str:
@@ -269,6 +358,6 @@ def app_config_js(config: dict[str, Any], *, signs_in: bool = False) -> str:
         "  config.dataSources.forEach(function (source) {\n"
         "    var c = source.configuration;\n"
         "    c.wadoUriRoot = c.qidoRoot = c.wadoRoot = dicomweb;\n"
-        "  });\n" + (_SIGN_IN_AGAIN if signs_in else "") + "  window.config = config;\n"
+        "  });\n" + _again(config, signs_in) + "  window.config = config;\n"
         "})();\n"
     )

@@ -8,6 +8,10 @@
   locked account or address (:mod:`app.services.users`) is 429 with ``Retry-After``;
 * ``POST /logout``: the session ends, the cookie is removed, 303 to the form.
 
+With ``PICTOR_OIDC_CLIENT_ID`` people sign in at the identity provider instead:
+``GET /login`` is then a redirect to ``next`` in the viewer, whose OIDC client (OHIF's,
+authorization code with PKCE) sends them to the provider and back.
+
 Every attempt is audited (action ``login`` / ``logout``, who ``user:NAME``). A form
 POSTed from another origin is refused (403; login CSRF would sign a victim into the
 attacker's account); one without ``Origin`` and ``Referer`` is a program's and allowed
@@ -97,6 +101,10 @@ def _audit(request: Request[Any, Any, Any], who: str, action: str, status: int) 
 async def login_page(request: Request[Any, Any, Any]) -> Response[Any]:
     _enabled(request)
     next_page = safe_next(request.query_params.get("next"))
+    if request.app.state.settings.oidc_sign_in:
+        # people sign in at the identity provider: the viewer sends them there (OHIF's
+        # OIDC client, PKCE) and brings them back to this page
+        return Response(b"", status_code=303, headers={"Location": next_page, **_HEADERS})
     who = await request.app.state.access.identify(request.scope)
     if who is not None and who.who.startswith("user:"):
         name = who.who[len("user:") :]

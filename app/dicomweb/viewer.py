@@ -97,13 +97,30 @@ def _signs_in(request: Request[Any, Any, Any]) -> bool:
     return bool(request.app.state.settings.auth)
 
 
+def _config(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """OHIF's configuration; with the identity provider's sign-in, OHIF's own OIDC
+    client (:func:`app.viewer.oidc_client`)."""
+    settings = request.app.state.settings
+    config = viewer.ohif_config()
+    if settings.oidc_sign_in:
+        config["oidc"] = [
+            viewer.oidc_client(
+                settings.oidc_issuer, settings.oidc_client_id, settings.oidc_viewer_scope
+            )
+        ]
+    return config
+
+
 async def _index(request: Request[Any, Any, Any], path: str) -> Response[bytes]:
     """OHIF's page for ``/viewer/<path>``. With access control on, someone who has not
     signed in (no session, no study link) is sent to the sign-in form first, which
-    brings them back here (issue #21)."""
-    directory: Path = request.app.state.settings.viewer_path
+    brings them back here (issue #21); with the identity provider's sign-in, OHIF's own
+    OIDC client does that."""
+    settings = request.app.state.settings
+    directory: Path = settings.viewer_path
     signed_in = None
-    if _signs_in(request):
+    # (with the identity provider's sign-in, OHIF itself sends strangers there)
+    if _signs_in(request) and not settings.oidc_sign_in:
         who = await request.app.state.access.identify(request.scope)
         if who is None:
             here = "viewer/" + path.lstrip("/")
@@ -152,7 +169,7 @@ async def viewer_files(request: Request[Any, Any, Any]) -> Response[Any]:
     name = path.strip("/")
     if name == "app-config.js":
         return Response(
-            viewer.app_config_js(viewer.ohif_config(), signs_in=_signs_in(request)).encode(),
+            viewer.app_config_js(_config(request), signs_in=_signs_in(request)).encode(),
             media_type=_MEDIA_TYPES[".js"],
             headers={"Cache-Control": _NO_CACHE},
         )

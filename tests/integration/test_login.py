@@ -524,3 +524,66 @@ def test_an_ended_session_stops_working_at_once_in_every_worker(
             }
             assert statuses == {401}, (end, statuses)
         assert site.user("enable", "wanda").returncode == 0
+
+
+def test_with_an_identity_provider_the_viewer_signs_in_there(
+    tmp_path: Path, pictor: Pictor
+) -> None:
+    """With PICTOR_OIDC_CLIENT_ID, /login hands over to the viewer's OIDC client, whose
+    configuration names the provider; the viewer's pages load without a session (OHIF
+    itself sends strangers to the provider). The real provider and browser run in
+    tests/e2e/browser/test_ohif.py."""
+    process = pictor(
+        tmp_path / "data",
+        workers=1,
+        env={
+            "PICTOR_AUTH": "true",
+            "PICTOR_VIEWER_DIR": str(stand_in_viewer(tmp_path / "bundle")),
+            "PICTOR_OIDC_ISSUER": "https://idp.example.org/realms/h",
+            "PICTOR_OIDC_AUDIENCE": "pictor-api",
+            "PICTOR_OIDC_JWKS_URL": "https://idp.example.org/realms/h/certs",
+            "PICTOR_OIDC_CLIENT_ID": "pictor-viewer",
+            "PICTOR_OIDC_ROLES_CLAIM": "realm_access.roles",
+        },
+    )
+    r = httpx.get(process.base + "/login", params={"next": "viewer/viewer?StudyInstanceUIDs=1.2"})
+    assert r.status_code == 303 and r.headers["location"] == "viewer/viewer?StudyInstanceUIDs=1.2"
+    assert (
+        httpx.get(process.base + "/login", params={"next": "//evil"}).headers["location"]
+        == "viewer/"
+    )
+    page = httpx.get(process.base + "/viewer/viewer", params={"StudyInstanceUIDs": "1.2"})
+    assert page.status_code == 200 and "pictor-sign-out" not in page.text
+    config = httpx.get(process.base + "/viewer/app-config.js").text
+    assert '"authority": "https://idp.example.org/realms/h"' in config
+    assert '"client_id": "pictor-viewer"' in config and '"response_type": "code"' in config
+    assert "end_session_endpoint" in config and "oidc.user:" in config
+    # DICOMweb still wants a token
+    assert httpx.get(process.dicomweb + "/studies").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PICTOR_OIDC_CLIENT_ID": "v"}, "PICTOR_OIDC_JWKS_URL"),
+        (
+            {
+                "PICTOR_OIDC_CLIENT_ID": "v",
+                "PICTOR_OIDC_ISSUER": "https://idp",
+                "PICTOR_OIDC_JWKS_URL": "https://idp/certs",
+                "PICTOR_OIDC_VIEWER_SCOPE": "profile",
+            },
+            "must include openid",
+        ),
+        (
+            {"PICTOR_SESSION_IDLE_SECONDS": "100", "PICTOR_SESSION_MAX_SECONDS": "50"},
+            "PICTOR_SESSION_IDLE_SECONDS",
+        ),
+        ({"PICTOR_LOGIN_MAX_FAILURES": "0"}, "MAX_FAILURES"),
+    ],
+)
+def test_sign_in_settings_are_checked_at_start(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    done = pictor_cli("serve", "--auth", data_dir=tmp_path / "data", env=env)
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-500:]

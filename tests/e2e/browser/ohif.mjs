@@ -39,8 +39,9 @@ await context.addInitScript(() => {
 
 const page = context.pages()[0] || (await context.newPage());
 page.on('console', (m) => {
-  if (m.type() === 'error') result.console.push(m.text().slice(0, 300));
+  if (m.type() === 'error' || m.type() === 'warning') result.console.push(m.text().slice(0, 300));
 });
+page.on('pageerror', (e) => result.console.push(`pageerror: ${String(e).slice(0, 300)}`));
 page.on('response', (r) => {
   const req = r.request();
   if (r.status() >= 400 && !r.url().includes('/dicom-web/')) result.missing.push(`${r.status()} ${r.url()} (page ${page.url()})`);
@@ -172,6 +173,40 @@ if (scenario.login) {
   });
 }
 
+// Sign in at the identity provider (oidc-provider's own development pages), sent there
+// by Pictor's /login and OHIF's OIDC client, and brought back
+async function signInAtProvider(name) {
+  await page.waitForURL((url) => url.href.startsWith(scenario.oidc.issuer), { timeout: 30000 });
+  await page.locator('input[name=login]').fill(name);
+  await page.locator('input[name=password]').fill('any password');
+  await page.locator('button[type=submit]').click();
+}
+
+function storedToken() {
+  return page.evaluate(() => {
+    for (const store of [sessionStorage, localStorage]) {
+      for (const key of Object.keys(store)) {
+        if (key.startsWith('oidc.user:')) return { key, user: JSON.parse(store.getItem(key)) };
+      }
+    }
+    return null;
+  });
+}
+
+if (scenario.oidc) {
+  await step('oidc_sign_in', async () => {
+    await page.goto(`${base}/login?next=viewer%2F`);
+    await page.waitForURL((url) => url.href.startsWith(scenario.oidc.issuer), { timeout: 30000 });
+    const provider = page.url();
+    const form = await shot('oidc-provider-form');
+    await signInAtProvider(scenario.oidc.user);
+    await page.waitForURL((url) => url.href.startsWith(`${base}/viewer`) && !url.pathname.endsWith('/callback'), { timeout: 30000 });
+    await page.locator('tr').nth(1).waitFor();
+    const stored = await storedToken();
+    return { provider, url: page.url(), form, token: stored && stored.user.access_token };
+  });
+}
+
 await step('study_list', async () => {
   await page.goto(`${base}/viewer/`);
   const rows = {};
@@ -282,6 +317,48 @@ if (scenario.login) {
     await page.goto(`${base}/viewer/`);
     await page.waitForURL(/\/login\?next=/);
     return { url: page.url(), form, cookie, screenshot: await shot('signed-out') };
+  });
+}
+
+if (scenario.oidc) {
+  // the provider's token is no longer accepted (expired, revoked): the next search
+  // answers 401; the viewer drops the token and OHIF goes back to the provider, which
+  // still knows the person and brings them straight back with a new one
+  await step('oidc_token_refused', async () => {
+    await page.goto(`${base}/viewer/`);
+    await page.locator('tr').nth(1).waitFor();
+    await dismissNotices();
+    const before = await storedToken();
+    // Pictor is sent the token altered: it refuses it (a real 401 of Pictor's)
+    let altered = 0;
+    await page.route('**/dicom-web/studies?**', async (route) => {
+      const headers = { ...route.request().headers() };
+      if (altered++ === 0 && headers.authorization) headers.authorization = headers.authorization.slice(0, -8) + 'AAAAAAAA';
+      await route.continue({ headers });
+    });
+    const refused = page.waitForResponse((r) => r.url().includes('/dicom-web/studies') && r.status() === 401, { timeout: 30000 });
+    await page.locator('thead input, input').first().fill('DO');
+    const status = (await refused).status();
+    await page.unroute('**/dicom-web/studies?**');
+    await page.waitForURL((url) => url.href.startsWith(scenario.oidc.issuer), { timeout: 30000 }).catch(() => {});
+    await page.waitForURL((url) => url.href.startsWith(`${base}/viewer`) && !url.pathname.endsWith('/callback'), { timeout: 30000 });
+    await page.locator('tr').nth(1).waitFor();
+    const after = await storedToken();
+    return { status, changed: !!after && after.user.access_token !== before.user.access_token, url: page.url() };
+  });
+  await step('oidc_sign_out', async () => {
+    await page.goto(`${base}/viewer/`);
+    await page.locator('tr').nth(1).waitFor();
+    await dismissNotices();
+    // Pictor's button (OHIF 3.13's own Logout item does not reach the provider)
+    await page.locator('#pictor-sign-out button').click();
+    await page.waitForURL((url) => url.href.startsWith(scenario.oidc.issuer), { timeout: 30000 });
+    const confirm = await shot('oidc-sign-out');
+    await page.locator('button[autofocus], button[name=logout], button[type=submit]').first().click();
+    // back in the viewer without a token, OHIF sends the person to sign in again
+    await page.waitForURL((url) => url.href.startsWith(scenario.oidc.issuer) && url.pathname.includes('interaction'), { timeout: 30000 });
+    await page.locator('input[name=login]').waitFor();
+    return { url: page.url(), confirm, screenshot: await shot('oidc-signed-out') };
   });
 }
 

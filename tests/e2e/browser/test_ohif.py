@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import numpy as np
 import pytest
 from PIL import Image
 
 from app.viewer import installed
 
+import oidc_provider
 from conftest import Archive, Pictor, content_type, multipart, pictor_cli
 from corpus import get_ref
 from server import free_port
@@ -311,3 +313,90 @@ def test_ohif_behind_the_sign_in(browser_tools: None, tmp_path: Path, pictor: Pi
     assert ("login", 401) in actions and ("login", 303) in actions and ("logout", 303) in actions
     assert ("stow", 200) in actions and ("wado-frames", 200) in actions
     http.close()
+
+
+@pytest.mark.slow
+def test_ohif_signs_in_at_the_identity_provider(
+    browser_tools: None, tmp_path: Path, pictor: Pictor
+) -> None:
+    """Issue #21: with PICTOR_OIDC_CLIENT_ID, /login and the viewer send the person to a
+    real OpenID Provider (oidc-provider from npm); OHIF signs in with the authorization
+    code and PKCE, and Pictor verifies the JWT access token it sends (issuer, audience,
+    keys from the provider's JWK Set) and takes the scopes of the person's role from the
+    roles claim. A token no longer accepted sends the person back to the provider; the
+    viewer's Logout ends the session at the provider."""
+    if oidc_provider.missing():
+        pytest.fail(oidc_provider.missing() or "")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    idp = oidc_provider.OidcProvider(
+        client_id="pictor-viewer",
+        redirect_uris=[f"{base}/viewer/callback", f"{base}/viewer/silent-refresh.html"],
+        post_logout_redirect_uris=[f"{base}/viewer/", f"{base}/viewer"],
+        people={"rita": {"roles": ["radiologist"], "name": "Rita Radiologist"}},
+    ).start()
+    try:
+        data = tmp_path / "data"
+        process = pictor(
+            data,
+            port=port,
+            env={"PICTOR_VIEWER_DIR": str(VIEWER_DIR), "PICTOR_AUTH": "true", **idp.env},
+        )
+        writer = pictor_cli(
+            "token", "create", "--name", "loader", "--scopes", "write", data_dir=data
+        )
+        study, series = new_uids()
+        stored = httpx.post(
+            process.dicomweb + "/studies",
+            content=multipart([ct_slice(study, series, i, rows=256, cols=256) for i in range(4)]),
+            headers={
+                "Content-Type": content_type(),
+                "Authorization": f"Bearer {writer.stdout.strip()}",
+            },
+        )
+        assert stored.status_code == 200, stored.text
+        steps = _run(
+            {
+                "base": base,
+                "chromium": CHROMIUM,
+                "artifacts": str(ARTIFACTS / "oidc"),
+                "oidc": {"issuer": idp.issuer, "user": "rita"},
+                "studies": [
+                    {"key": "ct", "uid": study, "name": "DOE, JANE", "omitQuotation": True}
+                ],
+            },
+            tmp_path,
+            "oidc",
+        )
+    finally:
+        idp.stop()
+    # /login sent the person to the provider, and the provider back to the viewer
+    assert steps["oidc_sign_in"]["provider"].startswith(idp.issuer)
+    token = steps["oidc_sign_in"]["token"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["iss"] == idp.issuer and claims["aud"] == "pictor-api"
+    assert claims["sub"] == "rita" and claims["roles"] == ["radiologist"]
+    # her role decides what the token may do: read, not store (a real request of ours)
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(process.dicomweb + "/studies", headers=bearer).status_code == 200
+    other, other_series = new_uids()
+    refused = httpx.post(
+        process.dicomweb + "/studies",
+        content=multipart([ct_slice(other, other_series, 0, rows=16, cols=16)]),
+        headers={"Content-Type": content_type(), **bearer},
+    )
+    assert refused.status_code == 403 and 'scope="write"' in refused.headers["www-authenticate"]
+    # the viewer read with the token: the list, the metadata, the frames, an image
+    assert "CT" in steps["study_list"]["rows"]["DOE, JANE"]
+    opened = steps["open_ct"]
+    assert opened["frames"] and all(r["status"] == 200 for r in opened["frames"])
+    assert _drawn(opened["screenshot"]), "the viewport is blank"
+    # a refused token: 401, then a new token from the provider, and the list again
+    refused = steps["oidc_token_refused"]
+    assert refused["status"] == 401 and refused["changed"]
+    # signed out at the provider: back to its sign-in form
+    assert steps["oidc_sign_out"]["url"].startswith(idp.issuer)
+    # Pictor's audit trail names the provider's subject
+    archive = Archive(process)
+    rows = archive.query("SELECT DISTINCT action FROM audit_event WHERE who = 'jwt:rita'")
+    assert {"qido-studies", "wado-frames"} <= {r["action"] for r in rows}
