@@ -356,7 +356,7 @@ def _new_password(args: argparse.Namespace, name: str) -> str:
 
 
 def user(args: argparse.Namespace) -> int:
-    """``pictor user add|passwd|role|disable|enable|list``: people who sign in at
+    """``pictor user add|passwd|role|disable|enable|unlock|list``: people who sign in at
     ``/login`` (passwords hashed with argon2id)."""
     from app.auth.principal import ROLES
     from app.errors import PictorError
@@ -376,6 +376,18 @@ def user(args: argparse.Namespace) -> int:
         elif args.action == "role":
             _with_index(settings, lambda pool: users.set_role(pool, args.name, args.role))
             print(f"{args.name!r} is now {args.role}", file=sys.stderr)
+        elif args.action == "unlock":
+            if (args.name is None) == (args.address is None):
+                sys.exit("pictor: name an account or give --address, not both")
+            found = _with_index(
+                settings, lambda pool: users.unlock(pool, name=args.name, address=args.address)
+            )
+            what = repr(args.name) if args.name is not None else f"address {args.address}"
+            print(
+                f"{what}: "
+                + ("failed sign-ins forgotten, unlocked" if found else "nothing to unlock"),
+                file=sys.stderr,
+            )
         elif args.action in ("disable", "enable"):
             disabled = args.action == "disable"
             _with_index(settings, lambda pool: users.set_disabled(pool, args.name, disabled))
@@ -1046,9 +1058,12 @@ def build_parser() -> argparse.ArgumentParser:
     ud.add_argument("name")
     ue = usub.add_parser("enable", help="allow a disabled account to sign in again")
     ue.add_argument("name")
+    uu = usub.add_parser("unlock", help="lift the lock that failed sign-ins put on an account")
+    uu.add_argument("name", nargs="?")
+    uu.add_argument("--address", help="lift the lock of a client address instead")
     ul = usub.add_parser("list", help="the accounts (names, roles, state; never passwords)")
     ul.add_argument("--json", action="store_true", help="as JSON")
-    for p in (ua, up, ur, ud, ue, ul):
+    for p in (ua, up, ur, ud, ue, uu, ul):
         data_dir(p)
     us.set_defaults(func=user)
 

@@ -93,6 +93,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
                     pool, settings.auth_cache_seconds, settings.session_idle_seconds
                 ),
                 public_base_url=settings.public_base_url,
+                sign_in_page=settings.auth and not settings.oidc_sign_in,
             )
             if audit is not None:
                 audit.start()

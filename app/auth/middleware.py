@@ -92,6 +92,7 @@ class Access:
         audit: AuditLog | None,
         sessions: SessionVerifier | None = None,
         public_base_url: str = "",
+        sign_in_page: bool = False,
     ) -> None:
         self.enforce = enforce
         self.tokens = tokens
@@ -100,6 +101,8 @@ class Access:
         self.audit = audit
         self.sessions = sessions
         self.public_base_url = public_base_url
+        #: people sign in at /login (local accounts; not the identity provider's)
+        self.sign_in_page = sign_in_page
 
     async def identify(self, scope: Any) -> Principal | None:
         """Who the request's cookies say is asking (a signed-in person, a study link),
@@ -118,10 +121,17 @@ def _invalid(message: str) -> Unauthorized:
     )
 
 
+def _sign_in_location(scope: Any) -> bytes:
+    """``login?next=`` this page, relative (the page is at the server's root)."""
+    here = scope["path"].lstrip("/")
+    query = scope.get("query_string", b"").decode("latin-1")
+    return ("login?" + urlencode({"next": here + ("?" + query if query else "")})).encode()
+
+
 async def _from_cookies(access: Access, scope: Any) -> Principal | None:
     """The principal of the session cookie, else of the study-link cookie; None when
     the request has neither; Unauthorized when the one it has is not valid."""
-    session = cookie_value(scope, sessions.COOKIE)
+    session = sessions.session_cookie(scope)
     if session is not None and access.sessions is not None:
         principal = (
             await access.sessions.verify(session) if sessions.looks_like_session(session) else None
@@ -186,7 +196,18 @@ class AccessMiddleware:
             scope[GRANTED_KEY] = principal.scopes
         except (Unauthorized, Forbidden, NotFound) as denied:
             scope[ROUTE_KEY] = target.action
-            await send_error(send, denied)
+            if isinstance(denied, Unauthorized) and self._sends_to_sign_in(access, scope, target):
+                await send_whole(
+                    send,
+                    303,
+                    b"",
+                    [
+                        (b"location", _sign_in_location(scope)),
+                        (b"cache-control", b"no-store"),
+                    ],
+                )
+            else:
+                await send_error(send, denied)
             self._audit(access, scope, target, principal, denied.status_code)
             return
         except ServiceUnavailable as down:  # who is asking cannot be told now
@@ -201,6 +222,16 @@ class AccessMiddleware:
             await self.app(scope, receive, recorder)
         finally:
             self._audit(access, scope, target, principal, recorder.status)
+
+    @staticmethod
+    def _sends_to_sign_in(access: Access, scope: Any, target: Target) -> bool:
+        """An EMR's Invoke Image Display link opened by a person who has not signed in
+        (a browser asking for a page): the sign-in form, which brings them back."""
+        if not access.sign_in_page or target.action != "iid" or scope["method"] != "GET":
+            return False
+        if header(scope, b"authorization"):
+            return False
+        return "text/html" in (header(scope, b"accept") or "")
 
     # -- who is asking -------------------------------------------------------------------
 

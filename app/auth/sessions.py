@@ -1,11 +1,12 @@
 """Browser sessions of people who signed in (issue #21), and the cross-site request
 check that cookies need.
 
-A session is a cookie, :data:`COOKIE`, carrying ``ps_`` and 43 URL-safe characters (256
-random bits); the index keeps its SHA-256 only (``user_session``, like API tokens). The
-cookie is ``HttpOnly`` (no script reads it), ``SameSite=Lax`` (another site's pages and
-scripts do not send it, yet a link from the EMR opens the viewer signed in), ``Path=/``
-and ``Secure`` when the request came over HTTPS (directly or through a proxy saying so).
+A session is a cookie, :data:`COOKIE` (:data:`SECURE_COOKIE` under HTTPS), carrying
+``ps_`` and 43 URL-safe characters (256 random bits); the index keeps its SHA-256 only
+(``user_session``, like API tokens). The cookie is ``HttpOnly`` (no script reads it),
+``SameSite=Lax`` (another site's pages and scripts do not send it, yet a link from the
+EMR opens the viewer signed in), ``Path=/`` and ``Secure`` when the request came over
+HTTPS (directly or through a proxy saying so).
 It ends, whichever comes first, ``PICTOR_SESSION_IDLE_SECONDS`` after its last request,
 ``PICTOR_SESSION_MAX_SECONDS`` after sign-in, at sign-out, or when its account is
 disabled or its password changes. Verification is cached per process for
@@ -43,6 +44,10 @@ from app.index.database import INDEX_ERRORS, Listener
 
 PREFIX = "ps_"
 COOKIE = "pictor_session"
+#: the name under HTTPS: a browser takes a ``__Host-`` cookie only from this very host,
+#: over HTTPS, for ``Path=/`` (RFC 6265bis 4.1.3.2), so a sibling subdomain cannot
+#: plant its own session cookie on a person (cookie tossing)
+SECURE_COOKIE = "__Host-" + COOKIE
 #: a session's ``seen_at`` is written at most this often (the idle timeout's precision)
 TOUCH_SECONDS = 30.0
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -86,6 +91,16 @@ def is_https(scope: Any) -> bool:
         return forwarded == "https"
     first = (header(scope, b"forwarded") or "").split(",")[0].lower()
     return any(p.strip() == "proto=https" for p in first.split(";"))
+
+
+def session_cookie_name(scope: Any) -> str:
+    """The session cookie's name for this request (:data:`SECURE_COOKIE` under HTTPS)."""
+    return SECURE_COOKIE if is_https(scope) else COOKIE
+
+
+def session_cookie(scope: Any) -> str | None:
+    """The session cookie of the request: under HTTPS only the ``__Host-`` one counts."""
+    return cookie_value(scope, session_cookie_name(scope))
 
 
 def set_cookie(scope: Any, name: str, value: str, max_age: int) -> bytes:

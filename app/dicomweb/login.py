@@ -151,17 +151,18 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
         _audit(request, "anonymous", "login", 403)
         raise
     fields = await _fields(request)
-    name = fields.get("username", "")[:64]
+    name = fields.get("username", "")
     next_page = safe_next(fields.get("next"))
     outcome = await users.sign_in(
         state.pool, state.settings, name, fields.get("password", ""), _client(request)
     )
     who = f"user:{outcome.user}" if users.valid_name(outcome.user) else "anonymous"
+    name = name[:64]  # echoed in the form
     if outcome.session is not None:
         _audit(request, who, "login", 303)
         cookie = sessions.set_cookie(
             request.scope,
-            sessions.COOKIE,
+            sessions.session_cookie_name(request.scope),
             outcome.session,
             int(state.settings.session_max_seconds),
         )
@@ -193,7 +194,7 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
 async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
     _enabled(request)
     state = request.app.state
-    token = sessions.cookie_value(request.scope, sessions.COOKIE)
+    token = sessions.session_cookie(request.scope)
     if token is not None:
         try:
             _cross_site_form(request, strict=True)
@@ -204,7 +205,7 @@ async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
         if state.access.sessions is not None:
             state.access.sessions.forget(token)
         _audit(request, f"user:{name}" if name else "anonymous", "logout", 303)
-    cookie = sessions.set_cookie(request.scope, sessions.COOKIE, "", 0)
+    cookie = sessions.set_cookie(request.scope, sessions.session_cookie_name(request.scope), "", 0)
     return Response(
         b"",
         status_code=303,

@@ -222,3 +222,10 @@ async def forget_failures(pool: Any, key: str, window: float) -> None:
                   AND (locked_until IS NULL OR locked_until < now())""",
             window,
         )
+
+
+async def unlock(pool: Any, key: str) -> bool:
+    """Forget the failed sign-ins of ``key`` (``user:NAME`` or ``addr:IP``), lock
+    included; whether there were any."""
+    done = await pool.execute("DELETE FROM login_failure WHERE key = $1", key)
+    return not str(done).endswith(" 0")

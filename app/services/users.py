@@ -43,6 +43,7 @@ __all__ = [
     "set_role",
     "sign_in",
     "sign_out",
+    "unlock",
     "valid_name",
 ]
 
@@ -102,6 +103,13 @@ async def set_disabled(pool: Pool, name: str, disabled: bool) -> None:
     """Disabling ends every session of the account; NotFound for no such account."""
     async with pool.acquire() as conn:
         await index_users.set_disabled(conn, name, disabled)
+
+
+async def unlock(pool: Pool, *, name: str | None = None, address: str | None = None) -> bool:
+    """Lift the lock of an account or a client address (an attacker can lock an
+    account by failing on purpose; the lock ends by itself too)."""
+    key = f"user:{name}" if name is not None else f"addr:{address}"
+    return await index_users.unlock(pool, key)
 
 
 async def list_users(pool: Pool) -> list[UserRow]:

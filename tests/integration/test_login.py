@@ -162,15 +162,21 @@ def test_the_form_then_a_session_cookie_that_opens_the_archive(site: Site) -> No
     assert reads and reads[0]["status"] == 200
 
 
-def test_under_https_the_cookie_is_secure(site: Site) -> None:
+def test_under_https_the_cookie_is_secure_and_host_only(site: Site) -> None:
+    https = {"X-Forwarded-Proto": "https"}
     with site.client() as c:
-        r = c.post(
-            "/login",
-            data={"username": "viewer1", "password": PASSWORD},
-            headers={"X-Forwarded-Proto": "https"},
-        )
+        r = c.post("/login", data={"username": "viewer1", "password": PASSWORD}, headers=https)
         assert r.status_code == 303
-        assert "; Secure" in r.headers["set-cookie"]
+        cookie = r.headers["set-cookie"]
+        # RFC 6265bis __Host-: this host only, HTTPS only, Path=/ (no cookie tossing)
+        assert cookie.startswith("__Host-pictor_session=ps_") and "; Secure" in cookie
+        value = cookie.split(";")[0].split("=", 1)[1]
+    url = site.base + "/dicom-web/studies"
+    assert (
+        httpx.get(url, headers=https, cookies={"__Host-pictor_session": value}).status_code == 200
+    )
+    # under HTTPS a session cookie without the prefix (one a sibling site could set) is none
+    assert httpx.get(url, headers=https, cookies={"pictor_session": value}).status_code == 401
 
 
 def test_a_wrong_password_and_an_unknown_user_get_the_same_answer(site: Site) -> None:
@@ -368,6 +374,13 @@ def test_an_account_is_slowed_then_locked(site: Site) -> None:
         assert sign_in(c, "viewer1").status_code == 303
         time.sleep(LOCK + 0.5)
         assert sign_in(c, "carol").status_code == 303
+        # an administrator lifts a lock without waiting
+        for _ in range(ACCOUNT_LIMIT):
+            sign_in(c, "carol", "not her password")
+        assert sign_in(c, "carol").status_code == 429
+        done = site.user("unlock", "carol")
+        assert done.returncode == 0 and "unlocked" in done.stderr
+        assert sign_in(c, "carol").status_code == 303
     assert site.audit("action = 'login' AND who = 'user:carol' AND status = 429", count=2)
 
 
@@ -472,6 +485,30 @@ def test_the_viewer_sends_strangers_to_sign_in_and_back(site: Site) -> None:
         page = c.get("/viewer/viewer", params={"StudyInstanceUIDs": site.study})
         assert page.status_code == 200 and 'id="pictor-sign-out"' in page.text
         assert 'action="./../logout"' in page.text and "Signed in as viewer1" in page.text
+
+
+def test_an_invoke_image_display_link_goes_through_the_sign_in(site: Site) -> None:
+    """IHE RAD TF-2 4.106: an EMR opens the link in a browser; a person who has not
+    signed in signs in first and lands on the study."""
+    params = {"requestType": "STUDY", "studyUID": site.study}
+    page = {"Accept": "text/html,application/xhtml+xml"}
+    with site.client() as c:
+        r = c.get("/IHEInvokeImageDisplay", params=params, headers=page)
+        assert r.status_code == 303 and r.headers["location"].startswith(
+            "login?next=IHEInvokeImageDisplay%3FrequestType%3DSTUDY"
+        )
+        next_page = r.headers["location"].split("next=", 1)[1]
+        # a program (no text/html) gets the 401 it can act on
+        assert c.get("/IHEInvokeImageDisplay", params=params).status_code == 401
+        signed = c.post(
+            "/login",
+            content=f"username=viewer1&password={PASSWORD.replace(' ', '+')}&next={next_page}",
+            headers={"Origin": site.origin, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert signed.status_code == 303
+        assert signed.headers["location"].startswith("IHEInvokeImageDisplay?requestType=STUDY")
+        opened = c.get("/" + signed.headers["location"], headers=page)
+        assert opened.status_code == 303 and site.study in opened.headers["location"]
 
 
 def test_user_cli(site: Site) -> None:
