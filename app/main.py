@@ -28,6 +28,7 @@ from app.observability import (
     setup_logging,
 )
 from app.routes import HotDispatch, PathGuard, framework_routes
+from app.services.events import FeedMover
 from app.services.fixity import Scrubber
 from app.services.ingest import Ingest
 from app.services.lifecycle import Lifecycle
@@ -103,6 +104,8 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             app.state.lifecycle.start(settings.purge_interval)
             app.state.scrubber = Scrubber(pool, store, settings.scrub_rate)
             app.state.scrubber.start()
+            app.state.feed = FeedMover(pool)
+            await app.state.feed.start()
             app.state.tiering = Tiering(settings, pool, store)
             app.state.tiering.start()
             # started in the background: serving does not wait for the codec workers
@@ -110,6 +113,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             yield
             warming.cancel()
             await app.state.tiering.stop()
+            await app.state.feed.stop()
             await app.state.scrubber.stop()
             await app.state.lifecycle.stop()
             await app.state.instances.stop()

@@ -33,6 +33,7 @@ from app.auth.principal import ADMIN, DELETE, READ, WRITE
 from app.dicomweb import (
     admin,
     bulk,
+    changefeed,
     frames,
     lifecycle,
     login,
@@ -143,6 +144,15 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("admin-merge", "POST", "/admin/patients/merge", ADMIN, lifecycle.merge_patients),
     Route("iid", "GET", "/IHEInvokeImageDisplay", READ, viewer.invoke_image_display),
+    # the change feed (issue #17), in the shape of Microsoft's DICOM service
+    Route("changefeed", "GET", DICOMWEB_PREFIX + "/changefeed", READ, changefeed.read_feed),
+    Route(
+        "changefeed-latest",
+        "GET",
+        DICOMWEB_PREFIX + "/changefeed/latest",
+        READ,
+        changefeed.latest_entry,
+    ),
     # STOW-RS (PS3.18 10.5)
     Route("stow", "POST", DICOMWEB_PREFIX + "/studies", WRITE, stow.store_instances),
     Route("stow", "POST", _S, WRITE, stow.store_instances),

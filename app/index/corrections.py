@@ -20,6 +20,7 @@ import msgspec
 from app.dicom.patch import COLUMNS, PATIENT_NAME, first_text
 from app.errors import BadRequest, NotFound
 from app.index.database import INDEX_ERRORS, index_failure
+from app.index.feed import log_study_update
 from app.index.instances import notify_study_changed
 from app.index.lifecycle import audit, lock_study, set_name_words
 
@@ -89,6 +90,7 @@ async def update_in(
     ]
     # the instances' cached rows carry the study's patch: every process drops them
     await notify_study_changed(conn, study_uid)
+    await log_study_update(conn, study["pk"])  # the change feed (issue #17)
     old_encoded = msgspec.json.encode(old)
     history = await conn.fetchval(
         """INSERT INTO study_update (study_uid, who, kind, old, new, undoes)
