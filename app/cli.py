@@ -428,6 +428,44 @@ def user(args: argparse.Namespace) -> int:
     return 0
 
 
+def webhook(args: argparse.Namespace) -> int:
+    """``pictor webhook add|status|remove``: events pushed to HTTP receivers."""
+    from app.errors import PictorError
+    from app.services import webhooks
+
+    settings = _settings(args)
+    try:
+        if args.action == "add":
+            events = [e.strip() for e in args.events.split(",") if e.strip()]
+            hook_id = _with_index(
+                settings, lambda pool: webhooks.add(pool, args.url, events, args.secret)
+            )
+            print(hook_id)
+            print(f"webhook {hook_id}: {args.url} for {', '.join(events)}", file=sys.stderr)
+        elif args.action == "remove":
+            _with_index(settings, lambda pool: webhooks.remove(pool, args.id))
+            print(f"webhook {args.id} removed, with its pending deliveries", file=sys.stderr)
+        else:
+            rows = _with_index(settings, webhooks.status)
+            if args.json:
+                import json
+
+                from app.dicomweb.admin import hook_answer
+
+                print(json.dumps([hook_answer(r) for r in rows], indent=1))
+                return 0
+            for r in rows:
+                last = f"{r.last_delivered_at:%Y-%m-%d %H:%M:%S}" if r.last_delivered_at else "-"
+                print(
+                    f"{r.hook.id}\t{r.hook.url}\t{','.join(r.hook.events)}\tpending {r.pending}"
+                    f"\tdelivered {r.delivered}\tfailed {r.given_up}\tlast delivered {last}"
+                    + (f"\tlast error: {r.last_error}" if r.last_error else "")
+                )
+    except PictorError as exc:
+        sys.exit(f"pictor: {exc.message}")
+    return 0
+
+
 def token(args: argparse.Namespace) -> int:
     """``pictor token create|list|revoke``: API tokens (stored hashed; shown once)."""
     from app.auth.principal import parse_scopes
@@ -1036,6 +1074,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("name")
     data_dir(tr)
     t.set_defaults(func=token)
+
+    wh = sub.add_parser("webhook", help="events pushed to HTTP receivers (CloudEvents, signed)")
+    wsub = wh.add_subparsers(dest="action", required=True)
+    wa = wsub.add_parser("add", help="subscribe a receiver")
+    wa.add_argument("--url", required=True, help="http(s)://host/path the events are POSTed to")
+    wa.add_argument(
+        "--events",
+        required=True,
+        help="instance.created, study.stable, study.updated, study.deleted (comma list)",
+    )
+    wa.add_argument("--secret", help="signs each delivery (X-Pictor-Signature: sha256=HMAC)")
+    ws = wsub.add_parser("status", help="the webhooks: pending, delivered, failed, last error")
+    ws.add_argument("--json", action="store_true", help="as JSON")
+    wr = wsub.add_parser("remove", help="unsubscribe (pending deliveries are dropped)")
+    wr.add_argument("id", type=int)
+    for p in (wa, ws, wr):
+        data_dir(p)
+    wh.set_defaults(func=webhook)
 
     us = sub.add_parser("user", help="people who sign in at /login (passwords hashed, argon2id)")
     usub = us.add_subparsers(dest="action", required=True)

@@ -129,6 +129,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: seconds a verified API token or JWT is trusted without checking again (so a
     #: revoked token stops working within this time)
     auth_cache_seconds: float = 5.0
+    # -- events (issue #17; see app/services/webhooks.py) --
+    #: a study is stable this many seconds after its last new instance
+    stable_seconds: float = 60.0
+    #: the first retry of a failed webhook delivery waits this long (then doubling)
+    webhook_backoff_seconds: float = 5.0
+    #: a delivery is retried for this long, then given up
+    webhook_retry_seconds: float = 86400.0
+    #: seconds a receiver has to answer
+    webhook_timeout: float = 10.0
+    #: deliveries in flight at once, per server process
+    webhook_concurrency: int = 8
     # -- people who sign in (issue #21; see app/auth/sessions.py) --
     #: a browser session ends after this many seconds without a request ...
     session_idle_seconds: float = 1800.0
@@ -252,6 +263,11 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_TLS_KEY": "tls_key",
     "PICTOR_LINK_SECRET": "link_secret",
     "PICTOR_AUTH_CACHE_SECONDS": "auth_cache_seconds",
+    "PICTOR_STABLE_SECONDS": "stable_seconds",
+    "PICTOR_WEBHOOK_BACKOFF_SECONDS": "webhook_backoff_seconds",
+    "PICTOR_WEBHOOK_RETRY_SECONDS": "webhook_retry_seconds",
+    "PICTOR_WEBHOOK_TIMEOUT": "webhook_timeout",
+    "PICTOR_WEBHOOK_CONCURRENCY": "webhook_concurrency",
     "PICTOR_SESSION_IDLE_SECONDS": "session_idle_seconds",
     "PICTOR_SESSION_MAX_SECONDS": "session_max_seconds",
     "PICTOR_LOGIN_MAX_FAILURES": "login_max_failures",
@@ -470,6 +486,12 @@ def _check_access_settings(settings: Settings) -> None:
         )
     if settings.login_max_failures < 1 or settings.login_address_max_failures < 1:
         raise ConfigError("PICTOR_LOGIN_(ADDRESS_)MAX_FAILURES must be at least 1")
+    if settings.stable_seconds < 0 or settings.webhook_backoff_seconds <= 0:
+        raise ConfigError(
+            "PICTOR_STABLE_SECONDS and PICTOR_WEBHOOK_BACKOFF_SECONDS must be positive"
+        )
+    if settings.webhook_timeout <= 0 or settings.webhook_concurrency < 1:
+        raise ConfigError("PICTOR_WEBHOOK_TIMEOUT and PICTOR_WEBHOOK_CONCURRENCY must be positive")
     if settings.login_lock_seconds <= 0:
         raise ConfigError("PICTOR_LOGIN_LOCK_SECONDS must be positive")
 

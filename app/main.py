@@ -34,6 +34,7 @@ from app.services.ingest import Ingest
 from app.services.lifecycle import Lifecycle
 from app.services.retrieve import InstanceCache
 from app.services.tiering import Tiering
+from app.services.webhooks import Webhooks
 
 log = logging.getLogger("pictor")
 
@@ -106,6 +107,8 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             app.state.scrubber.start()
             app.state.feed = FeedMover(pool)
             await app.state.feed.start()
+            app.state.webhooks = Webhooks(settings, pool)
+            app.state.webhooks.start()
             app.state.tiering = Tiering(settings, pool, store)
             app.state.tiering.start()
             # started in the background: serving does not wait for the codec workers
@@ -113,6 +116,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             yield
             warming.cancel()
             await app.state.tiering.stop()
+            await app.state.webhooks.stop()
             await app.state.feed.stop()
             await app.state.scrubber.stop()
             await app.state.lifecycle.stop()

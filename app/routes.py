@@ -117,6 +117,19 @@ ROUTES: tuple[Route, ...] = (
         admin.revoke_token,
         status=204,
     ),
+    # webhooks (issue #17)
+    Route("admin-webhooks", "GET", "/admin/webhooks", ADMIN, admin.list_webhooks),
+    Route(
+        "admin-webhooks-create", "POST", "/admin/webhooks", ADMIN, admin.create_webhook, status=201
+    ),
+    Route(
+        "admin-webhooks-delete",
+        "DELETE",
+        "/admin/webhooks/{hook}",
+        ADMIN,
+        admin.delete_webhook,
+        status=204,
+    ),
     # lifecycle (issue #15): the trash, corrections, patient merge
     Route("admin-trash", "GET", "/admin/trash", ADMIN, lifecycle.list_trash),
     Route("admin-trash-restore", "POST", "/admin/trash/restore", ADMIN, lifecycle.restore_trash),

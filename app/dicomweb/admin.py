@@ -21,7 +21,8 @@ from app.auth.principal import parse_scopes
 from app.dicom.uids import uid_problem
 from app.dicomweb.urls import DICOMWEB_PREFIX, request_base_url
 from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from app.services import access
+from app.services import access, webhooks
+from app.text import ascii_int
 
 
 class LinkRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -129,3 +130,49 @@ async def create_token(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def revoke_token(request: Request[Any, Any, Any]) -> None:
     name: str = request.path_params["name"]
     await access.revoke_token(request.app.state.pool, _name(name))
+
+
+# -- webhooks (issue #17) ------------------------------------------------------------
+
+
+class WebhookRequest(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    events: list[str]
+    secret: str | None = None
+
+
+def hook_answer(s: webhooks.HookStatus) -> dict[str, Any]:
+    """A webhook and how its deliveries stand (never its secret)."""
+    return {
+        "id": s.hook.id,
+        "url": s.hook.url,
+        "events": list(s.hook.events),
+        "signed": s.hook.signed,
+        "created": s.hook.created_at.isoformat(),
+        "pending": s.pending,
+        "delivered": s.delivered,
+        "failed": s.given_up,
+        "lastDelivered": s.last_delivered_at.isoformat() if s.last_delivered_at else None,
+        "lastError": s.last_error,
+        "lastErrorAt": s.last_error_at.isoformat() if s.last_error_at else None,
+    }
+
+
+async def list_webhooks(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return _json([hook_answer(s) for s in await webhooks.status(request.app.state.pool)])
+
+
+async def create_webhook(request: Request[Any, Any, Any]) -> Response[bytes]:
+    wanted: WebhookRequest = await json_body(request, WebhookRequest)
+    pool = request.app.state.pool
+    hook_id = await webhooks.add(pool, wanted.url, wanted.events, wanted.secret)
+    found = [s for s in await webhooks.status(pool) if s.hook.id == hook_id]
+    return _json(hook_answer(found[0]), 201)
+
+
+async def delete_webhook(request: Request[Any, Any, Any]) -> None:
+    text: str = request.path_params["hook"]
+    hook_id = ascii_int(text, 9)
+    if hook_id is None:
+        raise BadRequest(f"webhook id {text[:20]!r} is not a number")
+    await webhooks.remove(request.app.state.pool, hook_id)

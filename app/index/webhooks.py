@@ -1,0 +1,274 @@
+"""The index side of webhooks (issue #17; ``schemas/014``): subscriptions, the outbox
+of deliveries, and the events made from the change feed.
+
+:func:`make_events` reads the feed after ``event_cursor`` and, in one transaction,
+writes a delivery per event and subscribed webhook, notes new instances per study
+(``study_activity``), announces the studies that became stable, and moves the cursor:
+an event is made once, and never lost across a crash (at least once, then, for the
+receiver). :func:`claim` leases due deliveries, at most one in flight per webhook and
+study, the oldest first, so that each receiver gets a study's events in order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from app.errors import NotFound
+
+#: advisory lock key of the event maker ("PIEV")
+EVENTS_LOCK = 0x50494556
+BUSY = -1
+EVENTS = ("instance.created", "study.stable", "study.updated", "study.deleted")
+
+#: (event type, study, series, instance, feed sequence, time) -> CloudEvent JSON body
+Encoder = Callable[[uuid.UUID, str, str, str | None, str | None, int | None, dt.datetime], bytes]
+
+
+@dataclass(frozen=True)
+class Hook:
+    id: int
+    url: str
+    events: tuple[str, ...]
+    signed: bool
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class HookStatus:
+    hook: Hook
+    pending: int
+    delivered: int
+    given_up: int
+    last_delivered_at: dt.datetime | None
+    last_error: str | None
+    last_error_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Due:
+    id: int
+    webhook_id: int
+    body: bytes
+    attempts: int
+    created_at: dt.datetime
+    url: str
+    secret: str | None
+
+
+async def add(conn: Any, url: str, events: Sequence[str], secret: str | None) -> int:
+    hook_id: int = await conn.fetchval(
+        "INSERT INTO webhook (url, events, secret) VALUES ($1, $2, $3) RETURNING id",
+        url,
+        list(events),
+        secret,
+    )
+    return hook_id
+
+
+async def remove(conn: Any, hook_id: int) -> None:
+    """The webhook and its pending deliveries."""
+    done = await conn.execute("DELETE FROM webhook WHERE id = $1", hook_id)
+    if done.endswith(" 0"):
+        raise NotFound(f"no webhook {hook_id}")
+
+
+def _hook(r: asyncpg.Record) -> Hook:
+    return Hook(r["id"], r["url"], tuple(r["events"]), r["secret"] is not None, r["created_at"])
+
+
+async def hooks(conn: Any) -> list[Hook]:
+    rows = await conn.fetch("SELECT id, url, events, secret, created_at FROM webhook ORDER BY id")
+    return [_hook(r) for r in rows]
+
+
+async def status(conn: Any) -> list[HookStatus]:
+    rows = await conn.fetch(
+        """SELECT w.id, w.url, w.events, w.secret, w.created_at,
+                  count(*) FILTER (WHERE d.id IS NOT NULL AND d.delivered_at IS NULL
+                                   AND d.given_up_at IS NULL) AS pending,
+                  count(*) FILTER (WHERE d.delivered_at IS NOT NULL) AS delivered,
+                  count(*) FILTER (WHERE d.given_up_at IS NOT NULL) AS given_up,
+                  max(d.delivered_at) AS last_delivered_at,
+                  (SELECT e.last_error FROM webhook_delivery e
+                    WHERE e.webhook_id = w.id AND e.last_error IS NOT NULL
+                    ORDER BY e.id DESC LIMIT 1) AS last_error,
+                  (SELECT e.last_attempt_at FROM webhook_delivery e
+                    WHERE e.webhook_id = w.id AND e.last_error IS NOT NULL
+                    ORDER BY e.id DESC LIMIT 1) AS last_error_at
+             FROM webhook w LEFT JOIN webhook_delivery d ON d.webhook_id = w.id
+            GROUP BY w.id ORDER BY w.id"""
+    )
+    return [
+        HookStatus(
+            _hook(r),
+            r["pending"],
+            r["delivered"],
+            r["given_up"],
+            r["last_delivered_at"],
+            r["last_error"],
+            r["last_error_at"],
+        )
+        for r in rows
+    ]
+
+
+async def make_events(
+    pool: asyncpg.Pool, encode: Encoder, stable_seconds: float, batch: int = 1000
+) -> int:
+    """Events from the feed entries after the cursor, and for the studies that became
+    stable; how many feed entries were read (:data:`BUSY`: another maker is at it)."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", EVENTS_LOCK):
+            return BUSY
+        after = await conn.fetchval("SELECT seq FROM event_cursor FOR UPDATE")
+        rows = await conn.fetch(
+            """SELECT seq, at, action, study_uid, series_uid, sop_uid FROM change_feed
+                WHERE seq > $1 ORDER BY seq LIMIT $2""",
+            after,
+            batch,
+        )
+        subscribed = [
+            (r["id"], set(r["events"])) for r in await conn.fetch("SELECT id, events FROM webhook")
+        ]
+        events: list[tuple[str, str, str | None, str | None, int | None, dt.datetime]] = []
+        created: dict[str, dt.datetime] = {}
+        touched: set[str] = set()
+        deleted: list[str] = []
+        for r in rows:
+            study = r["study_uid"]
+            if r["action"] == "create":
+                created[study] = r["at"]
+                events.append(
+                    ("instance.created", study, r["series_uid"], r["sop_uid"], r["seq"], r["at"])
+                )
+            elif r["action"] == "update" and study not in touched:
+                touched.add(study)
+                events.append(("study.updated", study, None, None, r["seq"], r["at"]))
+            elif r["action"] == "delete" and study not in deleted:
+                deleted.append(study)
+        if deleted:  # a study is deleted when none of its instances is left
+            remaining = {
+                x[0]
+                for x in await conn.fetch(
+                    "SELECT study_uid FROM study WHERE study_uid = ANY($1::text[])", deleted
+                )
+            }
+            last = {r["study_uid"]: (r["seq"], r["at"]) for r in rows if r["action"] == "delete"}
+            for study in deleted:
+                if study not in remaining:
+                    seq, at = last[study]
+                    events.append(("study.deleted", study, None, None, seq, at))
+        if created:
+            await conn.execute(
+                """INSERT INTO study_activity (study_uid, last_created_at)
+                   SELECT * FROM unnest($1::text[], $2::timestamptz[])
+                   ON CONFLICT (study_uid) DO UPDATE
+                       SET last_created_at = greatest(study_activity.last_created_at,
+                                                      excluded.last_created_at),
+                           announced = false""",
+                list(created),
+                list(created.values()),
+            )
+        stable = await conn.fetch(
+            """UPDATE study_activity SET announced = true
+                WHERE study_uid IN (
+                      SELECT study_uid FROM study_activity
+                       WHERE NOT announced
+                         AND last_created_at < now() - make_interval(secs => $1)
+                       ORDER BY last_created_at LIMIT 1000)
+                  AND EXISTS (SELECT 1 FROM study s WHERE s.study_uid = study_activity.study_uid)
+            RETURNING study_uid, last_created_at""",
+            float(stable_seconds),
+        )
+        now = dt.datetime.now(dt.UTC)
+        events.extend(("study.stable", r["study_uid"], None, None, None, now) for r in stable)
+        out: list[tuple[int, uuid.UUID, str, str, bytes]] = []
+        for kind, study, series, sop, seq, at in events:
+            wanted = [hook for hook, kinds in subscribed if kind in kinds]
+            if not wanted:
+                continue
+            event_id = uuid.uuid4()
+            body = encode(event_id, kind, study, series, sop, seq, at)
+            out.extend((hook, event_id, kind, study, body) for hook in wanted)
+        if out:
+            await conn.copy_records_to_table(
+                "webhook_delivery",
+                records=out,
+                columns=("webhook_id", "event_id", "event_type", "study_uid", "body"),
+            )
+        if rows:
+            await conn.execute("UPDATE event_cursor SET seq = $1", rows[-1]["seq"])
+        return len(rows)
+
+
+async def claim(
+    pool: asyncpg.Pool, limit: int, lease: float, busy: Sequence[int] = ()
+) -> list[Due]:
+    """Lease up to ``limit`` due deliveries for ``lease`` seconds: for each webhook and
+    study only the oldest pending one (a study's events reach a receiver in order); none
+    for the ``busy`` webhooks (a slow receiver cannot take every slot)."""
+    rows = await pool.fetch(
+        """UPDATE webhook_delivery d
+              SET next_at = now() + make_interval(secs => $2), attempts = d.attempts + 1
+             FROM webhook w
+            WHERE w.id = d.webhook_id
+              AND d.id IN (
+                  SELECT c.id FROM webhook_delivery c
+                   WHERE c.delivered_at IS NULL AND c.given_up_at IS NULL AND c.next_at <= now()
+                     AND c.webhook_id <> ALL($3::int[])
+                     AND NOT EXISTS (
+                         SELECT 1 FROM webhook_delivery e
+                          WHERE e.webhook_id = c.webhook_id AND e.study_uid = c.study_uid
+                            AND e.id < c.id AND e.delivered_at IS NULL AND e.given_up_at IS NULL)
+                   ORDER BY c.id LIMIT $1
+                   FOR UPDATE OF c SKIP LOCKED)
+        RETURNING d.id, d.webhook_id, d.body, d.attempts, d.created_at, w.url, w.secret""",
+        limit,
+        float(lease),
+        list(busy),
+    )
+    return [
+        Due(
+            r["id"],
+            r["webhook_id"],
+            bytes(r["body"]),
+            r["attempts"],
+            r["created_at"],
+            r["url"],
+            r["secret"],
+        )
+        for r in rows
+    ]
+
+
+async def delivered(pool: asyncpg.Pool, delivery: int, status: int) -> None:
+    await pool.execute(
+        """UPDATE webhook_delivery
+              SET delivered_at = now(), last_status = $2, last_attempt_at = now()
+            WHERE id = $1""",
+        delivery,
+        status,
+    )
+
+
+async def failed(
+    pool: asyncpg.Pool, delivery: int, status: int | None, error: str, retry_in: float | None
+) -> None:
+    """A failed attempt: tried again in ``retry_in`` seconds, or given up (None)."""
+    await pool.execute(
+        """UPDATE webhook_delivery
+              SET last_status = $2, last_error = $3, last_attempt_at = now(),
+                  next_at = now() + make_interval(secs => coalesce($4, 0)),
+                  given_up_at = CASE WHEN $4 IS NULL THEN now() END
+            WHERE id = $1""",
+        delivery,
+        status,
+        error[:500],
+        retry_in,
+    )
