@@ -24,6 +24,7 @@ those for one receiver, so a dead receiver never slows ingest nor starves the ot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -36,7 +37,6 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import msgspec
 
 from app.config import Settings
@@ -44,6 +44,7 @@ from app.errors import BadRequest
 from app.index import webhooks as index_hooks
 from app.index.database import INDEX_ERRORS, Pool
 from app.index.webhooks import EVENTS, HookStatus
+from app.services.outbound import Client, OutboundError
 from app.tasks import stop_task
 
 __all__ = ["EVENTS", "HookStatus", "Webhooks", "add", "remove", "status"]
@@ -55,6 +56,8 @@ MAX_BACKOFF = 3600.0
 #: how long a claimed delivery is leased to this process before another may retry it
 LEASE_SECONDS = 120.0
 POLL_SECONDS = 0.5
+#: events are made from the feed at most this often (a batch for many deliveries)
+MAKE_SECONDS = 0.2
 
 
 def check(url: str, events: Sequence[str], secret: str | None) -> list[str]:
@@ -138,19 +141,18 @@ class Webhooks:
         source = settings.public_base_url or "urn:pictor:archive"
         self._encode = cloud_event(source)
         self._slots = asyncio.Semaphore(max(1, settings.webhook_concurrency))
-        self._client: httpx.AsyncClient | None = None
+        self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         #: deliveries in flight per webhook: a slow receiver takes at most half the slots
         self._inflight: Counter[int] = Counter()
         self._per_hook = max(1, settings.webhook_concurrency // 2)
+        #: set when a delivery ends: the next one is claimed at once, not at the next poll
+        self._wake = asyncio.Event()
+        self._made_at = 0.0
 
     def start(self) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout,
-            follow_redirects=False,
-            headers={"User-Agent": "pictor-webhook"},
-        )
+        self._client = Client(self.settings.webhook_timeout, "pictor-webhook")
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -159,7 +161,7 @@ class Webhooks:
         for task in list(self._sending):
             await stop_task(task)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
 
     async def step(self) -> None:
         """Make what events there are to make, then send what is due."""
@@ -172,13 +174,15 @@ class Webhooks:
         if free <= 0:
             return
         busy = [h for h, n in self._inflight.items() if n >= self._per_hook]
-        for due in await index_hooks.claim(self.pool, free, LEASE_SECONDS, busy):
-            self._inflight[due.webhook_id] += 1
-            task = asyncio.get_running_loop().create_task(self._send(due))
+        for run in await index_hooks.claim(self.pool, free, LEASE_SECONDS, busy):
+            hook = run[0].webhook_id
+            self._inflight[hook] += 1
+            task = asyncio.get_running_loop().create_task(self._send(run))
             self._sending.add(task)
-            task.add_done_callback(functools.partial(self._sent, due.webhook_id))
+            task.add_done_callback(functools.partial(self._sent, hook))
 
     def _sent(self, hook_id: int, task: asyncio.Task[None]) -> None:
+        self._wake.set()
         self._sending.discard(task)
         self._inflight[hook_id] -= 1
         if self._inflight[hook_id] <= 0:
@@ -186,11 +190,14 @@ class Webhooks:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()
             try:
                 await self.step()
             except INDEX_ERRORS as exc:
                 log.debug("webhooks wait for the index: %s", exc)
-            await asyncio.sleep(POLL_SECONDS)
+                await asyncio.sleep(POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
     def _retry_in(self, due: index_hooks.Due) -> float | None:
         waited = (dt.datetime.now(dt.UTC) - due.created_at).total_seconds()
@@ -200,28 +207,36 @@ class Webhooks:
         delay = min(MAX_BACKOFF, base * 2.0 ** (due.attempts - 1))
         return float(delay * (1 + random.random() / 10))  # noqa: S311 - jitter, not a secret
 
-    async def _send(self, due: index_hooks.Due) -> None:
+    async def _send(self, run: list[index_hooks.Due]) -> None:
+        """Deliver a run of one webhook and study, in order, stopping at the first that
+        fails; then record it all in one transaction."""
+        done: list[tuple[int, int]] = []
+        failure: tuple[int, int | None, str, float | None] | None = None
+        async with self._slots:
+            for due in run:
+                status, error = await self._post(due)
+                if not error:
+                    done.append((due.id, status or 200))
+                    continue
+                retry = self._retry_in(due)
+                failure = (due.id, status, error, retry)
+                if retry is None:
+                    log.warning("webhook %s: gave up a delivery after a day: %s", due.url, error)
+                break
+        released = [d.id for d in run[len(done) + (failure is not None) :]]
+        try:
+            await index_hooks.finish(self.pool, done, failure, released)
+        except INDEX_ERRORS as exc:  # the lease runs out and the run is tried again
+            log.warning("webhook deliveries could not be recorded: %s", exc)
+
+    async def _post(self, due: index_hooks.Due) -> tuple[int | None, str]:
+        """(status, error: empty for a 2xx answer)."""
         assert self._client is not None
         headers = {"Content-Type": "application/cloudevents+json; charset=utf-8"}
         if due.secret:
             headers[SIGNATURE_HEADER] = signature(due.secret, due.body)
-        status: int | None = None
-        async with self._slots:
-            try:
-                answer = await self._client.post(due.url, content=due.body, headers=headers)
-                status = answer.status_code
-                error = "" if 200 <= status < 300 else f"HTTP {status}"
-            except httpx.TimeoutException:
-                error = f"no answer within {self.settings.webhook_timeout:g} s"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {str(exc)[:200]}"
         try:
-            if not error:
-                await index_hooks.delivered(self.pool, due.id, status or 200)
-                return
-            retry = self._retry_in(due)
-            await index_hooks.failed(self.pool, due.id, status, error, retry)
-            if retry is None:
-                log.warning("webhook %s: gave up a delivery after a day: %s", due.url, error)
-        except INDEX_ERRORS as exc:  # the lease runs out and the delivery is tried again
-            log.warning("webhook delivery %s could not be recorded: %s", due.id, exc)
+            status = await self._client.post(due.url, due.body, headers)
+        except OutboundError as exc:
+            return None, str(exc)
+        return status, "" if 200 <= status < 300 else f"HTTP {status}"

@@ -1,0 +1,186 @@
+"""What webhooks cost ingest (issue #17): STOW-RS with no webhook against STOW-RS with
+two active webhooks (and with a receiver that never answers), in one run.
+
+Usage: python benchmarks/events.py [--instances 400] [--rounds 2] [--clients 4]
+
+One fresh server. Phases alternate (none, two, dead, none, two, dead, ...) so that the
+index growing and the machine drifting weigh on each alike; each phase stores
+``--instances`` 512x512 CT slices, 10 per request, from ``--clients`` clients. "two":
+two webhooks on every event type, each to a receiver on loopback that answers 204 at
+once; "dead": one more webhook to a receiver that accepts connections and never
+answers. Reported: instances/s per phase (median over rounds), the ratios to "none"
+(target: 0.9 or more), and the seconds until every event of the last phase was
+delivered to the live receivers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import uvloop
+
+from _client import MULTIPART, Connection, multipart_body
+from server import PictorProcess
+from synth import ct_slice, new_uids
+
+EVENTS = ["instance.created", "study.stable", "study.updated", "study.deleted"]
+
+
+_RECEIVER = r"""
+import asyncio, sys
+
+count = 0
+
+class Hook(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.t, self.buf = transport, b""
+
+    def data_received(self, data):
+        global count
+        self.buf += data
+        while True:
+            head, sep, rest = self.buf.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v)
+            if len(rest) < length:
+                return
+            self.buf = rest[length:]
+            if head.startswith(b"GET /count"):
+                body = str(count).encode()
+                self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            else:
+                count += 1
+                self.t.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Hook, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+class Receiver:
+    """A receiver in a process of its own, as cheap as an HTTP server can be (so that
+    the figures are the archive's, not the receiver's): 204 to every POST, and its
+    count at GET /count."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _RECEIVER], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        port = int(self.proc.stdout.readline())
+        self.url = f"http://127.0.0.1:{port}/hook"
+        self._count = f"http://127.0.0.1:{port}/count"
+
+    @property
+    def count(self) -> int:
+        return int(httpx.get(self._count).text)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+async def store(port: int, count: int, clients: int) -> float:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for _ in range(count // 10):
+        study, series = new_uids()
+        queue.put_nowait(multipart_body(ct_slice(study, series, i) for i in range(10)))
+
+    async def client() -> None:
+        conn = Connection("127.0.0.1", port)
+        try:
+            while not queue.empty():
+                status, _ = await conn.post("/dicom-web/studies", queue.get_nowait(), MULTIPART)
+                assert status == 200, status
+        finally:
+            await conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--instances", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+    receivers = [Receiver(), Receiver()]
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1024)
+    rates: dict[str, list[float]] = {"none": [], "two": [], "dead": []}
+    with tempfile.TemporaryDirectory(prefix="pictor-events-bench-") as tmp:
+        process = PictorProcess(Path(tmp) / "data", env={"PICTOR_SCRUB_RATE": "0"}).start()
+        admin = process.base + "/admin/webhooks"
+        try:
+            uvloop.run(store(process.port, 100, args.clients))  # warm up
+            hooks: list[int] = []
+            expected = 0
+            for _ in range(args.rounds):
+                for phase in ("none", "two", "dead"):
+                    for hook in hooks:
+                        assert httpx.delete(f"{admin}/{hook}").status_code == 204
+                    hooks = []
+                    targets = {"none": [], "two": [r.url for r in receivers]}.get(
+                        phase,
+                        [r.url for r in receivers]
+                        + [f"http://127.0.0.1:{silent.getsockname()[1]}/x"],
+                    )
+                    for url in targets:
+                        made = httpx.post(admin, json={"url": url, "events": EVENTS})
+                        assert made.status_code == 201, made.text
+                        hooks.append(made.json()["id"])
+                    before = receivers[0].count
+                    rates[phase].append(
+                        uvloop.run(store(process.port, args.instances, args.clients))
+                    )
+                    if phase != "none":
+                        expected = before + args.instances  # instance.created, then stable
+            started = time.perf_counter()
+            while receivers[0].count < expected and time.perf_counter() - started < 120:
+                time.sleep(0.05)
+            drained = time.perf_counter() - started
+            median = {k: statistics.median(v) for k, v in rates.items()}
+            print(
+                json.dumps(
+                    {
+                        "instances_per_s": {k: round(v, 1) for k, v in median.items()},
+                        "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+                        "ratio_two_webhooks": round(median["two"] / median["none"], 3),
+                        "ratio_with_dead_receiver": round(median["dead"] / median["none"], 3),
+                        "seconds_to_deliver_after_last_phase": round(drained, 2),
+                        "delivered_to_first_receiver": receivers[0].count,
+                    },
+                    indent=1,
+                )
+            )
+        finally:
+            process.stop()
+            silent.close()
+            for r in receivers:
+                r.stop()
+
+
+if __name__ == "__main__":
+    main()
