@@ -28,11 +28,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import uvloop
+from events import store
 
-from _client import MULTIPART, Connection, multipart_body
+import _client  # noqa: F401 - puts the repository and tests/ on sys.path
 from conftest import embedded_dsn
 from server import PictorProcess
-from synth import ct_slice, new_uids
 
 
 async def seed(dsn: str, count: int) -> None:
@@ -99,29 +99,6 @@ def read_all(base: str, after: int, limit: int, metadata: bool) -> tuple[int, fl
             after = page[-1]["Sequence"]
 
 
-async def stow_instances(port: int, count: int, clients: int = 4) -> float:
-    bodies = []
-    for _ in range(count // 10):
-        study, series = new_uids()
-        bodies.append(multipart_body(ct_slice(study, series, i) for i in range(10)))
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
-
-    async def client() -> None:
-        conn = Connection("127.0.0.1", port)
-        try:
-            while not queue.empty():
-                status, _ = await conn.post("/dicom-web/studies", queue.get_nowait(), MULTIPART)
-                assert status == 200, status
-        finally:
-            await conn.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
@@ -144,8 +121,8 @@ def main() -> None:
             results["numbered_entries"] = moving
             results["numbering_entries_per_s"] = round(moving / seconds)
             top = int(httpx.get(base + "/changefeed/latest").json()["Sequence"])
-            seconds = uvloop.run(stow_instances(process.port, args.instances))
-            results["stow_instances_per_s"] = round(args.instances / seconds, 1)
+            rate = uvloop.run(store(process.port, args.instances, 4))
+            results["stow_instances_per_s"] = round(rate, 1)
             deadline = time.monotonic() + 60
             while int(httpx.get(base + "/changefeed/latest").json()["Sequence"]) < (
                 top + args.instances
