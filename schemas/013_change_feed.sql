@@ -29,27 +29,16 @@ CREATE TABLE change_feed (
 CREATE INDEX change_feed_sop ON change_feed (sop_uid, seq);
 CREATE INDEX change_feed_at ON change_feed (at);
 
-CREATE FUNCTION change_log_created() RETURNS trigger LANGUAGE plpgsql AS $$
+-- one function for both triggers: the transition table has the same name in each
+CREATE FUNCTION change_log_instances() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO change_log (action, study_uid, series_uid, sop_uid)
-    SELECT 'create', st.study_uid, se.series_uid, n.sop_instance_uid
-      FROM created_rows n
-      JOIN series se ON se.pk = n.series_pk
-      JOIN study st ON st.pk = n.study_pk
-     ORDER BY n.pk;
-    PERFORM pg_notify('pictor_feed', '');
-    RETURN NULL;
-END;
-$$;
-
-CREATE FUNCTION change_log_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO change_log (action, study_uid, series_uid, sop_uid)
-    SELECT 'delete', st.study_uid, se.series_uid, o.sop_instance_uid
-      FROM deleted_rows o
-      JOIN series se ON se.pk = o.series_pk
-      JOIN study st ON st.pk = o.study_pk
-     ORDER BY o.pk;
+    SELECT CASE TG_OP WHEN 'INSERT' THEN 'create' ELSE 'delete' END,
+           st.study_uid, se.series_uid, c.sop_instance_uid
+      FROM changed_rows c
+      JOIN series se ON se.pk = c.series_pk
+      JOIN study st ON st.pk = c.study_pk
+     ORDER BY c.pk;
     PERFORM pg_notify('pictor_feed', '');
     RETURN NULL;
 END;
@@ -57,11 +46,11 @@ $$;
 
 -- once per statement, with all its rows (ingest inserts a whole batch in one)
 CREATE TRIGGER instance_created AFTER INSERT ON instance
-    REFERENCING NEW TABLE AS created_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION change_log_created();
+    REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION change_log_instances();
 CREATE TRIGGER instance_deleted AFTER DELETE ON instance
-    REFERENCING OLD TABLE AS deleted_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION change_log_deleted();
+    REFERENCING OLD TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION change_log_instances();
 
 -- what the archive holds already: one 'create' each, in the order they were stored
 INSERT INTO change_feed (seq, at, action, study_uid, series_uid, sop_uid)

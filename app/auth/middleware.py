@@ -132,15 +132,15 @@ async def _from_cookies(access: Access, scope: Any) -> Principal | None:
     """The principal of the session cookie, else of the study-link cookie; None when
     the request has neither; Unauthorized when the one it has is not valid."""
     session = sessions.session_cookie(scope)
+    cookie = cookie_value(scope, links.COOKIE)
     if session is not None and access.sessions is not None:
         principal = (
             await access.sessions.verify(session) if sessions.looks_like_session(session) else None
         )
         if principal is not None:
             return principal
-        if cookie_value(scope, links.COOKIE) is None:
+        if cookie is None:
             raise _invalid("the session has ended: sign in again")
-    cookie = cookie_value(scope, links.COOKIE)
     if cookie is None:
         return None
     if not cookie.startswith(links.PREFIX):

@@ -115,12 +115,9 @@ def _state(row: asyncpg.Record) -> str:
 
 
 def _entry(row: asyncpg.Record) -> Entry:
-    meta = row["metadata"]
-    if meta is not None:
-        meta = bytes(meta, "utf-8") if isinstance(meta, str) else bytes(meta)
-        if row["patch"] is not None:
-            patch = row["patch"]
-            meta = patched_metadata(meta, patch.encode() if isinstance(patch, str) else patch)
+    meta = row["metadata"]  # json and jsonb arrive as bytes (database.json_codecs)
+    if meta is not None and row["patch"] is not None:
+        meta = patched_metadata(bytes(meta), bytes(row["patch"]))
     return Entry(
         row["seq"],
         row["at"],

@@ -31,6 +31,8 @@ _IDS = uuid.UUID("5b0c3a52-8d0e-4c63-9a53-6f1c2e7d4a10")
 #: advisory lock key of the event maker ("PIEV")
 EVENTS_LOCK = 0x50494556
 BUSY = -1
+#: feed entries read per event-making transaction
+EVENT_BATCH = 1000
 EVENTS = ("instance.created", "study.stable", "study.updated", "study.deleted")
 
 #: (event type, study, series, instance, feed sequence, time) -> CloudEvent JSON body
@@ -126,7 +128,7 @@ async def status(conn: Any) -> list[HookStatus]:
 
 
 async def make_events(
-    pool: asyncpg.Pool, encode: Encoder, stable_seconds: float, batch: int = 1000
+    pool: asyncpg.Pool, encode: Encoder, stable_seconds: float, batch: int = EVENT_BATCH
 ) -> int:
     """Events from the feed entries after the cursor, and for the studies that became
     stable; how many feed entries were read (:data:`BUSY`: another maker is at it)."""

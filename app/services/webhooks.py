@@ -56,8 +56,6 @@ MAX_BACKOFF = 3600.0
 #: how long a claimed delivery is leased to this process before another may retry it
 LEASE_SECONDS = 120.0
 POLL_SECONDS = 0.5
-#: events are made from the feed at most this often (a batch for many deliveries)
-MAKE_SECONDS = 0.2
 
 
 def check(url: str, events: Sequence[str], secret: str | None) -> list[str]:
@@ -149,7 +147,6 @@ class Webhooks:
         self._per_hook = max(1, settings.webhook_concurrency // 2)
         #: set when a delivery ends: the next one is claimed at once, not at the next poll
         self._wake = asyncio.Event()
-        self._made_at = 0.0
 
     def start(self) -> None:
         self._client = Client(self.settings.webhook_timeout, "pictor-webhook")
@@ -167,7 +164,7 @@ class Webhooks:
         """Make what events there are to make, then send what is due."""
         while (
             await index_hooks.make_events(self.pool, self._encode, self.settings.stable_seconds)
-            >= 1000
+            >= index_hooks.EVENT_BATCH
         ):
             pass
         free = self.settings.webhook_concurrency - len(self._sending)
