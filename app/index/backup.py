@@ -101,7 +101,12 @@ async def _run(args: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(
         *args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    _, err = await proc.communicate()
+    try:
+        _, err = await proc.communicate()
+    except asyncio.CancelledError:
+        proc.kill()  # a cancelled backup or restore leaves no pg_dump behind
+        await proc.wait()
+        raise
     if proc.returncode != 0:
         name = Path(args[0]).name
         raise RuntimeError(f"{name} failed ({proc.returncode}): {err.decode(errors='replace')}")

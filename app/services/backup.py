@@ -29,7 +29,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import msgspec
 
@@ -109,6 +109,12 @@ def _copy_out(store: BlobStore, target: BackupTarget, key: str) -> str:
     return reader.digest.hexdigest()
 
 
+async def _cancel(tasks: list[asyncio.Future[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def backup(
     settings: Settings, pool: Pool, store: BlobStore, target: BackupTarget
 ) -> BackupReport:
@@ -133,8 +139,15 @@ async def backup(
         dump = Path(work) / "index.dump"
         async with index.snapshot(pool) as snap:
             dumping = asyncio.ensure_future(index.dump(settings.database_url, snap.id, dump))
-            done = await asyncio.gather(*(copy(f) for f in snap.files))
-            await dumping
+            copies = [asyncio.ensure_future(copy(f)) for f in snap.files]
+            try:
+                done = await asyncio.gather(*copies)
+                await dumping
+            except BaseException:
+                # one copy failed (a missing bucket, say): the rest and the dump end
+                # before the snapshot and the database they read go away
+                await _cancel([dumping, *copies])
+                raise
             files = snap.files
         with open(dump, "rb") as f:
             await asyncio.to_thread(target.put, folder + "index.dump", f)

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -251,4 +252,7 @@ def test_backup_to_s3_and_restore_from_it(tmp_path: Path, s3: dict[str, str]) ->
         server.stop()
     wrong = pictor_cli("backup", "s3://no-such-bucket/x", data_dir=data, env=s3)
     assert wrong.returncode != 0 and "NoSuchBucket" in wrong.stderr
-    assert "Traceback" not in wrong.stderr
+    # the dump that ran beside the failed copies was ended with them, not left to fail
+    # against a database that had gone away
+    assert "Traceback" not in wrong.stderr and "never retrieved" not in wrong.stderr
+    assert subprocess.run(["pgrep", "-x", "pg_dump"], check=False).returncode == 1
