@@ -76,6 +76,9 @@ _CONTENT_TYPE = "application/dicom"
 _INTENTS = ".pictor/intents"
 _HEALTH = ".pictor/health"
 _STALE_FOREIGN_SECONDS = 24 * 3600
+# obstore raises the builtin FileNotFoundError for a missing object (its NotFoundError
+# class is not what a HEAD or GET of an absent key raises); both are caught
+_MISSING = (NotFoundError, FileNotFoundError)
 
 
 def storage_error(exc: BaseException, what: str) -> OSError:
@@ -424,7 +427,7 @@ class S3BlobStore:
             return
         try:
             await obstore.delete_async(self._store, keys)
-        except NotFoundError:
+        except _MISSING:
             pass
         except BaseError as exc:
             raise storage_error(exc, "deleting") from exc
@@ -604,7 +607,7 @@ class S3BlobStore:
                 if token:
                     try:
                         head = await obstore.get_async(self._store, key, options={"head": True})
-                    except NotFoundError:
+                    except _MISSING:
                         continue
                     except BaseError as exc:
                         raise storage_error(exc, "sweep") from exc
@@ -613,7 +616,7 @@ class S3BlobStore:
                 try:
                     await obstore.delete_async(self._store, key)
                     removed += 1
-                except NotFoundError:
+                except _MISSING:
                     pass
                 except BaseError as exc:
                     raise storage_error(exc, "sweep") from exc

@@ -168,6 +168,25 @@ def test_sigkill_between_publish_and_commit_is_undone_by_the_sweep(
     assert not any(asyncio.run(store.sweep(referenced)).values())
 
 
+def test_the_sweep_passes_over_objects_a_dead_publisher_never_created(
+    moto: MotoServer, bucket: str, tmp_path: Path
+) -> None:
+    """A publisher killed after writing its intent and before its PUTs: the keys the
+    intent lists are absent. The sweep (run before ``pictor serve`` starts serving)
+    must not fail on them, or the archive would not start again."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    token = f"{s3_module._HOST}-{dead.stdout.strip()}-00112233aabbccdd"
+    s3 = moto.client()
+    s3.put_object(
+        Bucket=bucket, Key=f"archive/.pictor/intents/{token}",
+        Body=f"4.4/4.4.4/4.4.4.1.dcm\t{token}\n4.4/4.4.4/4.4.4.2.dcm\t\n".encode(),
+    )  # fmt: skip
+    swept = asyncio.run(_store(moto, bucket, tmp_path / "tmp").sweep(lambda keys: _none()))
+    assert swept["intents"] == 1
+    assert moto.keys(bucket) == set()
+
+
 def test_the_sweep_leaves_a_live_publisher_alone(
     moto: MotoServer, bucket: str, tmp_path: Path
 ) -> None:
