@@ -491,6 +491,18 @@ class Ingest:
                         f"{a.sop_instance_uid} at the same time",
                     )
                 )
+        if losers:
+            # An object is deleted only when no row references it. A store whose
+            # conditional create is a check and then a write (moto's) lets two writers
+            # both "create" one key; the loser must not delete the winner's object.
+            try:
+                shared = await index.referenced_keys(self.pool, [p.key for p in losers])
+            except INDEX_ERRORS:
+                self._resolve_later(pubs, stale_intents, retired, intent)
+                return
+            if shared:
+                log.warning("a concurrent writer created the same object as this one: %s", shared)
+                losers = [p for p in losers if p.key not in shared]
         await self.store.settle([p for p in pubs if p not in losers], losers, stale_intents)
         if intent is not None:
             if deletable:

@@ -13,7 +13,7 @@ from pathlib import Path
 from app.bootstrap import prepare
 from app.config import load_settings
 from app.index.database import EmbeddedPostgres, create_pool
-from app.services.ingest import FAILED, STORED, Ingest
+from app.services.ingest import ALREADY_STORED, FAILED, STORED, Ingest
 from app.storage import FileBlobStore, Upload
 
 from synth import ct_slice, new_uids
@@ -63,6 +63,55 @@ def test_a_commit_lost_with_the_database_is_resolved_once_it_is_back(tmp_path: P
         await temp.write(ct_slice(study, series, 0, rows=32, cols=32))
         stored = await ingest.commit([await ingest.complete(temp)])
         assert [o.status for o in stored] == [STORED]
+        await pool.close()
+        await asyncio.to_thread(pg.stop)
+
+    asyncio.run(scenario())
+
+
+def test_the_loser_of_a_race_keeps_an_object_the_winner_s_row_references(
+    tmp_path: Path,
+) -> None:
+    """Two uploads of one instance at once, on a store whose create-if-absent is a check
+    and then a write (moto's S3 is; some S3-compatible servers ignore If-None-Match):
+    both report their object created under the same key. The index keeps one row; the
+    loser must not delete the object that row references (an object goes only when no
+    row references it)."""
+
+    async def scenario() -> None:
+        pg = EmbeddedPostgres(tmp_path / "pg")
+        dsn = await asyncio.to_thread(pg.start)
+        settings = load_settings({"data_dir": str(tmp_path / "data")}, environ={})
+        await prepare(settings, dsn)
+        pool = await create_pool(dsn, min_size=1, max_size=4)
+        both = asyncio.Barrier(2)
+
+        class CheckThenWrite(FileBlobStore):
+            """Both publishers check before either writes; the second write succeeds too."""
+
+            async def publish(self, items: Iterable[tuple[Upload, str]]):  # type: ignore[no-untyped-def]
+                await both.wait()
+                pubs = await super().publish(items)
+                for pub in pubs:
+                    pub.linked = True  # it found no object when it looked
+                return pubs
+
+        store = CheckThenWrite(settings.storage_dir, settings.tmp_dir)
+        study, series = new_uids()
+        dataset = ct_slice(study, series, 0, rows=32, cols=32)
+
+        async def upload() -> str:
+            ingest = Ingest(settings, pool, store)
+            temp = ingest.new_part()
+            await temp.write(dataset)
+            [outcome] = await ingest.commit([await ingest.complete(temp)])
+            return outcome.status
+
+        statuses = sorted(await asyncio.gather(upload(), upload()))
+        assert statuses == sorted([STORED, ALREADY_STORED])
+        key = await pool.fetchval("SELECT file_key FROM instance")
+        assert store.path(key).read_bytes() == dataset
+        assert list(settings.tmp_dir.iterdir()) == []
         await pool.close()
         await asyncio.to_thread(pg.stop)
 
