@@ -466,6 +466,68 @@ def webhook(args: argparse.Namespace) -> int:
     return 0
 
 
+def route(args: argparse.Namespace) -> int:
+    """``pictor route add|status|export|remove``: forwarding to other archives."""
+    from app.errors import PictorError
+    from app.services import routes
+
+    settings = _settings(args)
+    try:
+        if args.action == "add":
+            secret = None
+            if args.token_file:
+                source = sys.stdin if args.token_file == "-" else open(args.token_file)  # noqa: SIM115
+                with source:
+                    secret = source.readline().strip()
+            made = _with_index(
+                settings,
+                lambda pool: routes.add(pool, args.name, args.when, args.to, args.on, secret),
+            )
+            print(f"route {made.name}: {made.trigger} -> {made.destination}", file=sys.stderr)
+        elif args.action == "remove":
+            _with_index(settings, lambda pool: routes.remove(pool, args.name))
+            print(f"route {args.name} removed, with its jobs", file=sys.stderr)
+        elif args.action == "export":
+            job = _with_index(settings, lambda pool: routes.export(pool, args.name, args.study))
+            print(f"job {job}: study {args.study} on route {args.name}", file=sys.stderr)
+        elif args.name:
+            import json
+
+            from app.dicomweb.admin import route_study_answer
+
+            _, found = _with_index(settings, lambda pool: routes.studies(pool, args.name))
+            if args.json:
+                print(json.dumps([route_study_answer(s) for s in found], indent=1))
+                return 0
+            for st in found:
+                print(
+                    f"{st.study_uid}\t{st.state}\t{st.cause}\tsent {st.sent}"
+                    f"\tattempts {st.attempts}\t{st.updated_at:%Y-%m-%d %H:%M:%S}"
+                    + (f"\tlast error: {st.last_error}" if st.last_error else "")
+                )
+        else:
+            import json
+
+            from app.dicomweb.admin import route_answer
+
+            rows = _with_index(settings, routes.status)
+            if args.json:
+                print(json.dumps([route_answer(r) for r in rows], indent=1))
+                return 0
+            for r in rows:
+                when = " ".join(f"{c.keyword}={'|'.join(c.like)}" for c in r.route.conditions)
+                print(
+                    f"{r.route.name}\t{r.route.trigger}\t{r.route.destination}\t{when or '*'}"
+                    f"\twaiting {r.waiting}\tdone {r.done}\tfailed {r.failed}\tsent {r.sent}"
+                    + (f"\tlast error: {r.last_error}" if r.last_error else "")
+                )
+    except OSError as exc:
+        sys.exit(f"pictor: {exc}")
+    except PictorError as exc:
+        sys.exit(f"pictor: {exc.message}")
+    return 0
+
+
 def token(args: argparse.Namespace) -> int:
     """``pictor token create|list|revoke``: API tokens (stored hashed; shown once)."""
     from app.auth.principal import parse_scopes
@@ -1092,6 +1154,35 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (wa, ws, wr):
         data_dir(p)
     wh.set_defaults(func=webhook)
+
+    ro = sub.add_parser("route", help="forward studies to other archives (DICOMweb, DIMSE)")
+    rsub = ro.add_subparsers(dest="action", required=True)
+    ra = rsub.add_parser("add", help="a rule: which instances go where, and when")
+    ra.add_argument("name", help="1 to 64 letters, digits, '.', '_' or '-'")
+    ra.add_argument(
+        "--when",
+        action="append",
+        default=[],
+        help="Keyword=value[,value...] (* and ? wildcards); repeat: all must hold",
+    )
+    ra.add_argument(
+        "--to", required=True, help="dicomweb:https://host/dicom-web or dimse:AET@host:port"
+    )
+    ra.add_argument("--on", default="study.stable", choices=["study.stable", "instance.created"])
+    ra.add_argument(
+        "--token-file", help="a bearer token for a DICOMweb destination, from a file (- stdin)"
+    )
+    rs = rsub.add_parser("status", help="the routes, or with a name its studies")
+    rs.add_argument("name", nargs="?")
+    rs.add_argument("--json", action="store_true", help="as JSON")
+    rx = rsub.add_parser("export", help="send one study on a route again, now")
+    rx.add_argument("name")
+    rx.add_argument("study", help="Study Instance UID")
+    rr = rsub.add_parser("remove", help="remove a route, its jobs and its record of what was sent")
+    rr.add_argument("name")
+    for p in (ra, rs, rx, rr):
+        data_dir(p)
+    ro.set_defaults(func=route)
 
     us = sub.add_parser("user", help="people who sign in at /login (passwords hashed, argon2id)")
     usub = us.add_subparsers(dest="action", required=True)

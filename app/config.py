@@ -140,6 +140,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_timeout: float = 10.0
     #: deliveries in flight at once, per server process
     webhook_concurrency: int = 8
+    # -- routing (issue #17; see app/services/routes.py) --
+    #: forwards in flight at once to one destination, across every process
+    route_concurrency: int = 2
+    #: the first retry of a failed forward waits this long (then doubling, at most 1 h)
+    route_backoff_seconds: float = 10.0
+    #: a forward is retried for this long, then given up
+    route_retry_seconds: float = 86400.0
+    #: seconds a destination has to answer one request or C-STORE
+    route_timeout: float = 60.0
     # -- people who sign in (issue #21; see app/auth/sessions.py) --
     #: a browser session ends after this many seconds without a request ...
     session_idle_seconds: float = 1800.0
@@ -268,6 +277,10 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_WEBHOOK_RETRY_SECONDS": "webhook_retry_seconds",
     "PICTOR_WEBHOOK_TIMEOUT": "webhook_timeout",
     "PICTOR_WEBHOOK_CONCURRENCY": "webhook_concurrency",
+    "PICTOR_ROUTE_CONCURRENCY": "route_concurrency",
+    "PICTOR_ROUTE_BACKOFF_SECONDS": "route_backoff_seconds",
+    "PICTOR_ROUTE_RETRY_SECONDS": "route_retry_seconds",
+    "PICTOR_ROUTE_TIMEOUT": "route_timeout",
     "PICTOR_SESSION_IDLE_SECONDS": "session_idle_seconds",
     "PICTOR_SESSION_MAX_SECONDS": "session_max_seconds",
     "PICTOR_LOGIN_MAX_FAILURES": "login_max_failures",
@@ -492,6 +505,15 @@ def _check_access_settings(settings: Settings) -> None:
         )
     if settings.webhook_timeout <= 0 or settings.webhook_concurrency < 1:
         raise ConfigError("PICTOR_WEBHOOK_TIMEOUT and PICTOR_WEBHOOK_CONCURRENCY must be positive")
+    if (
+        settings.route_concurrency < 1
+        or settings.route_backoff_seconds <= 0
+        or settings.route_timeout <= 0
+    ):
+        raise ConfigError(
+            "PICTOR_ROUTE_CONCURRENCY, PICTOR_ROUTE_BACKOFF_SECONDS and PICTOR_ROUTE_TIMEOUT "
+            "must be positive"
+        )
     if settings.login_lock_seconds <= 0:
         raise ConfigError("PICTOR_LOGIN_LOCK_SECONDS must be positive")
 

@@ -20,8 +20,10 @@ from app.auth.tokens import TokenVerifier
 from app.bootstrap import EmbeddedPostgres, create_pool, open_store, prepare
 from app.codec import pool as codec_pool
 from app.config import Settings
+from app.dicomweb import forward as dicomweb_forward
 from app.dicomweb.cors import CrossOriginMiddleware
 from app.dicomweb.errors import EXCEPTION_HANDLERS
+from app.dimse import forward as dimse_forward
 from app.errors import ServiceUnavailable
 from app.observability import (
     MetricsMiddleware,
@@ -33,6 +35,7 @@ from app.services.fixity import Scrubber
 from app.services.ingest import Ingest
 from app.services.lifecycle import Lifecycle
 from app.services.retrieve import InstanceCache
+from app.services.routes import Routes
 from app.services.tiering import Tiering
 from app.services.webhooks import Webhooks
 
@@ -109,6 +112,15 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             await app.state.feed.start()
             app.state.webhooks = Webhooks(settings, pool)
             app.state.webhooks.start()
+            app.state.routes = Routes(
+                settings,
+                pool,
+                {
+                    "dicomweb": dicomweb_forward.senders(store, settings),
+                    "dimse": dimse_forward.senders(store, settings),
+                },
+            )
+            app.state.routes.start()
             app.state.tiering = Tiering(settings, pool, store)
             app.state.tiering.start()
             # started in the background: serving does not wait for the codec workers
@@ -116,6 +128,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             yield
             warming.cancel()
             await app.state.tiering.stop()
+            await app.state.routes.stop()
             await app.state.webhooks.stop()
             await app.state.feed.stop()
             await app.state.scrubber.stop()

@@ -130,6 +130,26 @@ ROUTES: tuple[Route, ...] = (
         admin.delete_webhook,
         status=204,
     ),
+    # routing (issue #17)
+    Route("admin-routes", "GET", "/admin/routes", ADMIN, admin.list_routes),
+    Route("admin-routes-create", "POST", "/admin/routes", ADMIN, admin.create_route, status=201),
+    Route("admin-route", "GET", "/admin/routes/{name}", ADMIN, admin.route_studies),
+    Route(
+        "admin-routes-delete",
+        "DELETE",
+        "/admin/routes/{name}",
+        ADMIN,
+        admin.delete_route,
+        status=204,
+    ),  # fmt: skip
+    Route(
+        "admin-study-export",
+        "POST",
+        "/admin/studies/{study}/export/{route}",
+        ADMIN,
+        admin.export_study,
+        status=202,
+    ),  # fmt: skip
     # lifecycle (issue #15): the trash, corrections, patient merge
     Route("admin-trash", "GET", "/admin/trash", ADMIN, lifecycle.list_trash),
     Route("admin-trash-restore", "POST", "/admin/trash/restore", ADMIN, lifecycle.restore_trash),

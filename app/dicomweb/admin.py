@@ -21,7 +21,7 @@ from app.auth.principal import parse_scopes
 from app.dicom.uids import uid_problem
 from app.dicomweb.urls import DICOMWEB_PREFIX, request_base_url
 from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from app.services import access, webhooks
+from app.services import access, routes, webhooks
 from app.text import ascii_int
 
 
@@ -176,3 +176,74 @@ async def delete_webhook(request: Request[Any, Any, Any]) -> None:
     if hook_id is None:
         raise BadRequest(f"webhook id {text[:20]!r} is not a number")
     await webhooks.remove(request.app.state.pool, hook_id)
+
+
+# -- routes (issue #17) ----------------------------------------------------------------
+
+
+class RouteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    to: str
+    when: list[str] = []
+    on: str = "study.stable"
+    token: str | None = None
+
+
+def route_answer(s: routes.RouteStatus) -> dict[str, Any]:
+    """A route and how its jobs stand (never its token)."""
+    r = s.route
+    return {
+        "name": r.name,
+        "when": [{"keyword": c.keyword, "tag": c.tag, "like": list(c.like)} for c in r.conditions],
+        "to": r.destination,
+        "on": r.trigger,
+        "token": r.has_token,
+        "created": r.created_at.isoformat(),
+        "waiting": s.waiting,
+        "done": s.done,
+        "failed": s.failed,
+        "sent": s.sent,
+        "lastError": s.last_error,
+        "lastErrorAt": s.last_error_at.isoformat() if s.last_error_at else None,
+    }
+
+
+def route_study_answer(s: routes.StudyStatus) -> dict[str, Any]:
+    return {
+        "study": s.study_uid,
+        "state": s.state,
+        "cause": s.cause,
+        "attempts": s.attempts,
+        "sent": s.sent,
+        "lastError": s.last_error,
+        "updated": s.updated_at.isoformat(),
+    }
+
+
+async def list_routes(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return _json([route_answer(s) for s in await routes.status(request.app.state.pool)])
+
+
+async def create_route(request: Request[Any, Any, Any]) -> Response[bytes]:
+    wanted: RouteRequest = await json_body(request, RouteRequest)
+    pool = request.app.state.pool
+    made = await routes.add(pool, wanted.name, wanted.when, wanted.to, wanted.on, wanted.token)
+    found = [s for s in await routes.status(pool) if s.route.id == made.id]
+    return _json(route_answer(found[0]), 201)
+
+
+async def route_studies(request: Request[Any, Any, Any]) -> Response[bytes]:
+    name: str = request.path_params["name"]
+    route, found = await routes.studies(request.app.state.pool, name)
+    return _json({"name": route.name, "studies": [route_study_answer(s) for s in found]})
+
+
+async def delete_route(request: Request[Any, Any, Any]) -> None:
+    await routes.remove(request.app.state.pool, request.path_params["name"])
+
+
+async def export_study(request: Request[Any, Any, Any]) -> Response[bytes]:
+    study: str = request.path_params["study"]
+    name: str = request.path_params["route"]
+    job = await routes.export(request.app.state.pool, name, study)
+    return _json({"job": job, "route": name, "study": study}, 202)

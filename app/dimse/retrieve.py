@@ -56,6 +56,7 @@ from app.dimse.status import CANCEL, PENDING, Service, failure
 from app.errors import NotFound
 from app.services.retrieve import Scope, StoredInstance, instance_bytes, instances, transcoded
 from app.services.search import Query
+from app.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -230,30 +231,44 @@ class Retrieve:
     def _dataset(self, inst: StoredInstance, offered: frozenset[str]) -> Dataset:
         """The data set to send, or one pynetdicom cannot send (counted as a failed
         sub-operation with its SOP Instance UID in the Failed SOP Instance UID List)."""
-        how = plan(inst.transfer_syntax, offered)
-        target = lossless_target(inst, offered) if how is Plan.ENCODE else None
-        if how is None or (how is Plan.ENCODE and target is None):
-            log.warning(
-                "instance %s (%s) cannot be sent: the peer accepted %s for %s",
-                inst.sop_instance_uid,
-                inst.transfer_syntax,
-                sorted(offered) or "nothing",
-                inst.sop_class_uid,
-            )
-        else:
-            try:
-                # through the retrieve service on the loop: bytes from the blob store,
-                # re-encoding in the codec workers
-                store, run = self.res.store, self.res.bridge.run
-                if how is Plan.AS_STORED:
-                    return dcmread(io.BytesIO(run(instance_bytes(store, inst))))
-                syntax = EXPLICIT_VR_LE if how is Plan.TRANSCODE else target
-                assert syntax is not None
-                encoded = run(transcoded(store, inst, syntax))
-                return _same_instance(dcmread(io.BytesIO(encoded)), inst)
-            except Exception:  # noqa: BLE001 - one failed sub-operation, the others go on
-                log.exception("instance %s could not be prepared", inst.sop_instance_uid)
+        try:
+            # through the retrieve service on the loop: bytes from the blob store,
+            # re-encoding in the codec workers
+            ready = self.res.bridge.run(outgoing(self.res.store, inst, offered))
+            if ready is not None:
+                return as_dataset(inst, *ready)
+        except Exception:  # noqa: BLE001 - one failed sub-operation, the others go on
+            log.exception("instance %s could not be prepared", inst.sop_instance_uid)
         unsendable = Dataset()  # no File Meta: no presentation context can carry it
         unsendable.SOPClassUID = inst.sop_class_uid
         unsendable.SOPInstanceUID = inst.sop_instance_uid
         return unsendable
+
+
+async def outgoing(
+    store: BlobStore, inst: StoredInstance, offered: frozenset[str]
+) -> tuple[bytes, bool] | None:
+    """The Part 10 file to send to a peer that accepted ``offered`` for the instance's
+    SOP class, and whether it was re-encoded; None when no accepted syntax can carry it
+    (C-MOVE, C-GET and DIMSE routes alike)."""
+    how = plan(inst.transfer_syntax, offered)
+    target = lossless_target(inst, offered) if how is Plan.ENCODE else None
+    if how is None or (how is Plan.ENCODE and target is None):
+        log.warning(
+            "instance %s (%s) cannot be sent: the peer accepted %s for %s",
+            inst.sop_instance_uid,
+            inst.transfer_syntax,
+            sorted(offered) or "nothing",
+            inst.sop_class_uid,
+        )
+        return None
+    if how is Plan.AS_STORED:
+        return await instance_bytes(store, inst), False
+    syntax = EXPLICIT_VR_LE if how is Plan.TRANSCODE else target
+    assert syntax is not None
+    return await transcoded(store, inst, syntax), True
+
+
+def as_dataset(inst: StoredInstance, data: bytes, reencoded: bool) -> Dataset:
+    ds = dcmread(io.BytesIO(data))
+    return _same_instance(ds, inst) if reencoded else ds

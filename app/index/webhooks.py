@@ -3,7 +3,8 @@ of deliveries, and the events made from the change feed.
 
 :func:`make_events` reads the feed after ``event_cursor`` and, in one transaction,
 writes a delivery per event and subscribed webhook, notes new instances per study
-(``study_activity``), announces the studies that became stable, and moves the cursor:
+(``study_activity``), announces the studies that became stable, queues the routes'
+forwarding jobs those events trigger (:mod:`app.index.routes`), and moves the cursor:
 an event is made once, and never lost across a crash (at least once, then, for the
 receiver). :func:`claim` leases due deliveries, at most one in flight per webhook and
 study, the oldest first, so that each receiver gets a study's events in order.
@@ -20,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from app.errors import NotFound
+from app.index import routes as index_routes
 
 #: the bookkeeping of events and deliveries commits without waiting for the disk: a
 #: crash may lose its last moments, and then an event is made again (with the same id,
@@ -206,6 +208,17 @@ async def make_events(
             event_id = uuid.uuid5(_IDS, f"{kind} {study} {seq} {at.isoformat()}")
             body = encode(event_id, kind, study, series, sop, seq, at)
             out.extend((hook, event_id, kind, study, body) for hook in wanted)
+        routes = await index_routes.triggers(conn)
+        if routes:
+            await index_routes.enqueue(
+                conn,
+                (
+                    (route, study, kind)
+                    for kind, study, *_ in events
+                    for route, trigger in routes
+                    if trigger == kind
+                ),
+            )
         if out:
             await conn.copy_records_to_table(
                 "webhook_delivery",

@@ -1,0 +1,130 @@
+"""Forwarding over DICOMweb (issue #17): a route's batch as one STOW-RS request to the
+destination (PS3.18 10.5: ``POST {base}/studies``, ``multipart/related;
+type="application/dicom"``), the instances streamed from the blob store as stored.
+
+The answer says what was taken (PS3.18 10.5.3, Table 10.5.3-1): 200 all of it; 202 or
+409 with the Store Instances Response Module, where the Referenced SOP Sequence
+(0008,1199) lists what was stored and the Failed SOP Sequence (0008,1198) what was not,
+with a Failure Reason (0008,1197). Any other answer, or none within
+``PICTOR_ROUTE_TIMEOUT``, acknowledges nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+import msgspec
+
+from app import __version__
+from app.config import Settings
+from app.dicomweb.responses import close_delimiter, new_boundary, part_head
+from app.services.retrieve import StoredInstance, instance_bytes, part10
+from app.services.routes import Sender
+from app.storage import BlobStore
+
+_REFERENCED = "00081199"
+_FAILED = "00081198"
+_REASON = "00081197"
+_SOP_INSTANCE = "00081155"
+_MEDIA_TYPE = 'multipart/related; type="application/dicom"; boundary='
+_answer = msgspec.json.Decoder(dict[str, Any])
+
+
+def _uids(answer: dict[str, Any], key: str) -> list[tuple[str, int | None]]:
+    out: list[tuple[str, int | None]] = []
+    for item in (answer.get(key) or {}).get("Value") or []:
+        if not isinstance(item, dict):
+            continue
+        uid = ((item.get(_SOP_INSTANCE) or {}).get("Value") or [None])[0]
+        reason = ((item.get(_REASON) or {}).get("Value") or [None])[0]
+        if isinstance(uid, str):
+            out.append((uid, reason if isinstance(reason, int) else None))
+    return out
+
+
+class DicomwebSender:
+    """STOW-RS to one base URL, on one kept-alive connection for a job's batches."""
+
+    def __init__(self, store: BlobStore, base: str, token: str | None, timeout: float) -> None:
+        self.store = store
+        self.url = f"{base}/studies"
+        headers = {
+            "Accept": "application/dicom+json",
+            "User-Agent": f"pictor/{__version__} (route)",
+        }
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False)
+
+    async def send(self, batch: Sequence[StoredInstance]) -> tuple[set[str], str | None]:
+        boundary = new_boundary()
+        # corrected instances are rewritten first, so that the length is known: some
+        # servers take no chunked request body
+        rewritten = {
+            i.sop_instance_uid: await instance_bytes(self.store, i)
+            for i in batch
+            if i.patch is not None
+        }
+        head = part_head(boundary, "application/dicom")
+        tail = close_delimiter(boundary)
+        length = len(tail) + sum(
+            len(head) + len(rewritten.get(i.sop_instance_uid, b""))
+            if i.patch
+            else len(head) + i.file_size
+            for i in batch
+        )
+
+        async def body() -> AsyncIterator[bytes]:
+            for inst in batch:
+                yield head
+                if inst.sop_instance_uid in rewritten:
+                    yield rewritten[inst.sop_instance_uid]
+                    continue
+                async for chunk in part10(self.store, inst):
+                    yield chunk
+            yield tail
+
+        try:
+            answer = await self.http.post(
+                self.url,
+                content=body(),
+                headers={
+                    "Content-Type": _MEDIA_TYPE + boundary,
+                    "Content-Length": str(length),
+                },
+            )
+        except httpx.HTTPError as exc:
+            return set(), f"{self.url}: {type(exc).__name__}: {exc}"[:300]
+        sent = {i.sop_instance_uid for i in batch}
+        if answer.status_code == 200:
+            return sent, None
+        if answer.status_code not in (202, 409):
+            return set(), f"{self.url} answered HTTP {answer.status_code}"
+        try:
+            parsed = _answer.decode(answer.content)
+        except msgspec.DecodeError:
+            return set(), f"{self.url} answered HTTP {answer.status_code} without a response module"
+        taken = {uid for uid, _ in _uids(parsed, _REFERENCED)} & sent
+        failed = _uids(parsed, _FAILED)
+        if not failed and taken == sent:
+            return taken, None
+        first = failed[0] if failed else (next(iter(sent - taken)), None)
+        reason = f" (Failure Reason {first[1]:04X}H)" if first[1] is not None else ""
+        return taken, (
+            f"{self.url}: {len(sent) - len(taken)} of {len(sent)} instances not stored, "
+            f"{first[0]} among them{reason}"
+        )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def senders(store: BlobStore, settings: Settings) -> Any:
+    """The factory :class:`app.services.routes.Routes` calls for a ``dicomweb:`` route."""
+
+    def make(target: str, token: str | None) -> Sender:
+        return DicomwebSender(store, target, token, settings.route_timeout)
+
+    return make
