@@ -1,5 +1,6 @@
-"""What webhooks cost ingest (issue #17): STOW-RS with no webhook against STOW-RS with
-two active webhooks (and with a receiver that never answers), in one run.
+"""What webhooks and routes cost ingest (issue #17): STOW-RS with no webhook against
+STOW-RS with two active webhooks (and with a receiver that never answers, and with a
+route forwarding every instance), in one run.
 
 Usage: python benchmarks/events.py [--instances 400] [--rounds 2] [--clients 4]
 
@@ -8,7 +9,8 @@ index growing and the machine drifting weigh on each alike; each phase stores
 ``--instances`` 512x512 CT slices, 10 per request, from ``--clients`` clients. "two":
 two webhooks on every event type, each to a receiver on loopback that answers 204 at
 once; "dead": one more webhook to a receiver that accepts connections and never
-answers. Reported: instances/s per phase (median over rounds), the ratios to "none"
+answers; "routed": the two webhooks and a route on ``instance.created`` that forwards
+every instance over STOW-RS to a sink on loopback that takes everything (200). Reported: instances/s per phase (median over rounds), the ratios to "none"
 (target: 0.9 or more), and the seconds until every event of the last phase was
 delivered to the live receivers.
 """
@@ -43,26 +45,34 @@ count = 0
 
 class Hook(asyncio.Protocol):
     def connection_made(self, transport):
-        self.t, self.buf = transport, b""
+        self.t, self.buf, self.want, self.head = transport, bytearray(), None, b""
 
     def data_received(self, data):
         global count
         self.buf += data
         while True:
-            head, sep, rest = self.buf.partition(b"\r\n\r\n")
-            if not sep:
+            if self.want is None:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                self.head = bytes(self.buf[:end])
+                del self.buf[: end + 4]
+                self.want = 0
+                for line in self.head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        self.want = int(v)
+            if len(self.buf) < self.want:
                 return
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                k, _, v = line.partition(b":")
-                if k.strip().lower() == b"content-length":
-                    length = int(v)
-            if len(rest) < length:
-                return
-            self.buf = rest[length:]
-            if head.startswith(b"GET /count"):
+            del self.buf[: self.want]
+            self.want = None
+            if self.head.startswith(b"GET /count"):
                 body = str(count).encode()
                 self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            elif self.head.startswith(b"POST /dicom-web/studies"):
+                # a STOW-RS sink: every instance taken (PS3.18 10.5.3: 200)
+                self.t.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\n"
+                             b"Content-Length: 2\r\n\r\n{}")
             else:
                 count += 1
                 self.t.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
@@ -129,7 +139,8 @@ def main() -> None:
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(1024)
-    rates: dict[str, list[float]] = {"none": [], "two": [], "dead": []}
+    rates: dict[str, list[float]] = {"none": [], "two": [], "dead": [], "routed": []}
+    sink = f"dicomweb:{receivers[1].url.rsplit('/', 1)[0]}/dicom-web"
     with tempfile.TemporaryDirectory(prefix="pictor-events-bench-") as tmp:
         process = PictorProcess(Path(tmp) / "data", env={"PICTOR_SCRUB_RATE": "0"}).start()
         admin = process.base + "/admin/webhooks"
@@ -137,12 +148,23 @@ def main() -> None:
             uvloop.run(store(process.port, 100, args.clients))  # warm up
             hooks: list[int] = []
             expected = 0
+            routes = process.base + "/admin/routes"
             for _ in range(args.rounds):
-                for phase in ("none", "two", "dead"):
+                for phase in ("none", "two", "dead", "routed"):
                     for hook in hooks:
                         assert httpx.delete(f"{admin}/{hook}").status_code == 204
                     hooks = []
-                    targets = {"none": [], "two": [r.url for r in receivers]}.get(
+                    httpx.delete(f"{routes}/bench")
+                    if phase == "routed":  # every instance forwarded as it is stored
+                        made = httpx.post(
+                            routes, json={"name": "bench", "to": sink, "on": "instance.created"}
+                        )
+                        assert made.status_code == 201, made.text
+                    targets = {
+                        "none": [],
+                        "two": [r.url for r in receivers],
+                        "routed": [r.url for r in receivers],
+                    }.get(  # fmt: skip
                         phase,
                         [r.url for r in receivers]
                         + [f"http://127.0.0.1:{silent.getsockname()[1]}/x"],
@@ -169,6 +191,7 @@ def main() -> None:
                         "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
                         "ratio_two_webhooks": round(median["two"] / median["none"], 3),
                         "ratio_with_dead_receiver": round(median["dead"] / median["none"], 3),
+                        "ratio_two_webhooks_one_route": round(median["routed"] / median["none"], 3),
                         "seconds_to_deliver_after_last_phase": round(drained, 2),
                         "delivered_to_first_receiver": receivers[0].count,
                     },
