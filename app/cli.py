@@ -481,9 +481,12 @@ def route(args: argparse.Namespace) -> int:
                     secret = source.readline().strip()
             made = _with_index(
                 settings,
-                lambda pool: routes.add(pool, args.name, args.when, args.to, args.on, secret),
+                lambda pool: routes.add(
+                    pool, args.name, args.when, args.to, args.on, secret, args.deidentify
+                ),
             )
-            print(f"route {made.name}: {made.trigger} -> {made.destination}", file=sys.stderr)
+            how = " (de-identified)" if made.deidentify is not None else ""
+            print(f"route {made.name}: {made.trigger} -> {made.destination}{how}", file=sys.stderr)
         elif args.action == "remove":
             _with_index(settings, lambda pool: routes.remove(pool, args.name))
             print(f"route {args.name} removed, with its jobs", file=sys.stderr)
@@ -1171,6 +1174,11 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("--on", default="study.stable", choices=["study.stable", "instance.created"])
     ra.add_argument(
         "--token-file", help="a bearer token for a DICOMweb destination, from a file (- stdin)"
+    )
+    ra.add_argument(
+        "--deidentify",
+        metavar="basic[,retain-dates][,clean-descriptors]",
+        help="send de-identified (PS3.15 Annex E Basic Profile, with those options)",
     )
     rs = rsub.add_parser("status", help="the routes, or with a name its studies")
     rs.add_argument("name", nargs="?")

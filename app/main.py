@@ -20,6 +20,7 @@ from app.auth.tokens import TokenVerifier
 from app.bootstrap import EmbeddedPostgres, create_pool, open_store, prepare
 from app.codec import pool as codec_pool
 from app.config import Settings
+from app.dicom import deidentify
 from app.dicomweb import forward as dicomweb_forward
 from app.dicomweb.cors import CrossOriginMiddleware
 from app.dicomweb.errors import EXCEPTION_HANDLERS
@@ -40,6 +41,10 @@ from app.services.tiering import Tiering
 from app.services.webhooks import Webhooks
 
 log = logging.getLogger("pictor")
+
+
+async def _archive_key(secret: links.LinkSecret) -> bytes:
+    return deidentify.archive_key(await secret.get())
 
 
 def app_from_environment() -> Litestar:
@@ -85,7 +90,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             app.state.ingest = Ingest(settings, pool, store, app.state.lifecycle)
             app.state.instances = InstanceCache(pool)
             audit = AuditLog(pool) if settings.audit_enabled else None
-            link_secret = links.LinkSecret(settings, pool)
+            link_secret = app.state.link_secret = links.LinkSecret(settings, pool)
             with contextlib.suppress(ServiceUnavailable):  # else read once the index answers
                 await link_secret.get()
             app.state.access = Access(
@@ -119,6 +124,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
                     "dicomweb": dicomweb_forward.senders(store, settings),
                     "dimse": dimse_forward.senders(store, settings),
                 },
+                lambda: _archive_key(link_secret),
             )
             app.state.routes.start()
             app.state.tiering = Tiering(settings, pool, store)

@@ -11,6 +11,8 @@ CREATE TABLE route (
     trigger      text NOT NULL CHECK (trigger IN ('study.stable', 'instance.created')),
     -- a bearer token for a DICOMweb destination (never shown again)
     token        text,
+    -- de-identification (PS3.15 E): NULL none, else basic[,retain-dates][,clean-descriptors]
+    deidentify   text,
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 

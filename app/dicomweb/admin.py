@@ -187,6 +187,7 @@ class RouteRequest(msgspec.Struct, forbid_unknown_fields=True):
     when: list[str] = []
     on: str = "study.stable"
     token: str | None = None
+    deidentify: str | None = None
 
 
 def route_answer(s: routes.RouteStatus) -> dict[str, Any]:
@@ -198,6 +199,7 @@ def route_answer(s: routes.RouteStatus) -> dict[str, Any]:
         "to": r.destination,
         "on": r.trigger,
         "token": r.has_token,
+        "deidentify": None if r.deidentify is None else ",".join(["basic", *r.deidentify]),
         "created": r.created_at.isoformat(),
         "waiting": s.waiting,
         "done": s.done,
@@ -227,7 +229,9 @@ async def list_routes(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def create_route(request: Request[Any, Any, Any]) -> Response[bytes]:
     wanted: RouteRequest = await json_body(request, RouteRequest)
     pool = request.app.state.pool
-    made = await routes.add(pool, wanted.name, wanted.when, wanted.to, wanted.on, wanted.token)
+    made = await routes.add(
+        pool, wanted.name, wanted.when, wanted.to, wanted.on, wanted.token, wanted.deidentify
+    )
     found = [s for s in await routes.status(pool) if s.route.id == made.id]
     return _json(route_answer(found[0]), 201)
 

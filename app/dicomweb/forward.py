@@ -20,8 +20,8 @@ import msgspec
 from app import __version__
 from app.config import Settings
 from app.dicomweb.responses import close_delimiter, new_boundary, part_head
-from app.services.retrieve import StoredInstance, instance_bytes, part10
-from app.services.routes import Sender
+from app.services.retrieve import StoredInstance, deidentified, instance_bytes, part10
+from app.services.routes import Deid, Sender
 from app.storage import BlobStore
 
 _REFERENCED = "00081199"
@@ -58,23 +58,27 @@ class DicomwebSender:
             headers["Authorization"] = f"Bearer {token}"
         self.http = httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False)
 
-    async def send(self, batch: Sequence[StoredInstance]) -> tuple[set[str], str | None]:
+    async def send(
+        self, batch: Sequence[StoredInstance], deid: Deid | None
+    ) -> tuple[set[str], str | None]:
         boundary = new_boundary()
-        # corrected instances are rewritten first, so that the length is known: some
-        # servers take no chunked request body
-        rewritten = {
-            i.sop_instance_uid: await instance_bytes(self.store, i)
-            for i in batch
-            if i.patch is not None
-        }
+        # corrected and de-identified instances are made first, so that the length is
+        # known: some servers take no chunked request body
+        rewritten: dict[str, bytes] = {}
+        #: the SOP Instance UID the destination sees -> the archive's
+        original = {i.sop_instance_uid: i.sop_instance_uid for i in batch}
+        for inst in batch:
+            if deid is not None:
+                data, uid = await deidentified(self.store, inst, deid.key, deid.options)
+                rewritten[inst.sop_instance_uid] = data
+                original[uid] = inst.sop_instance_uid
+                del original[inst.sop_instance_uid]
+            elif inst.patch is not None:
+                rewritten[inst.sop_instance_uid] = await instance_bytes(self.store, inst)
         head = part_head(boundary, "application/dicom")
         tail = close_delimiter(boundary)
-        length = len(tail) + sum(
-            len(head) + len(rewritten.get(i.sop_instance_uid, b""))
-            if i.patch
-            else len(head) + i.file_size
-            for i in batch
-        )
+        sizes = [len(rewritten.get(i.sop_instance_uid, b"")) or i.file_size for i in batch]
+        length = len(tail) + sum(len(head) + n for n in sizes)
 
         async def body() -> AsyncIterator[bytes]:
             for inst in batch:
@@ -106,8 +110,8 @@ class DicomwebSender:
             parsed = _answer.decode(answer.content)
         except msgspec.DecodeError:
             return set(), f"{self.url} answered HTTP {answer.status_code} without a response module"
-        taken = {uid for uid, _ in _uids(parsed, _REFERENCED)} & sent
-        failed = _uids(parsed, _FAILED)
+        taken = {original[uid] for uid, _ in _uids(parsed, _REFERENCED) if uid in original}
+        failed = [(original.get(uid, uid), reason) for uid, reason in _uids(parsed, _FAILED)]
         if not failed and taken == sent:
             return taken, None
         first = failed[0] if failed else (next(iter(sent - taken)), None)

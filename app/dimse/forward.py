@@ -21,10 +21,11 @@ from typing import Any
 from pynetdicom import AE, evt
 
 from app.config import Settings
+from app.dicom.deidentify import deidentify
 from app.dimse.network import no_delay
 from app.dimse.retrieve import as_dataset, offered_by, outgoing, store_contexts
 from app.services.retrieve import StoredInstance
-from app.services.routes import Sender, dimse_address
+from app.services.routes import Deid, Sender, dimse_address
 from app.storage import BlobStore
 
 #: C-STORE statuses that store the instance (PS3.4 B.2.3, Table B.2-1)
@@ -53,7 +54,9 @@ class DimseSender:
             evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)],
         )
 
-    async def send(self, batch: Sequence[StoredInstance]) -> tuple[set[str], str | None]:
+    async def send(
+        self, batch: Sequence[StoredInstance], deid: Deid | None
+    ) -> tuple[set[str], str | None]:
         assoc = await asyncio.to_thread(self._associate, batch)
         if not assoc.is_established:
             why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "refused"
@@ -71,6 +74,8 @@ class DimseSender:
                         f"{inst.sop_instance_uid} ({inst.transfer_syntax})"
                     )
                 ds = await asyncio.to_thread(as_dataset, inst, *ready)
+                if deid is not None:  # after a transcode: it has the original UIDs again
+                    await asyncio.to_thread(deidentify, ds, deid.key, deid.options)
                 answer = await asyncio.to_thread(assoc.send_c_store, ds)
                 code = int(answer.Status) if answer is not None and "Status" in answer else None
                 if code not in _STORED:

@@ -45,6 +45,8 @@ class Route:
     trigger: str
     has_token: bool
     created_at: dt.datetime
+    #: PS3.15 E options (``basic`` implied); None: sent as stored
+    deidentify: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,12 +96,13 @@ def _route(r: asyncpg.Record) -> Route:
         r["trigger"],
         r["token"] is not None,
         r["created_at"],
+        None if r["deidentify"] is None else tuple(o for o in r["deidentify"].split(",")[1:] if o),
     )
 
 
 _ROUTE = (
     "r.id, r.name, r.conditions::text AS conditions, r.destination, r.trigger, r.token,"
-    " r.created_at"
+    " r.created_at, r.deidentify"
 )
 
 
@@ -110,19 +113,22 @@ async def add(
     destination: str,
     trigger: str,
     token: str | None,
+    deidentify: Sequence[str] | None = None,
 ) -> Route:
     body = msgspec.json.encode(
         [{"keyword": c.keyword, "tag": c.tag, "like": list(c.like)} for c in conditions]
     )
     try:
         row = await conn.fetchrow(
-            f"""INSERT INTO route AS r (name, conditions, destination, trigger, token)
-                VALUES ($1, $2::jsonb, $3, $4, $5) RETURNING {_ROUTE}""",
+            f"""INSERT INTO route AS r (name, conditions, destination, trigger, token,
+                                        deidentify)
+                VALUES ($1, $2::jsonb, $3, $4, $5, $6) RETURNING {_ROUTE}""",
             name,
             body,
             destination,
             trigger,
             token,
+            None if deidentify is None else ",".join(["basic", *deidentify]),
         )
     except asyncpg.UniqueViolationError:
         raise Conflict(f"a route named {name!r} exists already") from None

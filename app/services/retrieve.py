@@ -25,6 +25,7 @@ from app.codec.transcode import (
     encode_frame_of_instance,
     transcode_instance,
 )
+from app.dicom.deidentify import deidentify_part10
 from app.dicom.patch import head_end, patch_head, patch_part10
 from app.index import retrieve as index_retrieve
 from app.index.database import Listener, Pool
@@ -44,6 +45,7 @@ __all__ = [
     "Scope",
     "StoredInstance",
     "animated",
+    "deidentified",
     "encoded_frame",
     "frame_bytes",
     "instance",
@@ -261,6 +263,14 @@ async def instance_bytes(store: BlobStore, inst: StoredInstance) -> bytes:
     if inst.patch is None:
         return await store.read(inst.file_key)
     return await pool.run(_patch_stored, store, inst.file_key, inst.patch)
+
+
+async def deidentified(
+    store: BlobStore, inst: StoredInstance, key: bytes, options: tuple[str, ...]
+) -> tuple[bytes, str]:
+    """The instance de-identified (PS3.15 E, app.dicom.deidentify) in a codec worker:
+    the Part 10 file and its new SOP Instance UID."""
+    return await pool.run(deidentify_part10, await instance_bytes(store, inst), key, options)
 
 
 async def rendered(

@@ -33,11 +33,13 @@ import ipaddress
 import logging
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from app.config import Settings
+from app.dicom.deidentify import parse_options
 from app.dicom.dictionary import UnknownAttribute, keyword, resolve, vr_of
 from app.dicom.uids import uid_problem
 from app.errors import BadRequest, NotFound
@@ -82,12 +84,22 @@ _AET = re.compile(r"[ -~]{1,16}")
 _UNCOMPARABLE = {"SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 
+@dataclass(frozen=True)
+class Deid:
+    """How a route de-identifies what it sends (PS3.15 E, app.dicom.deidentify)."""
+
+    key: bytes
+    options: tuple[str, ...]
+
+
 class Sender(Protocol):
     """One destination's transport, for one job."""
 
-    async def send(self, batch: Sequence[StoredInstance]) -> tuple[set[str], str | None]:
-        """Send a batch: the SOP Instance UIDs the destination acknowledged, and what
-        went wrong (None: nothing)."""
+    async def send(
+        self, batch: Sequence[StoredInstance], deid: Deid | None
+    ) -> tuple[set[str], str | None]:
+        """Send a batch (de-identified with ``deid``): the (original) SOP Instance UIDs
+        the destination acknowledged, and what went wrong (None: nothing)."""
         ...
 
     async def close(self) -> None: ...
@@ -199,6 +211,7 @@ async def add(
     to: str,
     on: str = "study.stable",
     token: str | None = None,
+    deidentify: str | None = None,
 ) -> Route:
     if not _NAME.fullmatch(name):
         raise BadRequest("a route name has 1 to 64 letters, digits, '.', '_' or '-'")
@@ -213,8 +226,14 @@ async def add(
             raise BadRequest("a token is for a DICOMweb destination")
         if not 0 < len(token) <= 4096 or not token.isprintable() or " " in token:
             raise BadRequest("a token has 1 to 4096 printable characters and no space")
+    options = None
+    if deidentify is not None:
+        try:
+            options = parse_options(deidentify)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
     async with pool.acquire() as conn:
-        return await index_routes.add(conn, name, conditions, destination, on, token)
+        return await index_routes.add(conn, name, conditions, destination, on, token, options)
 
 
 async def remove(pool: Pool, name: str) -> None:
@@ -258,10 +277,18 @@ def batches(found: Sequence[StoredInstance]) -> list[list[StoredInstance]]:
 class Routes:
     """Runs the forwarding jobs, in the background of a server process."""
 
-    def __init__(self, settings: Settings, pool: Pool, senders: Senders) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        senders: Senders,
+        key: Callable[[], Awaitable[bytes]],
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.senders = senders
+        #: the archive's de-identification key (app.dicom.deidentify.archive_key)
+        self.key = key
         self._task: asyncio.Task[None] | None = None
         self._running: dict[asyncio.Task[None], int] = {}
         self._wake = asyncio.Event()
@@ -361,9 +388,11 @@ class Routes:
         todo = [i for i in stored if i.sop_instance_uid in wanted]
         scheme, _, target = job.route.destination.partition(":")
         sender = self.senders[scheme](target, job.token)
+        options = job.route.deidentify
+        deid = None if options is None else Deid(await self.key(), options)
         try:
             for batch in batches(todo):
-                taken, error = await sender.send(batch)
+                taken, error = await sender.send(batch, deid)
                 await index_routes.acknowledged(
                     self.pool,
                     job,

@@ -83,6 +83,14 @@ def _to_orthanc(tmp: Path) -> None:
             data, "add", "all-dimse", "--on", "instance.created",
             "--to", f"dimse:{dimse.aet}@127.0.0.1:{dimse.dicom_port}",
         )  # fmt: skip
+        # de-identified copies (PS3.15 E) of the same studies, to both archives
+        _cli(data, "add", "research", "--when", "Modality=CT", "--deidentify", "basic",
+             "--to", f"dicomweb:{web.dicomweb}")  # fmt: skip
+        _cli(
+            data, "add", "research-dimse", "--on", "instance.created",
+            "--deidentify", "basic,retain-dates",
+            "--to", f"dimse:{dimse.aet}@127.0.0.1:{dimse.dicom_port}",
+        )  # fmt: skip
         ct_study, ct_series = new_uids()
         ct = [ct_slice(ct_study, ct_series, i, rows=64, cols=64) for i in range(3)]
         ct[2] = _rle(ct[2])
@@ -111,6 +119,22 @@ def _to_orthanc(tmp: Path) -> None:
         assert there.SOPInstanceUID == rle_uid
         assert (there.pixel_array == dcmread(io.BytesIO(ct[2])).pixel_array).all()
 
+        # the de-identified copies: new UIDs, one study each, no name, pixels unchanged
+        pixels = sorted(dcmread(io.BytesIO(d)).pixel_array.tobytes() for d in ct)
+        for peer, count in ((web, 3), (dimse, 5)):
+            found = _until(lambda p=peer, c=count: len(_others(p, {ct_study, mr_study})) == c
+                           and _others(p, {ct_study, mr_study}), what="de-identified copies")  # fmt: skip
+            copies = [dcmread(io.BytesIO(peer.file(i))) for i in found]
+            assert all(c.PatientIdentityRemoved == "YES" for c in copies)
+            assert all(c.PatientName != "DOE^JANE" and c.PatientID != "PAT0001" for c in copies)
+            cts = [c for c in copies if c.Modality == "CT"]
+            assert len({c.StudyInstanceUID for c in cts}) == 1
+            assert sorted(c.pixel_array.tobytes() for c in cts) == pixels
+            if peer is dimse:  # retain-dates; the RLE instance decoded, then de-identified
+                assert all(c.StudyDate == dcmread(io.BytesIO(ct[0])).StudyDate for c in cts)
+                assert {c.file_meta.TransferSyntaxUID for c in cts} == {ExplicitVRLittleEndian}
+            else:
+                assert all(not c.get("StudyDate") for c in cts)
         routes = {r["name"]: r for r in _status(data)}
         assert routes["ct-web"]["sent"] == 3 and routes["all-dimse"]["sent"] == 5
         assert routes["ct-web"]["to"] == f"dicomweb:{web.dicomweb}"
@@ -129,6 +153,20 @@ def _to_orthanc(tmp: Path) -> None:
         server.stop()
         web.stop()
         dimse.stop()
+
+
+def _others(peer: Orthanc, known: set[str]) -> list[str]:
+    """Orthanc's ids of the instances it holds outside the ``known`` studies."""
+    found = httpx.post(
+        f"{peer.url}/tools/find", json={"Level": "Instance", "Query": {}, "Expand": True},
+        timeout=30,
+    ).json()  # fmt: skip
+    studies = {s["ID"]: s["MainDicomTags"]["StudyInstanceUID"] for s in peer.get("/studies?expand")}
+    return [i["ID"] for i in found if studies.get(_study_of(peer, i)) not in known]
+
+
+def _study_of(peer: Orthanc, instance: dict[str, Any]) -> str:
+    return str(peer.get(f"/series/{instance['ParentSeries']}")["ParentStudy"])
 
 
 @pytest.mark.slow

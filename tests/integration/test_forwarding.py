@@ -166,3 +166,34 @@ def test_hostile_routes_are_refused(tmp_path: Path, pictor: Pictor) -> None:
     bad = pictor_cli("route", "add", "x", "--to", "file:///etc/passwd", data_dir=data)
     assert bad.returncode != 0 and "a destination is" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_corrected_study_goes_out_corrected(tmp_path: Path, pictor: Pictor) -> None:
+    """Corrections live in the index, not in the files (issue #15): a forward sends the
+    file with its header rewritten, as WADO-RS does, and the length it declares fits."""
+    dest = pictor(tmp_path / "dest", workers=1)
+    src_data = tmp_path / "src"
+    src = pictor(src_data, workers=1, env=FAST)
+    study, series = new_uids()
+    archive = Archive(src)
+    try:
+        parts = [ct_slice(study, series, i, rows=32, cols=32) for i in range(2)]
+        assert archive.stow(multipart(parts)).status_code == 200
+        fixed = httpx.post(
+            f"{src.base}/admin/studies/{study}/update",
+            json={"00100010": {"vr": "PN", "Value": [{"Alphabetic": "FIXED^NAME"}]}},
+        )
+        assert fixed.status_code == 200, fixed.text
+        added = pictor_cli("route", "add", "copy", "--to", f"dicomweb:{dest.dicomweb}",
+                           data_dir=src_data)  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        assert httpx.post(f"{src.base}/admin/studies/{study}/export/copy").status_code == 202
+        _until(lambda: _routes(src_data)["copy"]["sent"] == 2, what="the export")
+        names = {
+            i["00100010"]["Value"][0]["Alphabetic"]
+            for i in httpx.get(f"{dest.dicomweb}/studies/{study}/instances",
+                               params={"includefield": "00100010"}).json()
+        }  # fmt: skip
+        assert names == {"FIXED^NAME"}
+    finally:
+        archive.http.close()
