@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,17 @@ def pictor_cli(
         cwd=Path(__file__).resolve().parents[1],
         timeout=300,
     )
+
+
+def until(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
+    """``check()``'s first true value, polled every 0.3 s; AssertionError after
+    ``timeout`` seconds naming ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 def embedded_dsn(data_dir: Path) -> str:

@@ -44,6 +44,7 @@ from app.dicom.dictionary import UnknownAttribute, keyword, resolve, vr_of
 from app.dicom.uids import uid_problem
 from app.errors import BadRequest, NotFound
 from app.index import routes as index_routes
+from app.index.compiler import like_pattern
 from app.index.database import INDEX_ERRORS, Pool
 from app.index.routes import Condition, Job, Route, RouteStatus, StudyStatus
 from app.services.retrieve import Scope, StoredInstance, instances
@@ -112,21 +113,6 @@ Senders = dict[str, Callable[[str, str | None], Sender]]
 # -- the rules -------------------------------------------------------------------------
 
 
-def _pattern(value: str) -> str:
-    """A condition's value as a LIKE pattern: ``*`` any run, ``?`` one character."""
-    out = []
-    for ch in value:
-        if ch in "\\%_":
-            out.append("\\" + ch)
-        elif ch == "*":
-            out.append("%")
-        elif ch == "?":
-            out.append("_")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 def parse_condition(text: str) -> Condition:
     """``Keyword=value[,value...]`` (a keyword or eight hex digits)."""
     name, eq, values = text.partition("=")
@@ -147,7 +133,7 @@ def parse_condition(text: str) -> Condition:
         )
     if any(not v.isprintable() for v in alternatives):
         raise BadRequest(f"condition {text[:80]!r} has a control character")
-    return Condition(keyword(tag), f"{tag:08X}", tuple(_pattern(v) for v in alternatives))
+    return Condition(keyword(tag), f"{tag:08X}", tuple(like_pattern(v) for v in alternatives))
 
 
 def parse_destination(text: str) -> str:

@@ -11,7 +11,6 @@ import io
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from conftest import Archive, multipart, pictor_cli
+from conftest import Archive, multipart, pictor_cli, until
 from netns import isolated, outside_is_unreachable
 from orthanc import Orthanc
 from server import PictorProcess, free_port
@@ -31,15 +30,6 @@ FAST = {
     "PICTOR_ROUTE_BACKOFF_SECONDS": "0.5",
     "PICTOR_LOG_LEVEL": "info",
 }
-
-
-def _until(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 def _cli(data: Path, *args: str, stdin: str | None = None) -> str:
@@ -103,14 +93,14 @@ def _to_orthanc(tmp: Path) -> None:
         assert archive.stow(multipart(mr)).status_code == 200
 
         # over DICOMweb: the CT study once stable, byte for byte as stored; not the MR one
-        got = _until(lambda: len(web.instances_of(ct_study)) == 3 and web.instances_of(ct_study),
+        got = until(lambda: len(web.instances_of(ct_study)) == 3 and web.instances_of(ct_study),
                      what="the CT study on Orthanc A")  # fmt: skip
         sent = {dcmread(io.BytesIO(d)).SOPInstanceUID: d for d in ct}
         for uid, orthanc_id in got.items():
             assert web.file(orthanc_id) == sent[uid]
         # over DIMSE: every instance as it came; the RLE one decoded, pixels unchanged
-        _until(lambda: len(dimse.instances_of(ct_study)) == 3, what="the CT study on B")
-        _until(lambda: len(dimse.instances_of(mr_study)) == 2, what="the MR study on B")
+        until(lambda: len(dimse.instances_of(ct_study)) == 3, what="the CT study on B")
+        until(lambda: len(dimse.instances_of(mr_study)) == 2, what="the MR study on B")
         time.sleep(2)  # the MR study is stable now too: the CT route still leaves it out
         assert web.instances_of(mr_study) == {}
         rle_uid = dcmread(io.BytesIO(ct[2])).SOPInstanceUID
@@ -122,7 +112,7 @@ def _to_orthanc(tmp: Path) -> None:
         # the de-identified copies: new UIDs, one study each, no name, pixels unchanged
         pixels = sorted(dcmread(io.BytesIO(d)).pixel_array.tobytes() for d in ct)
         for peer, count in ((web, 3), (dimse, 5)):
-            found = _until(lambda p=peer, c=count: len(_others(p, {ct_study, mr_study})) == c
+            found = until(lambda p=peer, c=count: len(_others(p, {ct_study, mr_study})) == c
                            and _others(p, {ct_study, mr_study}), what="de-identified copies")  # fmt: skip
             copies = [dcmread(io.BytesIO(peer.file(i))) for i in found]
             assert all(c.PatientIdentityRemoved == "YES" for c in copies)
@@ -145,7 +135,7 @@ def _to_orthanc(tmp: Path) -> None:
         # a manual export sends the study again, whatever was acknowledged
         admin = httpx.post(f"{server.base}/admin/studies/{ct_study}/export/ct-web", timeout=30)
         assert admin.status_code == 202, admin.text
-        again = _until(lambda: (s := _status(data, "ct-web")[0])["cause"] == "manual"
+        again = until(lambda: (s := _status(data, "ct-web")[0])["cause"] == "manual"
                        and s["state"] == "done" and s, what="the export")  # fmt: skip
         assert again["sent"] == 3
         archive.http.close()
@@ -198,7 +188,7 @@ def _outage_and_restart(tmp: Path) -> None:
         assert archive.stow(multipart([ct_slice(study, series, i, rows=32, cols=32)
                                        for i in range(3)])).status_code == 200  # fmt: skip
         # nobody listens: the job fails, says why, and waits to be tried again
-        failing = _until(lambda: (s := _status(data, "to-scp")) and s[0]["lastError"] and s,
+        failing = until(lambda: (s := _status(data, "to-scp")) and s[0]["lastError"] and s,
                          what="a failed attempt")  # fmt: skip
         assert failing[0]["state"] == "waiting" and failing[0]["sent"] == 0
         assert "STORESCP@127.0.0.1" in failing[0]["lastError"]
@@ -206,13 +196,13 @@ def _outage_and_restart(tmp: Path) -> None:
         server.stop()  # the queue is in PostgreSQL: a restart resumes it
         peer = _storescp(received, port)
         server = PictorProcess(data, port=server.port, workers=1, env=FAST).start()
-        _until(lambda: _status(data, "to-scp")[0]["state"] == "done", what="the retry")
+        until(lambda: _status(data, "to-scp")[0]["state"] == "done", what="the retry")
         assert len(list(received.iterdir())) == 3
         # two more instances: only they are sent, the acknowledged three never again
         archive = Archive(server)
         assert archive.stow(multipart([ct_slice(study, series, i, rows=32, cols=32)
                                        for i in range(3, 5)])).status_code == 200  # fmt: skip
-        _until(lambda: _status(data)[0]["sent"] == 5, what="the two new instances")
+        until(lambda: _status(data)[0]["sent"] == 5, what="the two new instances")
         time.sleep(1.5)
         names = sorted(p.name for p in received.iterdir())
         assert len(names) == 5, names

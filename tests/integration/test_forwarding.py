@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydicom import dcmread
 
-from conftest import Archive, Pictor, content_type, multipart, pictor_cli
+from conftest import Archive, Pictor, content_type, multipart, pictor_cli, until
 from synth import ct_slice, new_uids
 
 FAST = {
@@ -23,15 +21,6 @@ FAST = {
     "PICTOR_ROUTE_BACKOFF_SECONDS": "0.3",
     "PICTOR_ROUTE_RETRY_SECONDS": "3",
 }
-
-
-def _until(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _routes(data: Path) -> dict[str, Any]:
@@ -76,7 +65,7 @@ def test_a_dicomweb_route_behind_a_token_records_what_the_destination_refused(
     archive = Archive(src)
     try:
         assert archive.stow(multipart([x, y, z])).status_code == 200
-        gave_up = _until(lambda: (r := _routes(src_data))["partner"]["failed"] and r,
+        gave_up = until(lambda: (r := _routes(src_data))["partner"]["failed"] and r,
                          what="the partner route to give up")  # fmt: skip
         partner = gave_up["partner"]
         assert partner["sent"] == 2 and partner["token"] is True
@@ -92,7 +81,7 @@ def test_a_dicomweb_route_behind_a_token_records_what_the_destination_refused(
         )
         assert other in kept.content and x not in kept.content
         # without the token: 401, nothing acknowledged, given up after the retry time
-        refused = _until(lambda: (r := _routes(src_data))["no-token"]["failed"] and r,
+        refused = until(lambda: (r := _routes(src_data))["no-token"]["failed"] and r,
                          what="the no-token route to give up")["no-token"]  # fmt: skip
         assert refused["sent"] == 0 and "HTTP 401" in refused["lastError"]
         studies = pictor_cli("route", "status", "partner", "--json", data_dir=src_data)
@@ -188,7 +177,7 @@ def test_a_corrected_study_goes_out_corrected(tmp_path: Path, pictor: Pictor) ->
                            data_dir=src_data)  # fmt: skip
         assert added.returncode == 0, added.stderr
         assert httpx.post(f"{src.base}/admin/studies/{study}/export/copy").status_code == 202
-        _until(lambda: _routes(src_data)["copy"]["sent"] == 2, what="the export")
+        until(lambda: _routes(src_data)["copy"]["sent"] == 2, what="the export")
         names = {
             i["00100010"]["Value"][0]["Alphabetic"]
             for i in httpx.get(f"{dest.dicomweb}/studies/{study}/instances",
