@@ -121,7 +121,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
                 settings,
                 pool,
                 {
-                    "dicomweb": dicomweb_forward.senders(store, settings),
+                    "dicomweb": dicomweb_forward.DicomwebSenders(store, settings),
                     "dimse": dimse_forward.senders(store, settings),
                 },
                 lambda: _archive_key(link_secret),

@@ -6,11 +6,18 @@ CREATE TABLE webhook (
     events      text[] NOT NULL,
     -- signs each delivery (HMAC-SHA256, X-Pictor-Signature); NULL: unsigned
     secret      text,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- deliveries made (their rows are deleted once delivered), and the last one
+    delivered   bigint NOT NULL DEFAULT 0,
+    last_delivered_at timestamptz,
+    -- the last failed attempt's error, kept once the delivery succeeded after all
+    last_error  text,
+    last_error_at timestamptz
 );
 
 -- one row per event and webhook, written in the transaction that reads the feed;
--- delivered in order per (webhook, study), retried until given_up_at
+-- delivered in order per (webhook, study), retried until given_up_at; deleted once
+-- delivered (the webhook counts them): a delivery costs an insert and a delete
 CREATE TABLE webhook_delivery (
     id            bigserial PRIMARY KEY,
     webhook_id    integer NOT NULL REFERENCES webhook (id) ON DELETE CASCADE,
@@ -24,13 +31,11 @@ CREATE TABLE webhook_delivery (
     last_error    text,
     last_status   integer,
     last_attempt_at timestamptz,
-    delivered_at  timestamptz,
     given_up_at   timestamptz
 );
-CREATE INDEX webhook_delivery_due ON webhook_delivery (next_at)
-    WHERE delivered_at IS NULL AND given_up_at IS NULL;
+CREATE INDEX webhook_delivery_due ON webhook_delivery (next_at) WHERE given_up_at IS NULL;
 CREATE INDEX webhook_delivery_study ON webhook_delivery (webhook_id, study_uid, id)
-    WHERE delivered_at IS NULL AND given_up_at IS NULL;
+    WHERE given_up_at IS NULL;
 
 -- how far the events were made from the change feed (one row)
 CREATE TABLE event_cursor (

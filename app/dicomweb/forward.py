@@ -6,7 +6,8 @@ The answer says what was taken (PS3.18 10.5.3, Table 10.5.3-1): 200 all of it; 2
 409 with the Store Instances Response Module, where the Referenced SOP Sequence
 (0008,1199) lists what was stored and the Failed SOP Sequence (0008,1198) what was not,
 with a Failure Reason (0008,1197). Any other answer, or none within
-``PICTOR_ROUTE_TIMEOUT``, acknowledges nothing.
+``PICTOR_ROUTE_TIMEOUT``, acknowledges nothing; nor does an answer whose body is
+larger than 1 MiB (a response module for 50 instances is a few KB).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import httpx
 import msgspec
 
 from app import __version__
 from app.config import Settings
 from app.dicomweb.responses import close_delimiter, new_boundary, part_head
+from app.services.outbound import Client, OutboundError
 from app.services.retrieve import StoredInstance, deidentified, instance_bytes, part10
 from app.services.routes import Deid, Sender
 from app.storage import BlobStore
@@ -29,6 +30,7 @@ _FAILED = "00081198"
 _REASON = "00081197"
 _SOP_INSTANCE = "00081155"
 _MEDIA_TYPE = 'multipart/related; type="application/dicom"; boundary='
+_ACCEPT = {"Accept": "application/dicom+json"}
 _answer = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -47,16 +49,11 @@ def _uids(answer: dict[str, Any], key: str) -> list[tuple[str, int | None]]:
 class DicomwebSender:
     """STOW-RS to one base URL, on one kept-alive connection for a job's batches."""
 
-    def __init__(self, store: BlobStore, base: str, token: str | None, timeout: float) -> None:
+    def __init__(self, store: BlobStore, http: Client, base: str, token: str | None) -> None:
         self.store = store
+        self.http = http
         self.url = f"{base}/studies"
-        headers = {
-            "Accept": "application/dicom+json",
-            "User-Agent": f"pictor/{__version__} (route)",
-        }
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.http = httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False)
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def send(
         self, batch: Sequence[StoredInstance], deid: Deid | None
@@ -90,26 +87,20 @@ class DicomwebSender:
                     yield chunk
             yield tail
 
+        headers = {"Content-Type": _MEDIA_TYPE + boundary, **_ACCEPT, **self.auth}
         try:
-            answer = await self.http.post(
-                self.url,
-                content=body(),
-                headers={
-                    "Content-Type": _MEDIA_TYPE + boundary,
-                    "Content-Length": str(length),
-                },
-            )
-        except httpx.HTTPError as exc:
-            return set(), f"{self.url}: {type(exc).__name__}: {exc}"[:300]
+            status, content = await self.http.post_stream(self.url, body, length, headers)
+        except OutboundError as exc:
+            return set(), f"{self.url}: {exc}"[:300]
         sent = {i.sop_instance_uid for i in batch}
-        if answer.status_code == 200:
+        if status == 200:
             return sent, None
-        if answer.status_code not in (202, 409):
-            return set(), f"{self.url} answered HTTP {answer.status_code}"
+        if status not in (202, 409):
+            return set(), f"{self.url} answered HTTP {status}"
         try:
-            parsed = _answer.decode(answer.content)
+            parsed = _answer.decode(content)
         except msgspec.DecodeError:
-            return set(), f"{self.url} answered HTTP {answer.status_code} without a response module"
+            return set(), f"{self.url} answered HTTP {status} without a response module"
         taken = {original[uid] for uid, _ in _uids(parsed, _REFERENCED) if uid in original}
         failed = [(original.get(uid, uid), reason) for uid, reason in _uids(parsed, _FAILED)]
         if not failed and taken == sent:
@@ -122,13 +113,22 @@ class DicomwebSender:
         )
 
     async def close(self) -> None:
-        await self.http.aclose()
+        return None  # the connections are the process's, kept for the next job
 
 
-def senders(store: BlobStore, settings: Settings) -> Any:
-    """The factory :class:`app.services.routes.Routes` calls for a ``dicomweb:`` route."""
+class DicomwebSenders:
+    """The factory :class:`app.services.routes.Routes` calls for a ``dicomweb:`` route:
+    one HTTP client per process, its TLS context and kept-alive connections serving
+    every job (an httpx client made per job cost more than the forward itself, and
+    httpx's request machinery was most of what remained: app.services.outbound's
+    small client writes the stored bytes straight to the socket)."""
 
-    def make(target: str, token: str | None) -> Sender:
-        return DicomwebSender(store, target, token, settings.route_timeout)
+    def __init__(self, store: BlobStore, settings: Settings) -> None:
+        self.store = store
+        self.http = Client(settings.route_timeout, f"pictor/{__version__} (route)")
 
-    return make
+    def __call__(self, target: str, token: str | None) -> Sender:
+        return DicomwebSender(self.store, self.http, target, token)
+
+    async def aclose(self) -> None:
+        await self.http.close()

@@ -100,18 +100,10 @@ async def hooks(conn: Any) -> list[Hook]:
 
 async def status(conn: Any) -> list[HookStatus]:
     rows = await conn.fetch(
-        """SELECT w.id, w.url, w.events, w.secret, w.created_at,
-                  count(*) FILTER (WHERE d.id IS NOT NULL AND d.delivered_at IS NULL
-                                   AND d.given_up_at IS NULL) AS pending,
-                  count(*) FILTER (WHERE d.delivered_at IS NOT NULL) AS delivered,
-                  count(*) FILTER (WHERE d.given_up_at IS NOT NULL) AS given_up,
-                  max(d.delivered_at) AS last_delivered_at,
-                  (SELECT e.last_error FROM webhook_delivery e
-                    WHERE e.webhook_id = w.id AND e.last_error IS NOT NULL
-                    ORDER BY e.id DESC LIMIT 1) AS last_error,
-                  (SELECT e.last_attempt_at FROM webhook_delivery e
-                    WHERE e.webhook_id = w.id AND e.last_error IS NOT NULL
-                    ORDER BY e.id DESC LIMIT 1) AS last_error_at
+        """SELECT w.id, w.url, w.events, w.secret, w.created_at, w.delivered,
+                  w.last_delivered_at, w.last_error, w.last_error_at,
+                  count(d.id) FILTER (WHERE d.given_up_at IS NULL) AS pending,
+                  count(d.id) FILTER (WHERE d.given_up_at IS NOT NULL) AS given_up
              FROM webhook w LEFT JOIN webhook_delivery d ON d.webhook_id = w.id
             GROUP BY w.id ORDER BY w.id"""
     )
@@ -236,35 +228,36 @@ async def claim(
     """Lease runs of due deliveries for ``lease`` seconds: for up to ``limit`` (webhook,
     study) pairs, the oldest pending delivery and up to ``run`` - 1 that follow it, in
     order (a study's events reach a receiver in order; one statement for many events).
-    None for the ``busy`` webhooks (a slow receiver cannot take every slot)."""
+    Only the run's first delivery is leased: the others cannot be claimed while it is
+    pending, being behind it. None for the ``busy`` webhooks (a slow receiver cannot
+    take every slot)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_ASYNC_COMMIT)
         rows = await conn.fetch(
             """WITH heads AS (
                    SELECT c.id, c.webhook_id, c.study_uid FROM webhook_delivery c
-                    WHERE c.delivered_at IS NULL AND c.given_up_at IS NULL
-                      AND c.next_at <= now() AND c.webhook_id <> ALL($3::int[])
+                    WHERE c.given_up_at IS NULL AND c.next_at <= now()
+                      AND c.webhook_id <> ALL($3::int[])
                       AND NOT EXISTS (
                           SELECT 1 FROM webhook_delivery e
                            WHERE e.webhook_id = c.webhook_id AND e.study_uid = c.study_uid
-                             AND e.id < c.id AND e.delivered_at IS NULL
-                             AND e.given_up_at IS NULL)
+                             AND e.id < c.id AND e.given_up_at IS NULL)
                     ORDER BY c.id LIMIT $1
                     FOR UPDATE OF c SKIP LOCKED
-               ), runs AS (
-                   SELECT n.id FROM heads h CROSS JOIN LATERAL (
-                       SELECT n.id FROM webhook_delivery n
-                        WHERE n.webhook_id = h.webhook_id AND n.study_uid = h.study_uid
-                          AND n.id >= h.id AND n.delivered_at IS NULL
-                          AND n.given_up_at IS NULL AND n.next_at <= now()
-                        ORDER BY n.id LIMIT $4) n
+               ), leased AS (
+                   UPDATE webhook_delivery d SET next_at = now() + make_interval(secs => $2)
+                     FROM heads h WHERE d.id = h.id RETURNING d.id
                )
-               UPDATE webhook_delivery d
-                  SET next_at = now() + make_interval(secs => $2), attempts = d.attempts + 1
-                 FROM webhook w
-                WHERE w.id = d.webhook_id AND d.id IN (SELECT id FROM runs)
-            RETURNING d.id, d.webhook_id, d.study_uid, d.body, d.attempts, d.created_at,
-                      w.url, w.secret""",
+               SELECT n.id, n.webhook_id, n.study_uid, n.body, n.attempts, n.created_at,
+                      w.url, w.secret
+                 FROM heads h
+                 JOIN webhook w ON w.id = h.webhook_id
+                 CROSS JOIN LATERAL (
+                     SELECT n.* FROM webhook_delivery n
+                      WHERE n.webhook_id = h.webhook_id AND n.study_uid = h.study_uid
+                        AND n.id >= h.id AND n.given_up_at IS NULL
+                        AND (n.id = h.id OR n.next_at <= now())
+                      ORDER BY n.id LIMIT $4) n""",
             limit,
             float(lease),
             list(busy),
@@ -281,7 +274,7 @@ def _due(r: asyncpg.Record) -> Due:
         r["id"],
         r["webhook_id"],
         bytes(r["body"]),
-        r["attempts"],
+        r["attempts"] + 1,  # this one
         r["created_at"],
         r["url"],
         r["secret"],
@@ -290,32 +283,37 @@ def _due(r: asyncpg.Record) -> Due:
 
 async def finish(
     pool: asyncpg.Pool,
+    hook: int,
     delivered: Sequence[tuple[int, int]],
     failure: tuple[int, int | None, str, float | None] | None,
-    released: Sequence[int],
 ) -> None:
-    """After a run: the deliveries done ((id, status)), the one that failed ((id,
-    status, error, retry in seconds or None: given up)), and those not tried (leased
-    with the run; due again at once, behind the failed one)."""
+    """After a run of webhook ``hook``: the deliveries done ((id, status)): deleted, and
+    counted on the webhook; the one that failed ((id, status, error, retry in seconds
+    or None: given up)). Those not tried wait behind the failed one as they were (only
+    the run's first delivery was leased). The webhook's row is written first, as a
+    removal of the webhook (which cascades to its deliveries) locks it: never the
+    other way round, so the two cannot deadlock."""
+    error = failure[2][:500] if failure is not None else None
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_ASYNC_COMMIT)
+        await conn.execute(
+            """UPDATE webhook
+                  SET delivered = delivered + $2,
+                      last_delivered_at = CASE WHEN $2 > 0 THEN now() ELSE last_delivered_at END,
+                      last_error = coalesce($3, last_error),
+                      last_error_at = CASE WHEN $3 IS NULL THEN last_error_at ELSE now() END
+                WHERE id = $1""",
+            hook,
+            len(delivered),
+            error,
+        )
         if delivered:
             await conn.execute(
-                """UPDATE webhook_delivery d
-                      SET delivered_at = now(), last_status = x.status, last_attempt_at = now()
-                     FROM unnest($1::bigint[], $2::int[]) AS x(id, status)
-                    WHERE d.id = x.id""",
+                "DELETE FROM webhook_delivery WHERE id = ANY($1::bigint[])",
                 [d[0] for d in delivered],
-                [d[1] for d in delivered],
             )
         if failure is not None:
             await _failed(conn, *failure)
-        if released:
-            await conn.execute(
-                """UPDATE webhook_delivery SET next_at = now(), attempts = attempts - 1
-                    WHERE id = ANY($1::bigint[])""",
-                list(released),
-            )
 
 
 async def _failed(
@@ -325,6 +323,7 @@ async def _failed(
     await conn.execute(
         """UPDATE webhook_delivery
               SET last_status = $2, last_error = $3, last_attempt_at = now(),
+                  attempts = attempts + 1,
                   next_at = now() + make_interval(secs => coalesce($4, 0)),
                   given_up_at = CASE WHEN $4 IS NULL THEN now() END
             WHERE id = $1""",

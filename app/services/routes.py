@@ -292,6 +292,10 @@ class Routes:
             await index_routes.release(self.pool, [job for _, job in unfinished])
         except INDEX_ERRORS as exc:
             log.warning("routing: jobs could not be given back (their leases run out): %s", exc)
+        for make in self.senders.values():
+            closing = getattr(make, "aclose", None)
+            if closing is not None:
+                await closing()
 
     async def step(self) -> None:
         free = PROCESS_JOBS - len(self._running)

@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import logging
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -56,6 +57,8 @@ MAX_BACKOFF = 3600.0
 #: how long a claimed delivery is leased to this process before another may retry it
 LEASE_SECONDS = 120.0
 POLL_SECONDS = 0.5
+#: events are made from the feed at most this often per process
+EVENT_SECONDS = 0.25
 
 
 def check(url: str, events: Sequence[str], secret: str | None) -> list[str]:
@@ -147,6 +150,7 @@ class Webhooks:
         self._per_hook = max(1, settings.webhook_concurrency // 2)
         #: set when a delivery ends: the next one is claimed at once, not at the next poll
         self._wake = asyncio.Event()
+        self._events_due = 0.0
 
     def start(self) -> None:
         self._client = Client(self.settings.webhook_timeout, "pictor-webhook")
@@ -161,12 +165,17 @@ class Webhooks:
             await self._client.close()
 
     async def step(self) -> None:
-        """Make what events there are to make, then send what is due."""
-        while (
-            await index_hooks.make_events(self.pool, self._encode, self.settings.stable_seconds)
-            >= index_hooks.EVENT_BATCH
-        ):
-            pass
+        """Make what events there are to make (at most every ``EVENT_SECONDS``: each
+        run that ends wakes the loop, and making events is a transaction of its own
+        that ingest's would wait behind), then send what is due."""
+        now = time.monotonic()
+        if now >= self._events_due:
+            self._events_due = now + EVENT_SECONDS
+            while (
+                await index_hooks.make_events(self.pool, self._encode, self.settings.stable_seconds)
+                >= index_hooks.EVENT_BATCH
+            ):
+                pass
         free = self.settings.webhook_concurrency - len(self._sending)
         if free <= 0:
             return
@@ -220,9 +229,8 @@ class Webhooks:
                 if retry is None:
                     log.warning("webhook %s: gave up a delivery after a day: %s", due.url, error)
                 break
-        released = [d.id for d in run[len(done) + (failure is not None) :]]
         try:
-            await index_hooks.finish(self.pool, done, failure, released)
+            await index_hooks.finish(self.pool, run[0].webhook_id, done, failure)
         except INDEX_ERRORS as exc:  # the lease runs out and the run is tried again
             log.warning("webhook deliveries could not be recorded: %s", exc)
 

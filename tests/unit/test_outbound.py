@@ -4,7 +4,8 @@ that answer well, oddly or with hostility: real sockets, no mocks."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -137,3 +138,84 @@ def test_nobody_listening_and_bad_urls() -> None:
     refused, ftp, hostless = asyncio.run(go())
     assert refused.startswith("cannot connect to 127.0.0.1:1")
     assert "not an http(s) URL" in ftp and "not an http(s) URL" in hostless
+
+
+async def _streamed(answer: Answer, bodies: list[tuple[list[bytes], int]]) -> list[object]:
+    """``post_stream`` of each (chunks, declared length) to one receiver; what came back
+    (status and body, or the error) and how many connections it took."""
+    connections = 0
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                received.append(await _request(reader))
+                await answer(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/dicom-web/studies"
+    client = Client(2.0)
+    out: list[object] = []
+    try:
+        for parts, length in bodies:
+            try:
+                made = functools.partial(chunks, parts)
+                out.append(await client.post_stream(url, made, length, {"X-A": "1"}))
+            except OutboundError as exc:
+                out.append(str(exc))
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    out.append(f"connections={connections}")
+    out.append(received)
+    return out
+
+
+def _stow_answer(body: bytes) -> Answer:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    return answer
+
+
+def test_a_streamed_body_arrives_whole_and_the_answer_comes_back() -> None:
+    parts = [b"a" * 70000, b"b" * 5, b"c" * 300000]
+    out = asyncio.run(_streamed(_stow_answer(b'{"x": 1}'), [(parts, 370005), (parts, 370005)]))
+    assert out[0] == out[1] == (202, b'{"x": 1}')
+    assert out[2] == "connections=1"  # kept alive for the next batch
+    received = out[3]
+    assert isinstance(received, list) and len(received) == 2
+    head, _, body = received[0].partition(b"\r\n\r\n")
+    assert body == b"".join(parts) and b"Content-Length: 370005" in head and b"X-A: 1" in head
+
+
+def test_a_body_shorter_than_declared_and_a_huge_answer_are_errors() -> None:
+    out = asyncio.run(_streamed(_stow_answer(b"{}"), [([b"abc"], 10)]))
+    assert "not the 10 declared" in str(out[0])
+    huge = asyncio.run(_streamed(_stow_answer(b"x" * (2 << 20)), [([b"abc"], 3)]))
+    assert "larger than 1 MiB" in str(huge[0])
+
+
+def test_a_kept_connection_the_receiver_closed_is_not_used() -> None:
+    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> list[object]:
+        return await _streamed(answer_and_close, [([b"abc"], 3)] * 3)
+
+    out = asyncio.run(scenario())
+    assert out[:3] == [(200, b"")] * 3 and out[3] == "connections=3"
