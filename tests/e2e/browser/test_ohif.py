@@ -368,24 +368,27 @@ def test_ohif_signs_in_at_the_identity_provider(
             tmp_path,
             "oidc",
         )
+        # /login sent the person to the provider, and the provider back to the viewer
+        assert steps["oidc_sign_in"]["provider"].startswith(idp.issuer)
+        token = steps["oidc_sign_in"]["token"]
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["iss"] == idp.issuer and claims["aud"] == "pictor-api"
+        assert claims["sub"] == "rita" and claims["roles"] == ["radiologist"]
+        # her role decides what the token may do: read, not store (a real request of
+        # ours; with the provider still up: a server process that has not needed its
+        # keys yet fetches them now)
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(process.dicomweb + "/studies", headers=bearer).status_code == 200
+        other, other_series = new_uids()
+        refused = httpx.post(
+            process.dicomweb + "/studies",
+            content=multipart([ct_slice(other, other_series, 0, rows=16, cols=16)]),
+            headers={"Content-Type": content_type(), **bearer},
+        )
+        assert refused.status_code == 403
+        assert 'scope="write"' in refused.headers["www-authenticate"]
     finally:
         idp.stop()
-    # /login sent the person to the provider, and the provider back to the viewer
-    assert steps["oidc_sign_in"]["provider"].startswith(idp.issuer)
-    token = steps["oidc_sign_in"]["token"]
-    claims = jwt.decode(token, options={"verify_signature": False})
-    assert claims["iss"] == idp.issuer and claims["aud"] == "pictor-api"
-    assert claims["sub"] == "rita" and claims["roles"] == ["radiologist"]
-    # her role decides what the token may do: read, not store (a real request of ours)
-    bearer = {"Authorization": f"Bearer {token}"}
-    assert httpx.get(process.dicomweb + "/studies", headers=bearer).status_code == 200
-    other, other_series = new_uids()
-    refused = httpx.post(
-        process.dicomweb + "/studies",
-        content=multipart([ct_slice(other, other_series, 0, rows=16, cols=16)]),
-        headers={"Content-Type": content_type(), **bearer},
-    )
-    assert refused.status_code == 403 and 'scope="write"' in refused.headers["www-authenticate"]
     # the viewer read with the token: the list, the metadata, the frames, an image
     assert "CT" in steps["study_list"]["rows"]["DOE, JANE"]
     opened = steps["open_ct"]
