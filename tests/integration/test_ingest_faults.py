@@ -9,9 +9,10 @@ import asyncio
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from app.bootstrap import prepare
-from app.config import load_settings
+from app.config import Settings, load_settings
 from app.index.database import EmbeddedPostgres, create_pool
 from app.services.ingest import ALREADY_STORED, FAILED, STORED, Ingest
 from app.storage import FileBlobStore, Upload
@@ -19,13 +20,19 @@ from app.storage import FileBlobStore, Upload
 from synth import ct_slice, new_uids
 
 
+async def _index(tmp_path: Path) -> tuple[EmbeddedPostgres, Settings, Any]:
+    """A real embedded PostgreSQL with the archive's schema, the settings of a data
+    directory beside it, and a pool."""
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    dsn = await asyncio.to_thread(pg.start)
+    settings = load_settings({"data_dir": str(tmp_path / "data")}, environ={})
+    await prepare(settings, dsn)
+    return pg, settings, await create_pool(dsn, min_size=1, max_size=4)
+
+
 def test_a_commit_lost_with_the_database_is_resolved_once_it_is_back(tmp_path: Path) -> None:
     async def scenario() -> None:
-        pg = EmbeddedPostgres(tmp_path / "pg")
-        dsn = await asyncio.to_thread(pg.start)
-        settings = load_settings({"data_dir": str(tmp_path / "data")}, environ={})
-        await prepare(settings, dsn)
-        pool = await create_pool(dsn, min_size=1, max_size=4)
+        pg, settings, pool = await _index(tmp_path)
 
         class DatabaseDiesAfterPublish(FileBlobStore):
             """The files are linked into place, then the database goes away."""
@@ -79,11 +86,7 @@ def test_the_loser_of_a_race_keeps_an_object_the_winner_s_row_references(
     row references it)."""
 
     async def scenario() -> None:
-        pg = EmbeddedPostgres(tmp_path / "pg")
-        dsn = await asyncio.to_thread(pg.start)
-        settings = load_settings({"data_dir": str(tmp_path / "data")}, environ={})
-        await prepare(settings, dsn)
-        pool = await create_pool(dsn, min_size=1, max_size=4)
+        pg, settings, pool = await _index(tmp_path)
         both = asyncio.Barrier(2)
 
         class CheckThenWrite(FileBlobStore):
