@@ -29,6 +29,21 @@ class OutboundError(Exception):
     """The request did not get an answer; the message says why."""
 
 
+def spelling_problem(url: str) -> str | None:
+    """What makes ``url`` unfit for a request line, or None: a space or a control
+    character (which would break or forge the request line; urlsplit quietly drops
+    CR, LF and TAB), or a port that is not a number from 1 to 65535."""
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return "has a space or a control character"
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
+    if port == 0:
+        return "has a port that is not a number from 1 to 65535"
+    return None
+
+
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -159,6 +174,8 @@ class Client:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise OutboundError(f"not an http(s) URL: {url[:100]}")
+        if (problem := spelling_problem(url)) is not None:
+            raise OutboundError(f"the URL {problem}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"

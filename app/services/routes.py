@@ -47,6 +47,7 @@ from app.index import routes as index_routes
 from app.index.compiler import like_pattern
 from app.index.database import INDEX_ERRORS, Pool
 from app.index.routes import Condition, Job, Route, RouteStatus, StudyStatus
+from app.services.outbound import spelling_problem
 from app.services.retrieve import Scope, StoredInstance, instances
 from app.tasks import stop_task
 
@@ -147,6 +148,8 @@ def parse_destination(text: str) -> str:
             )
         if parts.username or parts.password:
             raise BadRequest("a DICOMweb destination carries no user or password: use --token")
+        if (problem := spelling_problem(rest)) is not None:
+            raise BadRequest(f"the DICOMweb destination {problem}")
         if parts.query or parts.fragment or len(rest) > 2000:
             raise BadRequest(
                 "a DICOMweb destination is a base URL (no query, at most 2000 characters)"

@@ -45,7 +45,7 @@ from app.errors import BadRequest
 from app.index import webhooks as index_hooks
 from app.index.database import INDEX_ERRORS, Pool
 from app.index.webhooks import EVENTS, HookStatus
-from app.services.outbound import Client, OutboundError
+from app.services.outbound import Client, OutboundError, spelling_problem
 from app.tasks import stop_task
 
 __all__ = ["EVENTS", "HookStatus", "Webhooks", "add", "remove", "status"]
@@ -70,6 +70,8 @@ def check(url: str, events: Sequence[str], secret: str | None) -> list[str]:
         raise BadRequest("a webhook URL carries no user or password: use a secret to sign")
     if len(url) > 2000:
         raise BadRequest("a webhook URL has at most 2000 characters")
+    if (problem := spelling_problem(url)) is not None:
+        raise BadRequest(f"the webhook URL {problem}")
     unknown = [e for e in events if e not in EVENTS]
     if unknown or not events:
         raise BadRequest(f"events must be some of {', '.join(EVENTS)}; got {list(events)[:10]}")

@@ -219,3 +219,30 @@ def test_a_kept_connection_the_receiver_closed_is_not_used() -> None:
 
     out = asyncio.run(scenario())
     assert out[:3] == [(200, b"")] * 3 and out[3] == "connections=3"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999/x", "http://127.0.0.1:0/x", "http://127.0.0.1/a b"]
+)
+def test_urls_that_would_break_the_request_line_are_errors(url: str) -> None:
+    """A URL stored before its spelling was checked fails as a delivery that can be
+    retried and given up, not as an exception that kills the sending task."""
+
+    async def both() -> list[str]:
+        client = Client(1.0)
+        out = []
+        for call in (
+            client.post(url, b"{}", {}),
+            client.post_stream(url, functools.partial(_once, b"x"), 1, {}),
+        ):
+            with pytest.raises(OutboundError) as raised:
+                await call
+            out.append(str(raised.value))
+        await client.close()
+        return out
+
+    assert all("the URL has" in m for m in asyncio.run(both()))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
