@@ -28,6 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "data_dir": getattr(args, "data_dir", None),
         "dimse_port": getattr(args, "dimse_port", None),
         "dimse_ae_title": getattr(args, "dimse_ae_title", None),
+        "hl7_port": getattr(args, "hl7_port", None),
         "workers": getattr(args, "workers", None),
         "cors_origins": getattr(args, "cors_origins", None),
         "viewer_dir": getattr(args, "viewer_dir", None),
@@ -77,6 +78,7 @@ def serve(args: argparse.Namespace) -> int:
     for port, what, option in (
         (settings.port, "HTTP", "--port / PICTOR_PORT"),
         (settings.dimse_port, "DIMSE", "--dimse-port / PICTOR_DIMSE_PORT"),
+        (settings.hl7_port, "HL7", "--hl7-port / PICTOR_HL7_PORT"),
     ):
         problem = port_problem(settings.host, port, what, option) if port else None
         if problem:
@@ -84,7 +86,7 @@ def serve(args: argparse.Namespace) -> int:
     embedded: EmbeddedPostgres | None = None
     watchdog: _Watchdog | None = None
     metrics_dir: Path | None = None
-    dimse: _DimseProcess | None = None
+    sidecars: list[_ServerProcess] = []
     try:
         # every process counts into its own files here; /metrics adds them up. They are
         # memory-mapped: in memory (/dev/shm), not on the data disk, where a full disk
@@ -113,14 +115,19 @@ def serve(args: argparse.Namespace) -> int:
             )
         # server processes read their settings from the environment
         os.environ.update(to_environment(settings))
-        if settings.dimse_port:
-            dimse = _DimseProcess(settings)
-            if not dimse.start():
+        for module, port, name in (
+            ("app.dimse", settings.dimse_port, "DIMSE"),
+            ("app.hl7", settings.hl7_port, "HL7"),
+        ):
+            if not port:
+                continue
+            sidecar = _ServerProcess(module, settings.host, port)
+            sidecars.append(sidecar)
+            if not sidecar.start():
                 sys.exit(
-                    f"pictor: the DIMSE process did not start listening on port "
-                    f"{settings.dimse_port}; see above"
+                    f"pictor: the {name} process did not start listening on port {port}; see above"
                 )
-            watched.append(_Watched("the DIMSE process", dimse.alive, dimse.start))
+            watched.append(_Watched(f"the {name} process", sidecar.alive, sidecar.start))
         watchdog = _Watchdog(watched)
         watchdog.start()
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -154,8 +161,8 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         if watchdog is not None:
             watchdog.stop()
-        if dimse is not None:
-            dimse.stop()
+        for sidecar in reversed(sidecars):
+            sidecar.stop()
         if embedded is not None:
             embedded.stop()
         if metrics_dir is not None:
@@ -187,6 +194,11 @@ def _start_problem(settings: Settings) -> str | None:
             "with --auth, DIMSE accepts only the AE titles of PICTOR_DIMSE_PEERS, "
             "and there are none: set PICTOR_DIMSE_PEERS (AET@host:port,...) or turn DIMSE "
             "off with --dimse-port 0"
+        )
+    if settings.auth and settings.hl7_port and not settings.hl7_peer_list:
+        return (
+            "with --auth, HL7 accepts connections only from PICTOR_HL7_PEERS (hosts or "
+            "networks), and there are none: set them or turn HL7 off with --hl7-port 0"
         )
     directory = settings.data_dir
     try:
@@ -261,25 +273,26 @@ class _Watchdog:
                     self._stopping.wait(max(self.interval, 1.0))
 
 
-class _DimseProcess:
-    """The DIMSE process (``python -m app.dimse``, settings from the environment)."""
+class _ServerProcess:
+    """A process beside the HTTP workers, ``python -m <module>`` (the DIMSE or the HL7
+    listener), with the settings in the environment, listening on ``port``."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, module: str, host: str, port: int) -> None:
+        self.module = module
+        self.host = host
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> bool:
         """Start it and wait until it accepts connections (a ready server is ready on
         both doors); False if it exits or does not listen in time."""
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.dimse"])
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False
             try:
-                with socket.create_connection(
-                    (self.settings.host, self.settings.dimse_port), timeout=1
-                ):
+                with socket.create_connection((self.host, self.port), timeout=1):
                     return True
             except OSError:
                 time.sleep(0.05)
@@ -293,10 +306,10 @@ class _DimseProcess:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop_dimse(self.proc)
+            _stop_process(self.proc)
 
 
-def _stop_dimse(proc: subprocess.Popen[bytes]) -> None:
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()  # SIGTERM: open associations are aborted, the pool closed
         try:
@@ -1040,6 +1053,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="DIMSE port (env PICTOR_DIMSE_PORT; default 11112; 0 turns DIMSE off)",
     )
     s.add_argument("--dimse-ae-title", help="DIMSE AE title (env PICTOR_AE_TITLE; default PICTOR)")
+    s.add_argument(
+        "--hl7-port",
+        type=int,
+        help="HL7 v2 MLLP port for ADT and orders (env PICTOR_HL7_PORT; default 2575; 0 off)",
+    )
     s.add_argument(
         "--cors-origins",
         help="web origins allowed to read responses, comma separated, '*' for any "

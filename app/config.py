@@ -34,6 +34,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Accept associations only from the AE titles in ``dimse_peers`` (PS3.8 A-ASSOCIATE-RJ
     #: reason "calling AE title not recognized" otherwise). Off for a first run.
     dimse_restrict: bool = False
+    #: HL7 v2 over MLLP (issue #18): ADT and orders from the RIS/HIS; 0 turns it off
+    hl7_port: int = 2575
+    #: the source addresses (hosts or networks, comma separated) HL7 is accepted from;
+    #: with access control on (``auth``) only these, and then at least one is needed
+    hl7_peers: str = ""
     #: Origins allowed to read responses in a browser (Fetch standard CORS), comma
     #: separated; ``*`` only when asked for. Empty: no other origin.
     cors_origins: str = ""
@@ -188,6 +193,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return parse_peer_sources(self.dimse_peers)
 
     @property
+    def hl7_peer_list(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.hl7_peers.split(",") if p.strip())
+
+    @property
     def cors_origin_list(self) -> tuple[str, ...]:
         """``cors_origins`` as serialized origins (Fetch standard, "origin"): lower case,
         no trailing slash, default ports dropped, as browsers send them in ``Origin``."""
@@ -232,6 +241,8 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_AE_TITLE": "dimse_ae_title",
     "PICTOR_DIMSE_PEERS": "dimse_peers",
     "PICTOR_DIMSE_RESTRICT": "dimse_restrict",
+    "PICTOR_HL7_PORT": "hl7_port",
+    "PICTOR_HL7_PEERS": "hl7_peers",
     "PICTOR_HEADER_TIMEOUT": "header_timeout",
     "PICTOR_BODY_TIMEOUT": "body_timeout",
     "PICTOR_CORS_ORIGINS": "cors_origins",
@@ -441,6 +452,13 @@ def load_settings(
     if not 0 < len(settings.dimse_ae_title.strip()) <= 16:
         raise ConfigError("the AE title must have 1 to 16 characters (PS3.5 6.2, VR AE)")
     parse_peer_sources(settings.dimse_peers)  # refuses a malformed peer at start
+    if not 0 <= settings.hl7_port < 65536:
+        raise ConfigError("PICTOR_HL7_PORT / --hl7-port is between 1 and 65535 (0: HL7 off)")
+    if settings.hl7_port and settings.hl7_port in (settings.port, settings.dimse_port):
+        raise ConfigError("the HL7 port must differ from the HTTP and DIMSE ports")
+    bad = [p for p in settings.hl7_peer_list if not re.fullmatch(r"[A-Za-z0-9.:/_-]{1,255}", p)]
+    if bad:
+        raise ConfigError(f"PICTOR_HL7_PEERS: {bad[0][:40]!r} is not a host name or a network")
     if not 0 <= settings.trash_days <= 36500:
         raise ConfigError("PICTOR_TRASH_DAYS is between 0 (delete at once) and 36500")
     if "workers" in raw and not 1 <= settings.workers <= 64:

@@ -57,6 +57,7 @@ class PictorProcess:
                 "PICTOR_DATA_DIR": str(self.data_dir),
                 "PICTOR_PORT": str(self.port),
                 "PICTOR_DIMSE_PORT": "0",
+                "PICTOR_HL7_PORT": "0",
                 "PICTOR_LOG_LEVEL": "warning",
             }
         )

@@ -134,7 +134,7 @@ def parse_identifier(identifier: Dataset, model: Model, *, retrieve: bool = Fals
         if elem.VR == "SQ":
             matching = _sequence_params(elem, name)
         else:
-            value = _text(elem)
+            value = key_text(elem)
             matching = [] if value in ("", "*") else [(name, value)]
         if not matching:
             continue
@@ -196,7 +196,7 @@ def _ignored(elem: DataElement) -> bool:
     return bool(elem.tag.is_private) or elem.tag.group in (0x0000, 0x0002)
 
 
-def _text(elem: DataElement) -> str:
+def key_text(elem: DataElement) -> str:
     """The value of a key as QIDO query text (values of a multi-valued key joined by \\)."""
     value = elem.value
     if value is None or value == "" or value == b"":
@@ -228,7 +228,7 @@ def _sequence_params(elem: DataElement, name: str) -> list[tuple[str, str]]:
         path = f"{name}.{keyword(int(sub.tag))}"
         if sub.VR == "SQ":
             params.extend(_sequence_params(sub, path))
-        elif (value := _text(sub)) not in ("", "*"):
+        elif (value := key_text(sub)) not in ("", "*"):
             params.append((path, value))
     return params
 
@@ -239,9 +239,23 @@ def _sequence_params(elem: DataElement, name: str) -> list[tuple[str, str]]:
 def response(result: dict[str, Any], request: Request, ae_title: str) -> Dataset:
     """The C-FIND response identifier of one DICOM JSON result: the requested keys only,
     zero-length where the archive has no value (PS3.4 C.4.1.1.3.2)."""
+    found, empty = requested(result, request.keys, ae_title)
+    unique = f"{UNIQUE_KEYS[request.level]:08X}"
+    if unique not in found and unique in result:
+        found[unique] = result[unique]
+    ds = identifier(found, empty)
+    ds.QueryRetrieveLevel = request.level
+    return ds
+
+
+def requested(
+    result: dict[str, Any], keys: Dataset, ae_title: str
+) -> tuple[dict[str, Any], list[DataElement]]:
+    """The keys of the request's identifier that ``result`` (DICOM JSON) has, and those
+    it has not, as zero-length elements (PS3.4 C.4.1.1.3.2, K.4.1.1.3.2)."""
     found: dict[str, Any] = {}
     empty: list[DataElement] = []
-    for elem in request.keys:
+    for elem in keys:
         tag = int(elem.tag)
         if tag in (QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET) or _ignored(elem):
             continue
@@ -256,13 +270,14 @@ def response(result: dict[str, Any], request: Request, ae_title: str) -> Dataset
         if elem.VR == "SQ" and elem.value:
             item = _sequence_subset(item, elem)
         found[name] = item
-    unique = f"{UNIQUE_KEYS[request.level]:08X}"
-    if unique not in found and unique in result:
-        found[unique] = result[unique]
+    return found, empty
+
+
+def identifier(found: dict[str, Any], empty: list[DataElement]) -> Dataset:
+    """A response identifier from :func:`requested`'s parts, in UTF-8 when it must be."""
     ds = Dataset.from_json(found)
     for elem in empty:
         ds.add(elem)
-    ds.QueryRetrieveLevel = request.level
     if not msgspec.json.encode(found).isascii():
         ds.SpecificCharacterSet = _UTF8  # PS3.5 6.1.2.3: Unicode in UTF-8
     return ds
@@ -276,9 +291,16 @@ _KNOWN_VRS = frozenset(
 
 
 def _sequence_subset(item: dict[str, Any], requested: DataElement) -> dict[str, Any]:
-    """The requested attributes of each item of a returned sequence (C.2.2.2.6)."""
-    keys = {f"{int(sub.tag):08X}" for sub in requested.value[0]}
-    values = [{k: v for k, v in one.items() if k in keys} for one in item.get("Value", [])]
+    """The requested attributes of each item of a returned sequence (C.2.2.2.6), those
+    an item lacks zero-length."""
+    subs = {f"{int(sub.tag):08X}": sub.VR for sub in requested.value[0] if not _ignored(sub)}
+    values = [
+        {
+            k: one.get(k) or {"vr": vr if vr in _KNOWN_VRS else vr_of(int(k, 16))}
+            for k, vr in subs.items()
+        }
+        for one in item.get("Value", [])
+    ]
     return {"vr": "SQ", "Value": values}
 
 

@@ -10,52 +10,25 @@ negotiation, as the other refusals are.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 from collections.abc import Mapping
 from typing import Any
 
 from pynetdicom import evt
 
-log = logging.getLogger(__name__)
+from app.addresses import Network, resolve, within
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = logging.getLogger(__name__)
 
 
 def resolve_sources(sources: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[Network, ...]]:
-    """AE title -> the networks it may call from: a network as given, a host as each of
-    its addresses (resolved once, at start). A host that does not resolve admits no one
-    and is logged."""
-    out: dict[str, tuple[Network, ...]] = {}
-    for aet, hosts in sources.items():
-        networks: list[Network] = []
-        for host in hosts:
-            try:
-                networks.append(ipaddress.ip_network(host, strict=False))
-                continue
-            except ValueError:
-                pass
-            try:
-                infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-            except OSError as exc:
-                log.warning("DIMSE peer %s: host %r does not resolve (%s)", aet, host, exc)
-                continue
-            networks.extend(ipaddress.ip_network(info[4][0]) for info in infos)
-        out[aet] = tuple(networks)
-    return out
+    """AE title -> the networks it may call from (:func:`app.addresses.resolve`)."""
+    return {aet: resolve(hosts, f"DIMSE peer {aet}") for aet, hosts in sources.items()}
 
 
 def admitted(networks: Mapping[str, tuple[Network, ...]], aet: str, address: str) -> bool:
-    """May ``aet`` call from ``address``? (An IPv4-mapped IPv6 address is its IPv4
-    address.)"""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks.get(aet.strip(), ()))
+    """May ``aet`` call from ``address``?"""
+    return within(networks.get(aet.strip(), ()), address)
 
 
 def source_check(networks: Mapping[str, tuple[Network, ...]]) -> tuple[Any, Any]:

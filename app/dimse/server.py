@@ -8,8 +8,9 @@ associations at once) and reaches the loop through :class:`app.dimse.bridge.Brid
 
 Presentation contexts supported (PS3.8 9.3.3.2, PS3.7 annexes for the roles):
 
-* Verification (PS3.4 A), every storage SOP class pynetdicom knows (PS3.4 B.5) and the
-  Patient / Study Root Query/Retrieve FIND, MOVE and GET classes (PS3.4 C.6);
+* Verification (PS3.4 A), every storage SOP class pynetdicom knows (PS3.4 B.5), the
+  Patient / Study Root Query/Retrieve FIND, MOVE and GET classes (PS3.4 C.6) and the
+  Modality Worklist Information Model FIND (PS3.4 K.6.1.3, :mod:`app.dimse.worklist`);
 * every transfer syntax of PS3.5 Annex A, preferring, when a requestor offers several
   in one context, the encapsulated (compressed) ones, so an instance is kept as the
   modality encoded it, then deflated, then Explicit and Implicit VR Little Endian;
@@ -44,7 +45,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from app.auth.audit import AuditLog
 from app.bootstrap import create_pool, open_store
 from app.config import ConfigError, Settings, load_settings
-from app.dicom.uids import VERIFICATION
+from app.dicom.uids import MODALITY_WORKLIST_FIND, VERIFICATION
 from app.dimse.audit import audited
 from app.dimse.bridge import Bridge
 from app.dimse.find import MODELS, Find
@@ -54,6 +55,7 @@ from app.dimse.resources import Resources
 from app.dimse.retrieve import Retrieve
 from app.dimse.status import SUCCESS
 from app.dimse.store import Storage
+from app.dimse.worklist import WorklistFind
 from app.services.ingest import Ingest
 from app.services.tiering import Tiering
 
@@ -121,6 +123,7 @@ def build_ae(settings: Settings) -> AE:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     for sop_class in MODELS:  # Patient / Study Root FIND, MOVE, GET
         ae.add_supported_context(sop_class)
+    ae.add_supported_context(MODALITY_WORKLIST_FIND)  # PS3.4 K
     if restricted(settings):  # known peers only, by AE title here, by address in peers.py
         peers = sorted(settings.peer_sources)
         if not peers:
@@ -141,12 +144,19 @@ def restricted(settings: Settings) -> bool:
 
 def handlers(res: Resources) -> list[Any]:
     storage, find, retrieve = Storage(res.ingest, res.bridge), Find(res), Retrieve(res)
+    worklist = WorklistFind(res)
+
+    def c_find(event: Any) -> Any:
+        if str(event.request.AffectedSOPClassUID) == MODALITY_WORKLIST_FIND:
+            return worklist.handle(event)
+        return find.handle(event)
+
     return metered(
         [
             (evt.EVT_CONN_OPEN, no_delay),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),  # PS3.7 9.1.5: Verification
             (evt.EVT_C_STORE, storage.handle),
-            (evt.EVT_C_FIND, find.handle),
+            (evt.EVT_C_FIND, c_find),
             (evt.EVT_C_MOVE, retrieve.handle_move),
             (evt.EVT_C_GET, retrieve.handle_get),
         ]

@@ -179,33 +179,46 @@ async def merge(
     who: str,
 ) -> list[Correction]:
     """Move every study of the source patient (PatientID, IssuerOfPatientID) under the
-    target patient: the target's Patient module attributes (from its latest study,
-    overridden by ``given``) are applied to each, in one transaction (HL7 ADT A40)."""
-    if source == target:
-        raise BadRequest("the source and the target are the same patient")
+    target patient, in one transaction (:func:`merge_in`)."""
     try:
         async with pool.acquire() as conn, conn.transaction():
-            studies = await _studies_of(conn, source)
-            if not studies:
-                raise NotFound(f"no study of patient {_who(source)} is stored here")
-            patch: dict[str, Any] = {}
-            latest = await conn.fetchval(
-                """SELECT attrs FROM study WHERE patient_id = $1
-                       AND issuer_of_patient_id IS NOT DISTINCT FROM $2
-                   ORDER BY study_date DESC NULLS LAST, pk DESC LIMIT 1""",
-                *target,
-            )
-            if latest is not None:
-                attrs = msgspec.json.decode(bytes(latest))
-                patch.update({k: attrs[k] for k in PATIENT_ATTRIBUTES if k in attrs})
-            patch.update(given)
-            patch["00100020"] = {"vr": "LO", "Value": [target[0]]}
-            patch["00100021"] = (
-                {"vr": "LO", "Value": [target[1]]} if target[1] is not None else {"vr": "LO"}
-            )
-            return [await update_in(conn, uid, patch, who=who, kind=MERGE) for uid in studies]
+            return await merge_in(conn, source, target, given, who=who)
     except INDEX_ERRORS as exc:
         raise index_failure("the merge failed", exc) from exc
+
+
+async def merge_in(
+    conn: asyncpg.Connection,
+    source: tuple[str, str | None],
+    target: tuple[str, str | None],
+    given: dict[str, Any],
+    *,
+    who: str,
+) -> list[Correction]:
+    """The merge in the caller's transaction: the target's Patient module attributes
+    (from its latest study, overridden by ``given``) are applied to each study of the
+    source (HL7 ADT A40)."""
+    if source == target:
+        raise BadRequest("the source and the target are the same patient")
+    studies = await _studies_of(conn, source)
+    if not studies:
+        raise NotFound(f"no study of patient {_who(source)} is stored here")
+    patch: dict[str, Any] = {}
+    latest = await conn.fetchval(
+        """SELECT attrs FROM study WHERE patient_id = $1
+               AND issuer_of_patient_id IS NOT DISTINCT FROM $2
+           ORDER BY study_date DESC NULLS LAST, pk DESC LIMIT 1""",
+        *target,
+    )
+    if latest is not None:
+        attrs = msgspec.json.decode(bytes(latest))
+        patch.update({k: attrs[k] for k in PATIENT_ATTRIBUTES if k in attrs})
+    patch.update(given)
+    patch["00100020"] = {"vr": "LO", "Value": [target[0]]}
+    patch["00100021"] = (
+        {"vr": "LO", "Value": [target[1]]} if target[1] is not None else {"vr": "LO"}
+    )
+    return [await update_in(conn, uid, patch, who=who, kind=MERGE) for uid in studies]
 
 
 async def _studies_of(conn: asyncpg.Connection, patient: tuple[str, str | None]) -> Sequence[str]:

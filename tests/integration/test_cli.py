@@ -54,7 +54,7 @@ def test_serve_prints_url_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc = subprocess.Popen(
         PICTOR + ["serve", "--port", str(port), "--data-dir", str(data)],
-        env=_env(PICTOR_DIMSE_PORT="0"),
+        env=_env(PICTOR_DIMSE_PORT="0", PICTOR_HL7_PORT="0"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=ROOT,

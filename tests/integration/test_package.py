@@ -95,6 +95,7 @@ def test_the_images_install_and_healthcheck_work(tmp_path: Path) -> None:
             "PICTOR_DATA_DIR": str(tmp_path / "data"),
             "PICTOR_PORT": str(port),
             "PICTOR_DIMSE_PORT": "0",
+            "PICTOR_HL7_PORT": "0",
             "PICTOR_WORKERS": "1",
         }
     )

@@ -33,7 +33,7 @@ def _env(**extra: str) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("PICTOR_") and k != "DATABASE_URL"
     }
-    env.update({"PICTOR_DIMSE_PORT": "0", **extra})
+    env.update({"PICTOR_DIMSE_PORT": "0", "PICTOR_HL7_PORT": "0", **extra})
     return env
 
 
