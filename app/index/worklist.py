@@ -356,14 +356,7 @@ async def apply_orders(
                                updated_at = now()
                            WHERE pk = ANY($1::bigint[])""",
                         pks,
-                        item.patient_id,
-                        item.issuer,
-                        item.patient_name,
-                        item.modality,
-                        item.station_aet,
-                        item.performing_physician,
-                        item.start,
-                        item.priority,
+                        *_row(item)[6:14],  # patient_id ... priority
                         msgspec.json.encode(
                             item.attrs
                             | {

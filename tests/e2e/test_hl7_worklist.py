@@ -213,3 +213,15 @@ def test_a40_merge_moves_the_prior_patient_s_orders(archive: PictorProcess, tmp_
     (item,) = worklist(archive, tmp_path, "AccessionNumber=ACC700", "PatientID=", "PatientName=")
     assert item.PatientID == "NEW7" and str(item.PatientName) == "SMITH^ANNA"
     assert worklist(archive, tmp_path, "PatientID=OLD7", "AccessionNumber=") == []
+
+
+def test_xo_changes_an_order_and_keeps_its_status(archive: PictorProcess, tmp_path: Path) -> None:
+    (ack,) = send(archive, order("X1", "ACC800"))
+    assert str(ack.segment("MSA")[1]) == "AA"
+    change = order("X2", "ACC800", oc="XO").replace("|||CT\r", "|||MR\r")
+    (ack,) = send(archive, change)
+    assert str(ack.segment("MSA")[1]) == "AA", str(ack)
+    keys = ["AccessionNumber=ACC800", "ScheduledProcedureStepSequence[0].Modality="]
+    (item,) = worklist(archive, tmp_path, *keys)
+    step = item.ScheduledProcedureStepSequence[0]
+    assert step.Modality == "MR"
