@@ -112,3 +112,29 @@ def test_worklist_keys_become_filters_and_bad_ranges_are_refused() -> None:
         build_filters({0x00400002: "2026-12-01"})
     with pytest.raises(BadRequest):
         build_filters({0x00400003: "2561"})
+
+
+def test_a_source_outside_the_hl7_peers_is_closed_before_anything_is_read() -> None:
+    """With PICTOR_HL7_PEERS, another address gets no answer at all (no ACK, no parse)."""
+    import asyncio
+    import ipaddress
+
+    from app.hl7.listener import Listener, frame
+    from app.services.worklist import Worklist
+
+    async def run() -> bytes:
+        listener = Listener(Worklist(None), peers=[ipaddress.ip_network("10.0.0.0/8")])  # type: ignore[arg-type]
+        server = await listener.serve("127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(frame(GOOD))
+        await writer.drain()
+        try:
+            answer = await asyncio.wait_for(reader.read(), 10)
+        except ConnectionResetError:  # closed with the message unread: a reset, no ACK
+            answer = b""
+        writer.close()
+        server.close()
+        return answer
+
+    assert asyncio.run(run()) == b""
