@@ -127,9 +127,6 @@ class Patient:
     #: explicitly clears (an HL7 ``""``); attributes it leaves out are not here
     attrs: dict[str, Any]
 
-    def describe(self) -> str:
-        return self.patient_id + (f" (issuer {self.issuer})" if self.issuer else "")
-
 
 @dataclass(frozen=True)
 class Order:
@@ -158,8 +155,6 @@ class Message:
     patient: Patient | None
     prior: Patient | None = None  # MRG-1 of ADT^A40
     orders: tuple[Order, ...] = ()
-    #: the raw message, for the log (never echoed in an answer)
-    text: str = ""
 
     @property
     def kind(self) -> tuple[str, str]:
@@ -263,7 +258,7 @@ def parse(text: str) -> Message:
         orders = tuple(_orders(reader, patient))
         if not orders:
             raise MessageError("an order message needs an ORC segment", code=100, where="ORC")
-    return Message(header, patient, prior, orders, text)
+    return Message(header, patient, prior, orders)
 
 
 class _Reader:

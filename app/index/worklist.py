@@ -473,34 +473,3 @@ async def find(
     except INDEX_ERRORS as exc:
         raise index_failure("the worklist query failed", exc) from exc
     return [bytes(r[0]) for r in rows[:limit]], len(rows) > limit
-
-
-async def items_of(pool: asyncpg.Pool, study_uid: str) -> list[dict[str, Any]]:
-    """Every worklist item of a study, with its status (for status and tests)."""
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            """SELECT accession_number, sps_id, status, placer_order, filler_order, attrs
-               FROM mwl_item WHERE study_uid = $1 ORDER BY pk""",
-            study_uid,
-        )
-    return [
-        {
-            "accession_number": r[0],
-            "sps_id": r[1],
-            "status": r[2],
-            "placer": r[3],
-            "filler": r[4],
-            "attrs": msgspec.json.decode(bytes(r[5])),
-        }
-        for r in rows
-    ]
-
-
-async def patient(pool: asyncpg.Pool, patient_id: str, issuer: str) -> dict[str, Any] | None:
-    async with pool.acquire() as conn:
-        attrs = await conn.fetchval(
-            "SELECT attrs FROM patient WHERE patient_id = $1 AND issuer_of_patient_id = $2",
-            patient_id,
-            issuer,
-        )
-    return msgspec.json.decode(bytes(attrs)) if attrs is not None else None

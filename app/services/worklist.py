@@ -9,6 +9,7 @@ the change feed like any other.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -78,8 +79,6 @@ def _range(text: str, how: str) -> tuple[str, tuple[Any, ...]]:
 
 
 def _date(text: str) -> Any:
-    import datetime as dt
-
     text = text.strip()
     if not _DATE.match(text):
         raise BadRequest(f"{text[:20]!r} is not a DICOM date (YYYYMMDD)")
@@ -90,8 +89,6 @@ def _date(text: str) -> Any:
 
 
 def _time(text: str) -> Any:
-    import datetime as dt
-
     m = _TIME.match(text.strip())
     if m is None:
         raise BadRequest(f"{text[:20]!r} is not a DICOM time (HHMMSS)")
@@ -158,9 +155,3 @@ class Worklist:
         self, filters: Sequence[Filter], limit: int, offset: int
     ) -> tuple[list[bytes], bool]:
         return await index.find(self.pool, filters, limit, offset)
-
-    async def items_of(self, study_uid: str) -> list[dict[str, Any]]:
-        return await index.items_of(self.pool, study_uid)
-
-    async def registered(self, patient_id: str, issuer: str = "") -> dict[str, Any] | None:
-        return await index.patient(self.pool, patient_id, issuer)

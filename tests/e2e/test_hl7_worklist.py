@@ -225,3 +225,50 @@ def test_xo_changes_an_order_and_keeps_its_status(archive: PictorProcess, tmp_pa
     (item,) = worklist(archive, tmp_path, *keys)
     step = item.ScheduledProcedureStepSequence[0]
     assert step.Modality == "MR"
+
+
+def test_unusable_worklist_identifiers_get_a900_and_unknown_keys_are_returned(
+    archive: PictorProcess,
+) -> None:
+    """PS3.4 K.4.1.1.4 / C.2.2.2: a malformed range or a two-item sequence key is A900
+    with an Error Comment; a key the archive cannot match is a return key only."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
+    def ask(ds: Dataset) -> list[tuple[int, Dataset | None]]:
+        ae = AE(ae_title="CT01AE")
+        ae.add_requested_context(ModalityWorklistInformationFind)
+        assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title="PICTOR")  # type: ignore[attr-defined]
+        assert assoc.is_established
+        try:
+            return [
+                (int(st.Status), ident)
+                for st, ident in assoc.send_c_find(ds, ModalityWorklistInformationFind)
+            ]
+        finally:
+            assoc.release()
+
+    def step(**keys: str) -> Dataset:
+        item = Dataset()
+        for k, v in keys.items():
+            setattr(item, k, v)
+        return item
+
+    bad_date = Dataset()
+    bad_date.ScheduledProcedureStepSequence = [step(ScheduledProcedureStepStartDate="2026-12-03")]
+    ((status, _),) = ask(bad_date)
+    assert status == 0xA900
+    two = Dataset()
+    two.ScheduledProcedureStepSequence = [step(Modality="CT"), step(Modality="MR")]
+    ((status, _),) = ask(two)
+    assert status == 0xA900
+    (ack,) = send(archive, order("U1", "ACC950"))
+    assert str(ack.segment("MSA")[1]) == "AA"
+    odd = Dataset()
+    odd.AccessionNumber = "ACC950"
+    odd.PatientComments = "anything"  # not a matching key here: returned, not matched
+    answers = ask(odd)
+    assert [s for s, _ in answers] == [0xFF00, 0x0000]
+    found = answers[0][1]
+    assert found is not None and found.AccessionNumber == "ACC950"
+    assert "PatientComments" in found and found.PatientComments in ("", None)
