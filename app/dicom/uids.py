@@ -39,6 +39,9 @@ PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 #: Modality Worklist Information Model - FIND (PS3.4 K.6.1.3)
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+#: Modality Performed Procedure Step (PS3.4 F.7) and its Retrieve SOP Class (F.8)
+MPPS = "1.2.840.10008.3.1.2.3.3"
+MPPS_RETRIEVE = "1.2.840.10008.3.1.2.3.4"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 

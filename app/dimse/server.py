@@ -10,7 +10,9 @@ Presentation contexts supported (PS3.8 9.3.3.2, PS3.7 annexes for the roles):
 
 * Verification (PS3.4 A), every storage SOP class pynetdicom knows (PS3.4 B.5), the
   Patient / Study Root Query/Retrieve FIND, MOVE and GET classes (PS3.4 C.6) and the
-  Modality Worklist Information Model FIND (PS3.4 K.6.1.3, :mod:`app.dimse.worklist`);
+  Modality Worklist Information Model FIND (PS3.4 K.6.1.3, :mod:`app.dimse.worklist`),
+  Modality Performed Procedure Step and its Retrieve class (PS3.4 F.7, F.8,
+  :mod:`app.dimse.mpps`);
 * every transfer syntax of PS3.5 Annex A, preferring, when a requestor offers several
   in one context, the encapsulated (compressed) ones, so an instance is kept as the
   modality encoded it, then deflated, then Explicit and Implicit VR Little Endian;
@@ -45,10 +47,11 @@ from pynetdicom.sop_class import uid_to_service_class
 from app.auth.audit import AuditLog
 from app.bootstrap import create_pool, open_store
 from app.config import ConfigError, Settings, load_settings
-from app.dicom.uids import MODALITY_WORKLIST_FIND, VERIFICATION
+from app.dicom.uids import MODALITY_WORKLIST_FIND, MPPS, MPPS_RETRIEVE, VERIFICATION
 from app.dimse.audit import audited
 from app.dimse.bridge import Bridge
 from app.dimse.find import MODELS, Find
+from app.dimse.mpps import PerformedProcedureSteps
 from app.dimse.network import no_delay
 from app.dimse.peers import resolve_sources, source_check
 from app.dimse.resources import Resources
@@ -124,6 +127,8 @@ def build_ae(settings: Settings) -> AE:
     for sop_class in MODELS:  # Patient / Study Root FIND, MOVE, GET
         ae.add_supported_context(sop_class)
     ae.add_supported_context(MODALITY_WORKLIST_FIND)  # PS3.4 K
+    ae.add_supported_context(MPPS)  # PS3.4 F.7: N-CREATE, N-SET
+    ae.add_supported_context(MPPS_RETRIEVE)  # PS3.4 F.8: N-GET
     if restricted(settings):  # known peers only, by AE title here, by address in peers.py
         peers = sorted(settings.peer_sources)
         if not peers:
@@ -144,7 +149,7 @@ def restricted(settings: Settings) -> bool:
 
 def handlers(res: Resources) -> list[Any]:
     storage, find, retrieve = Storage(res.ingest, res.bridge), Find(res), Retrieve(res)
-    worklist = WorklistFind(res)
+    worklist, performed = WorklistFind(res), PerformedProcedureSteps(res)
 
     def c_find(event: Any) -> Any:
         if str(event.request.AffectedSOPClassUID) == MODALITY_WORKLIST_FIND:
@@ -159,6 +164,9 @@ def handlers(res: Resources) -> list[Any]:
             (evt.EVT_C_FIND, c_find),
             (evt.EVT_C_MOVE, retrieve.handle_move),
             (evt.EVT_C_GET, retrieve.handle_get),
+            (evt.EVT_N_CREATE, performed.n_create),
+            (evt.EVT_N_SET, performed.n_set),
+            (evt.EVT_N_GET, performed.n_get),
         ]
     )
 
@@ -169,6 +177,9 @@ _SERVICE_NAMES = {
     evt.EVT_C_FIND: "c-find",
     evt.EVT_C_MOVE: "c-move",
     evt.EVT_C_GET: "c-get",
+    evt.EVT_N_CREATE: "n-create",
+    evt.EVT_N_SET: "n-set",
+    evt.EVT_N_GET: "n-get",
 }
 
 
@@ -253,6 +264,13 @@ def main() -> int:
         level = settings.log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+        if level != "DEBUG":
+            # pynetdicom's own event logging only writes INFO and DEBUG lines, which are
+            # not shown; off, it costs nothing per message and cannot fail (its N-GET
+            # line raises on an empty Attribute Identifier List, F.8.2.1.1: all)
+            from pynetdicom import _config
+
+            _config.LOG_HANDLER_LEVEL = "none"
         import uvloop
 
         uvloop.run(serve(settings))

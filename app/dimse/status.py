@@ -39,6 +39,7 @@ class Service(Enum):
     FIND = "C-FIND"
     MOVE = "C-MOVE"
     GET = "C-GET"
+    MPPS = "MPPS"
 
 
 class IdentifierError(Exception):

@@ -284,6 +284,25 @@ async def _orders_named(
     return [r[0] for r in rows]
 
 
+async def set_status(
+    conn: asyncpg.Connection, pks: Sequence[int], status: str, *, keep: Sequence[str] = ()
+) -> int:
+    """Items ``pks`` take Scheduled Procedure Step Status ``status`` (the column and
+    the item's own attribute), except those whose status is one of ``keep``."""
+    done = await conn.fetch(
+        """UPDATE mwl_item SET status = $2::text, updated_at = now(),
+               attrs = jsonb_set(attrs, '{00400100,Value,0,00400020}',
+                                 jsonb_build_object('vr', 'CS', 'Value',
+                                                    jsonb_build_array($2::text)))
+           WHERE pk = ANY($1::bigint[]) AND status <> ALL($3::text[])
+           RETURNING pk""",
+        list(pks),
+        status,
+        list(keep),
+    )
+    return len(done)
+
+
 @dataclass(frozen=True)
 class OrderChange:
     control: str  # NW, CA, DC, XO
@@ -336,15 +355,7 @@ async def apply_orders(
                     )
                 if change.control in ("CA", "DC"):
                     status = "CANCELED" if change.control == "CA" else "DISCONTINUED"
-                    await conn.execute(
-                        """UPDATE mwl_item SET status = $2::text, updated_at = now(),
-                               attrs = jsonb_set(attrs, '{00400100,Value,0,00400020}',
-                                                 jsonb_build_object('vr', 'CS', 'Value',
-                                                                    jsonb_build_array($2::text)))
-                           WHERE pk = ANY($1::bigint[])""",
-                        pks,
-                        status,
-                    )
+                    await set_status(conn, pks, status)
                 else:  # XO: new attributes, same identity and status
                     await conn.execute(
                         """UPDATE mwl_item SET patient_id = $2, issuer_of_patient_id = $3,

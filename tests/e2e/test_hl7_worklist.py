@@ -272,3 +272,258 @@ def test_unusable_worklist_identifiers_get_a900_and_unknown_keys_are_returned(
     found = answers[0][1]
     assert found is not None and found.AccessionNumber == "ACC950"
     assert "PatientComments" in found and found.PatientComments in ("", None)
+
+
+# --- Modality Performed Procedure Step (PS3.4 F.7, F.8) -----------------------------
+
+MPPS_CLASS = "1.2.840.10008.3.1.2.3.3"
+MPPS_RETRIEVE = "1.2.840.10008.3.1.2.3.4"
+
+
+def _performed(accession: str, study_uid: str, **overrides: str) -> Dataset:
+    """An N-CREATE attribute list as a modality sends it when the exam starts."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    item = Dataset()
+    item.StudyInstanceUID = study_uid
+    item.AccessionNumber = accession
+    item.RequestedProcedureID = f"RP-{accession}"
+    item.ScheduledProcedureStepID = f"SPS-{accession}"
+    ds.ScheduledStepAttributesSequence = [item]
+    ds.PatientName = "DOE^JANE"
+    ds.PatientID = "P100"
+    ds.PerformedProcedureStepID = f"PPS-{accession}"
+    ds.PerformedStationAETitle = "CT01AE"
+    ds.PerformedStationName = "CT one"
+    ds.PerformedProcedureStepStartDate = "20261203"
+    ds.PerformedProcedureStepStartTime = "093500"
+    ds.PerformedProcedureStepStatus = "IN PROGRESS"
+    ds.PerformedProcedureStepDescription = "CT head, Ünal protocol"  # not ASCII: UTF-8
+    ds.Modality = "CT"
+    ds.PerformedSeriesSequence = []
+    for key, value in overrides.items():
+        if value == "<absent>":
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    return ds
+
+
+class Modality:
+    """A modality's MPPS SCU: pynetdicom over one association."""
+
+    def __init__(self, archive: PictorProcess) -> None:
+        from pynetdicom import AE, evt
+
+        ae = AE(ae_title="CT01AE")
+        ae.add_requested_context(MPPS_CLASS)
+        ae.add_requested_context(MPPS_RETRIEVE)
+        #: the command set of the last response (its Affected SOP Instance UID)
+        self.command: Dataset | None = None
+
+        def received(event: object) -> None:
+            self.command = event.message.command_set  # type: ignore[attr-defined]
+
+        self.assoc = ae.associate(
+            "127.0.0.1",
+            archive.dimse_port,  # type: ignore[attr-defined]
+            ae_title="PICTOR",
+            evt_handlers=[(evt.EVT_DIMSE_RECV, received)],
+        )
+        assert self.assoc.is_established
+
+    def __enter__(self) -> Modality:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.assoc.release()
+
+    def create(self, ds: Dataset, uid: str | None) -> tuple[Dataset, Dataset | None]:
+        status, answer = self.assoc.send_n_create(ds, MPPS_CLASS, uid)
+        return status, answer
+
+    def set(self, ds: Dataset, uid: str) -> Dataset:
+        status, _ = self.assoc.send_n_set(ds, MPPS_CLASS, uid)
+        return status
+
+    def get(self, uid: str, tags: list[int]) -> tuple[Dataset, Dataset | None]:
+        status, answer = self.assoc.send_n_get(tags, MPPS_RETRIEVE, uid)
+        return status, answer
+
+
+def _item_status(archive: PictorProcess, tmp: Path, accession: str) -> str:
+    """The worklist item's status, as C-FINDs for each status find it."""
+    found = [
+        status
+        for status in ("SCHEDULED", "STARTED", "COMPLETED", "DISCONTINUED", "CANCELED")
+        for item in worklist(
+            archive,
+            tmp,
+            f"AccessionNumber={accession}",
+            f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus={status}",
+        )
+        if item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == status
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_mpps_in_progress_then_completed_moves_the_worklist_item(
+    archive: PictorProcess, tmp_path: Path
+) -> None:
+    """F.7.2.1 / F.7.2.2: N-CREATE IN PROGRESS starts the scheduled step; N-SET
+    COMPLETED with the performed series completes it, after which the step is final."""
+    (ack,) = send(archive, order("P1", "ACC300"))
+    assert str(ack.segment("MSA")[1]) == "AA"
+    study = "1.2.826.0.1.3680043.10.1.300"
+    uid = "1.2.826.0.1.3680043.10.9.300"
+    with Modality(archive) as modality:
+        status, _ = modality.create(_performed("ACC300", study), uid)
+        assert status.Status == 0x0000
+        assert _item_status(archive, tmp_path, "ACC300") == "STARTED"
+        # a STARTED item is still on the modality's worklist (it is not done)
+        assert "ACC300" in {str(d.AccessionNumber) for d in worklist(archive, tmp_path, *STEP)}
+
+        # N-GET (F.8): what was created, the requested attributes only, in UTF-8
+        status, got = modality.get(uid, [0x00400252, 0x00400254, 0x00400270])
+        assert status.Status == 0x0000 and got is not None
+        assert got.PerformedProcedureStepStatus == "IN PROGRESS"
+        assert got.PerformedProcedureStepDescription == "CT head, Ünal protocol"
+        assert got.ScheduledStepAttributesSequence[0].AccessionNumber == "ACC300"
+        assert "PatientName" not in got
+
+        # a progress N-SET that sends an unchangeable attribute again, unchanged: fine
+        progress = Dataset()
+        progress.PatientID = "P100"
+        progress.PerformedProcedureStepDescription = "CT head"
+        assert modality.set(progress, uid).Status == 0x0000
+
+        # COMPLETED without the end time and series: "missing attribute value"
+        early = Dataset()
+        early.PerformedProcedureStepStatus = "COMPLETED"
+        status = modality.set(early, uid)
+        assert status.Status == 0x0121
+        assert "PerformedProcedureStepEndDate" in str(status.ErrorComment)
+        assert _item_status(archive, tmp_path, "ACC300") == "STARTED"  # nothing applied
+
+        done = Dataset()
+        done.PerformedProcedureStepStatus = "COMPLETED"
+        done.PerformedProcedureStepEndDate = "20261203"
+        done.PerformedProcedureStepEndTime = "095000"
+        series = Dataset()
+        series.SeriesInstanceUID = "1.2.826.0.1.3680043.10.9.300.1"
+        series.PerformingPhysicianName = ""
+        series.ProtocolName = "HEAD"
+        series.OperatorsName = ""
+        series.SeriesDescription = "axial"
+        series.RetrieveAETitle = ""
+        series.ReferencedImageSequence = []
+        series.ReferencedNonImageCompositeSOPInstanceSequence = []
+        done.PerformedSeriesSequence = [series]
+        assert modality.set(done, uid).Status == 0x0000
+        assert _item_status(archive, tmp_path, "ACC300") == "COMPLETED"
+        assert "ACC300" not in {str(d.AccessionNumber) for d in worklist(archive, tmp_path, *STEP)}
+
+        # F.7.2.2.2: once COMPLETED, no more changes (0110, Error ID A710)
+        again = Dataset()
+        again.PerformedProcedureStepStatus = "DISCONTINUED"
+        status = modality.set(again, uid)
+        assert status.Status == 0x0110 and status.ErrorID == 0xA710
+        status, got = modality.get(uid, [])
+        assert status.Status == 0x0000 and got is not None
+        assert got.PerformedProcedureStepStatus == "COMPLETED"
+        assert got.PerformedSeriesSequence[0].SeriesInstanceUID == series.SeriesInstanceUID
+        assert got.SOPInstanceUID == uid
+        assert _item_status(archive, tmp_path, "ACC300") == "COMPLETED"
+
+
+def test_mpps_discontinued_and_uid_chosen_by_the_archive(
+    archive: PictorProcess, tmp_path: Path
+) -> None:
+    """PS3.7 10.1.5.1.4: an N-CREATE without an SOP Instance UID is given one in the
+    response; DISCONTINUED discontinues the scheduled step."""
+    (ack,) = send(archive, order("P2", "ACC301"))
+    assert str(ack.segment("MSA")[1]) == "AA"
+    with Modality(archive) as modality:
+        status, _ = modality.create(_performed("ACC301", "1.2.826.0.1.3680043.10.1.301"), None)
+        assert status.Status == 0x0000
+        assert modality.command is not None
+        uid = str(modality.command.AffectedSOPInstanceUID)
+        assert uid.startswith("1.") and len(uid) <= 64
+        assert _item_status(archive, tmp_path, "ACC301") == "STARTED"
+        stop = Dataset()
+        stop.PerformedProcedureStepStatus = "DISCONTINUED"
+        stop.PerformedProcedureStepEndDate = "20261203"
+        stop.PerformedProcedureStepEndTime = "094000"
+        assert modality.set(stop, uid).Status == 0x0000
+        assert _item_status(archive, tmp_path, "ACC301") == "DISCONTINUED"
+
+
+def test_mpps_refusals_name_what_was_wrong_and_change_nothing(
+    archive: PictorProcess, tmp_path: Path
+) -> None:
+    """F.7.2.1.2 / PS3.7 C.5: a bad N-CREATE, N-SET or N-GET gets its status, the
+    worklist item and the stored step stay as they were."""
+    (ack,) = send(archive, order("P3", "ACC302"))
+    assert str(ack.segment("MSA")[1]) == "AA"
+    study = "1.2.826.0.1.3680043.10.1.302"
+    uid = "1.2.826.0.1.3680043.10.9.302"
+    with Modality(archive) as modality:
+        # created in another status: invalid attribute value
+        status, _ = modality.create(
+            _performed("ACC302", study, PerformedProcedureStepStatus="COMPLETED"), uid
+        )
+        assert status.Status == 0x0106, status
+        # a Type 1 attribute left out: missing attribute
+        status, _ = modality.create(_performed("ACC302", study, Modality="<absent>"), uid)
+        assert status.Status == 0x0120 and "Modality" in str(status.ErrorComment)
+        no_steps = _performed("ACC302", study)
+        no_steps.ScheduledStepAttributesSequence = []
+        status, _ = modality.create(no_steps, uid)
+        assert status.Status == 0x0120
+        bad_uid = _performed("ACC302", study)
+        bad_uid.ScheduledStepAttributesSequence[0].StudyInstanceUID = "1.2.x' OR 1=1"
+        status, _ = modality.create(bad_uid, uid)
+        assert status.Status == 0x0106
+        assert _item_status(archive, tmp_path, "ACC302") == "SCHEDULED"
+
+        assert modality.create(_performed("ACC302", study), uid)[0].Status == 0x0000
+        # the same SOP Instance UID twice: duplicate
+        status, _ = modality.create(_performed("ACC302", study), uid)
+        assert status.Status == 0x0111
+        # an attribute N-SET may not change, changed: invalid attribute value
+        rename = Dataset()
+        rename.PatientName = "SOMEONE^ELSE"
+        status = modality.set(rename, uid)
+        assert status.Status == 0x0106 and "PatientName" in str(status.ErrorComment)
+        odd = Dataset()
+        odd.PerformedProcedureStepStatus = "PAUSED"
+        assert modality.set(odd, uid).Status == 0x0106
+        # bounded: a Performed Series Sequence of more than 1000 items, a step over 1 MiB
+        flood = Dataset()
+        flood.PerformedSeriesSequence = []
+        for i in range(1001):
+            one = Dataset()
+            one.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.9.302.{i}"
+            flood.PerformedSeriesSequence.append(one)
+        status = modality.set(flood, uid)
+        assert status.Status == 0x0106 and "1000" in str(status.ErrorComment)
+        big = Dataset()
+        big.add_new(0x00090010, "LO", "PICTOR TEST")  # private creator
+        big.add_new(0x00091010, "UT", "x" * (2 << 20))
+        status = modality.set(big, uid)
+        assert status.Status == 0x0106 and "MiB" in str(status.ErrorComment)
+        # the Retrieve class has N-GET only (F.8.2)
+        status, _ = modality.assoc.send_n_create(_performed("ACC302", study), MPPS_RETRIEVE, None)
+        assert status.Status == 0x0211
+        assert modality.assoc.send_n_set(odd, MPPS_RETRIEVE, uid)[0].Status == 0x0211
+        # unknown steps: no such object instance
+        assert modality.set(odd, "1.2.3.4.5.404").Status == 0x0112
+        assert modality.get("1.2.3.4.5.404", [])[0].Status == 0x0112
+        assert modality.get("not a uid \\ at all", [])[0].Status == 0x0112
+
+        status, got = modality.get(uid, [0x00100010, 0x00400252])
+        assert status.Status == 0x0000 and got is not None
+        assert str(got.PatientName) == "DOE^JANE"
+        assert got.PerformedProcedureStepStatus == "IN PROGRESS"
+        assert _item_status(archive, tmp_path, "ACC302") == "STARTED"
