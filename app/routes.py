@@ -34,6 +34,7 @@ from app.dicomweb import (
     admin,
     bulk,
     changefeed,
+    fhir,
     frames,
     lifecycle,
     login,
@@ -186,6 +187,13 @@ ROUTES: tuple[Route, ...] = (
         READ,
         changefeed.latest_entry,
     ),
+    # FHIR R4 for the EMR (issue #18): the CapabilityStatement is open, as FHIR clients
+    # read it before they authenticate; the studies need READ
+    Route("fhir-metadata", "GET", "/fhir/metadata", None, fhir.metadata),
+    Route(
+        "fhir-imagingstudy-search", "GET", "/fhir/ImagingStudy", READ, fhir.search_imaging_studies
+    ),
+    Route("fhir-imagingstudy", "GET", "/fhir/ImagingStudy/{id}", READ, fhir.read_imaging_study),
     # STOW-RS (PS3.18 10.5)
     Route("stow", "POST", DICOMWEB_PREFIX + "/studies", WRITE, stow.store_instances),
     Route("stow", "POST", _S, WRITE, stow.store_instances),

@@ -277,6 +277,7 @@ ADMIN = [("GET", "/metrics"), ("GET", "/admin/tokens"), ("POST", "/admin/links")
 
 def all_routes(s: Secured) -> list[tuple[str, str]]:
     routes = [("GET", p) for p in SEARCHES + read_routes(s.study, s.series, s.sop)]
+    routes += [("GET", "/fhir/ImagingStudy?accession=A"), ("GET", f"/fhir/ImagingStudy/{s.study}")]
     routes += [("POST", "/dicom-web/studies"), ("POST", f"/dicom-web/studies/{s.study}")]
     return routes + ADMIN + [("DELETE", "/admin/tokens/reader")]
 
@@ -298,6 +299,7 @@ def test_every_route_without_a_token_is_401(secured: Secured) -> None:
 def test_open_routes_stay_open(secured: Secured) -> None:
     assert secured.get("/health").status_code == 200
     assert secured.get("/viewer/").status_code in (200, 404)  # bundle or "not installed"
+    assert secured.get("/fhir/metadata").status_code == 200  # FHIR clients read it first
     preflight = secured.get(
         "/dicom-web/studies",
         method="OPTIONS",
@@ -474,6 +476,10 @@ def test_link_reads_its_study_only(secured: Secured) -> None:
     assert iid.status_code == 404
     iid = secured.get(f"/IHEInvokeImageDisplay?requestType=STUDY&studyUID={o},{s}", token)
     assert iid.status_code == 303 and o not in iid.headers["location"]
+    # FHIR (issue #18) is not for study links: not even the linked study, as if absent
+    for fhir in (f"/fhir/ImagingStudy/{s}", f"/fhir/ImagingStudy?identifier=urn:oid:{s}"):
+        assert secured.get(fhir, token).status_code == 404, fhir
+    assert secured.get(f"/fhir/ImagingStudy?identifier=urn:oid:{o}", token).status_code == 404
     # writes and admin are refused
     assert secured.get("/dicom-web/studies", token, method="POST").status_code == 403
     assert secured.get("/metrics", token).status_code == 403
