@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -154,6 +155,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     route_retry_seconds: float = 86400.0
     #: seconds a destination has to answer one request or C-STORE
     route_timeout: float = 60.0
+    #: a FHIR R4 server's base URL: each stable study is PUT there as an ImagingStudy
+    #: (issue #18; the route ``fhir-push``); empty: none
+    fhir_push_url: str = ""
+    #: a bearer token for it
+    fhir_push_token: str = ""
     # -- people who sign in (issue #21; see app/auth/sessions.py) --
     #: a browser session ends after this many seconds without a request ...
     session_idle_seconds: float = 1800.0
@@ -205,6 +211,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def audit_enabled(self) -> bool:
         return self.audit or self.auth
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root for what is sent without a request to take it from (FHIR
+        pushes): ``public_base_url``, else this server's own address."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        host = self.host if self.host not in ("0.0.0.0", "::") else socket.getfqdn()
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}/dicom-web"
 
     @property
     def link_secret_path(self) -> Path:
@@ -292,6 +308,8 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_ROUTE_BACKOFF_SECONDS": "route_backoff_seconds",
     "PICTOR_ROUTE_RETRY_SECONDS": "route_retry_seconds",
     "PICTOR_ROUTE_TIMEOUT": "route_timeout",
+    "PICTOR_FHIR_PUSH_URL": "fhir_push_url",
+    "PICTOR_FHIR_PUSH_TOKEN": "fhir_push_token",
     "PICTOR_SESSION_IDLE_SECONDS": "session_idle_seconds",
     "PICTOR_SESSION_MAX_SECONDS": "session_max_seconds",
     "PICTOR_LOGIN_MAX_FAILURES": "login_max_failures",
@@ -532,6 +550,13 @@ def _check_access_settings(settings: Settings) -> None:
             "PICTOR_ROUTE_CONCURRENCY, PICTOR_ROUTE_BACKOFF_SECONDS and PICTOR_ROUTE_TIMEOUT "
             "must be positive"
         )
+    if settings.fhir_push_url:
+        parts = urlsplit(settings.fhir_push_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ConfigError(
+                "PICTOR_FHIR_PUSH_URL is a FHIR server's base URL, http(s)://host/path; "
+                f"got {settings.fhir_push_url[:100]!r}"
+            )
     if settings.login_lock_seconds <= 0:
         raise ConfigError("PICTOR_LOGIN_LOCK_SECONDS must be positive")
 

@@ -32,11 +32,12 @@ from app.observability import (
 )
 from app.routes import HotDispatch, PathGuard, framework_routes
 from app.services.events import FeedMover
+from app.services.fhir_push import FhirSenders
 from app.services.fixity import Scrubber
 from app.services.ingest import Ingest
 from app.services.lifecycle import Lifecycle
 from app.services.retrieve import InstanceCache
-from app.services.routes import Routes
+from app.services.routes import Routes, ensure_fhir_push
 from app.services.tiering import Tiering
 from app.services.webhooks import Webhooks
 
@@ -117,12 +118,17 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             await app.state.feed.start()
             app.state.webhooks = Webhooks(settings, pool)
             app.state.webhooks.start()
+            if settings.fhir_push_url:  # the route it stands for, as the setting says
+                await ensure_fhir_push(
+                    pool, settings.fhir_push_url, settings.fhir_push_token or None
+                )
             app.state.routes = Routes(
                 settings,
                 pool,
                 {
                     "dicomweb": dicomweb_forward.DicomwebSenders(store, settings),
                     "dimse": dimse_forward.senders(store, settings),
+                    "fhir": FhirSenders(pool, settings),
                 },
                 lambda: _archive_key(link_secret),
             )

@@ -127,7 +127,7 @@ class DicomwebSenders:
         self.store = store
         self.http = Client(settings.route_timeout, f"pictor/{__version__} (route)")
 
-    def __call__(self, target: str, token: str | None) -> Sender:
+    def __call__(self, target: str, token: str | None, study: str) -> Sender:
         return DicomwebSender(self.store, self.http, target, token)
 
     async def aclose(self) -> None:

@@ -95,7 +95,7 @@ class DimseSender:
 def senders(store: BlobStore, settings: Settings) -> Any:
     """The factory :class:`app.services.routes.Routes` calls for a ``dimse:`` route."""
 
-    def make(target: str, token: str | None) -> Sender:
+    def make(target: str, token: str | None, study: str) -> Sender:
         return DimseSender(store, target, settings.dimse_ae_title, settings.route_timeout)
 
     return make

@@ -135,6 +135,22 @@ async def add(
     return _route(row)
 
 
+async def ensure(conn: Any, name: str, destination: str, trigger: str, token: str | None) -> Route:
+    """The route ``name`` with this destination, trigger and token: made, or changed to
+    them (its conditions, its jobs and what it had acknowledged are kept)."""
+    row = await conn.fetchrow(
+        f"""INSERT INTO route AS r (name, destination, trigger, token) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (name) DO UPDATE SET destination = EXCLUDED.destination,
+                trigger = EXCLUDED.trigger, token = EXCLUDED.token, deidentify = NULL
+            RETURNING {_ROUTE}""",
+        name,
+        destination,
+        trigger,
+        token,
+    )
+    return _route(row)
+
+
 async def remove(conn: Any, name: str) -> None:
     """The route, its jobs and its record of what was sent."""
     done = await conn.execute("DELETE FROM route WHERE name = $1", name)

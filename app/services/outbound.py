@@ -61,15 +61,17 @@ class Client:
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._tls: ssl.SSLContext | None = None
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], method: str = "POST"
+    ) -> int:
         """The answer's status code; OutboundError when there is none in time."""
         try:
-            return await asyncio.wait_for(self._post(url, body, headers), self.timeout)
+            return await asyncio.wait_for(self._post(url, body, headers, method), self.timeout)
         except TimeoutError as exc:
             raise OutboundError(f"no answer within {self.timeout:g} s") from exc
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        key, head = self._head(url, headers, len(body))
+    async def _post(self, url: str, body: bytes, headers: dict[str, str], method: str) -> int:
+        key, head = self._head(url, headers, len(body), method)
         request = head + body
         idle = self._idle.get(key)
         conn = idle.pop() if idle else None
@@ -169,7 +171,7 @@ class Client:
         return status, body
 
     def _head(
-        self, url: str, headers: dict[str, str], length: int
+        self, url: str, headers: dict[str, str], length: int, method: str = "POST"
     ) -> tuple[tuple[str, str, int], bytes]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -179,7 +181,7 @@ class Client:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-        lines = [f"POST {target} HTTP/1.1", f"Host: {host}", f"User-Agent: {self.user_agent}"]
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", f"User-Agent: {self.user_agent}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append(f"Content-Length: {length}")
         return (parts.scheme, parts.hostname, port), ("\r\n".join(lines) + "\r\n\r\n").encode(

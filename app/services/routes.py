@@ -107,8 +107,9 @@ class Sender(Protocol):
     async def close(self) -> None: ...
 
 
-#: scheme ("dicomweb", "dimse") -> (target after the scheme, bearer token) -> Sender
-Senders = dict[str, Callable[[str, str | None], Sender]]
+#: scheme ("dicomweb", "dimse", "fhir") -> (target after the scheme, bearer token, the
+#: job's Study Instance UID) -> Sender
+Senders = dict[str, Callable[[str, str | None, str], Sender]]
 
 
 # -- the rules -------------------------------------------------------------------------
@@ -138,23 +139,14 @@ def parse_condition(text: str) -> Condition:
 
 
 def parse_destination(text: str) -> str:
-    """``dicomweb:http(s)://host[:port]/path`` or ``dimse:AET@host:port``, checked."""
+    """``dicomweb:http(s)://host[:port]/path``, ``fhir:http(s)://host[:port]/path`` (a
+    FHIR R4 server's base, :mod:`app.services.fhir_push`) or ``dimse:AET@host:port``,
+    checked."""
     scheme, colon, rest = text.strip().partition(":")
     if scheme == "dicomweb" and colon:
-        parts = urlsplit(rest)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadRequest(
-                f"a DICOMweb destination is dicomweb:https://host/path; got {text[:100]!r}"
-            )
-        if parts.username or parts.password:
-            raise BadRequest("a DICOMweb destination carries no user or password: use --token")
-        if (problem := spelling_problem(rest)) is not None:
-            raise BadRequest(f"the DICOMweb destination {problem}")
-        if parts.query or parts.fragment or len(rest) > 2000:
-            raise BadRequest(
-                "a DICOMweb destination is a base URL (no query, at most 2000 characters)"
-            )
-        return f"dicomweb:{rest.rstrip('/')}"
+        return f"dicomweb:{_base_url(rest, text, 'DICOMweb', 'dicomweb:https://host/path')}"
+    if scheme == "fhir" and colon:
+        return f"fhir:{_base_url(rest, text, 'FHIR', 'fhir:https://host/fhir')}"
     if scheme == "dimse" and colon:
         aet, at, address = rest.partition("@")
         host, _, port = address.rpartition(":")
@@ -175,8 +167,23 @@ def parse_destination(text: str) -> str:
             )
         return f"dimse:{aet}@{host}:{int(port)}"
     raise BadRequest(
-        f"a destination is dicomweb:<base URL> or dimse:<AET>@<host>:<port>; got {text[:100]!r}"
+        "a destination is dicomweb:<base URL>, fhir:<base URL> or dimse:<AET>@<host>:<port>; "
+        f"got {text[:100]!r}"
     )
+
+
+def _base_url(rest: str, text: str, kind: str, example: str) -> str:
+    """An HTTP(S) base URL of a destination, checked; without its trailing slash."""
+    parts = urlsplit(rest)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest(f"a {kind} destination is {example}; got {text[:100]!r}")
+    if parts.username or parts.password:
+        raise BadRequest(f"a {kind} destination carries no user or password: use --token")
+    if (problem := spelling_problem(rest)) is not None:
+        raise BadRequest(f"the {kind} destination {problem}")
+    if parts.query or parts.fragment or len(rest) > 2000:
+        raise BadRequest(f"a {kind} destination is a base URL (no query, at most 2000 characters)")
+    return rest.rstrip("/")
 
 
 def _is_host(host: str) -> bool:
@@ -211,18 +218,34 @@ async def add(
     if on not in TRIGGERS:
         raise BadRequest(f"a route runs on one of {', '.join(TRIGGERS)}; got {on[:40]!r}")
     if token is not None:
-        if not destination.startswith("dicomweb:"):
-            raise BadRequest("a token is for a DICOMweb destination")
+        if not destination.startswith(("dicomweb:", "fhir:")):
+            raise BadRequest("a token is for a DICOMweb or FHIR destination")
         if not 0 < len(token) <= 4096 or not token.isprintable() or " " in token:
             raise BadRequest("a token has 1 to 4096 printable characters and no space")
     options = None
     if deidentify is not None:
+        if destination.startswith("fhir:"):
+            raise BadRequest("a FHIR destination gets the study as it is: no --deidentify")
         try:
             options = parse_options(deidentify)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
     async with pool.acquire() as conn:
         return await index_routes.add(conn, name, conditions, destination, on, token, options)
+
+
+#: the route ``PICTOR_FHIR_PUSH_URL`` keeps (app.services.fhir_push)
+FHIR_PUSH_ROUTE = "fhir-push"
+
+
+async def ensure_fhir_push(pool: Pool, url: str, token: str | None) -> Route:
+    """The route of ``PICTOR_FHIR_PUSH_URL``: each stable study to that FHIR server.
+    Made at start, or changed when the URL or token changed."""
+    destination = parse_destination(f"fhir:{url}")
+    if token is not None and (not 0 < len(token) <= 4096 or " " in token):
+        raise BadRequest("PICTOR_FHIR_PUSH_TOKEN has 1 to 4096 characters and no space")
+    async with pool.acquire() as conn:
+        return await index_routes.ensure(conn, FHIR_PUSH_ROUTE, destination, "study.stable", token)
 
 
 async def remove(pool: Pool, name: str) -> None:
@@ -380,7 +403,7 @@ class Routes:
             return None, True  # deleted since
         todo = [i for i in stored if i.sop_instance_uid in wanted]
         scheme, _, target = job.route.destination.partition(":")
-        sender = self.senders[scheme](target, job.token)
+        sender = self.senders[scheme](target, job.token, job.study_uid)
         options = job.route.deidentify
         deid = None if options is None else Deid(await self.key(), options)
         try:

@@ -5,7 +5,9 @@ and OperationOutcome are unchanged from R4 4.0.1 there)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +19,7 @@ from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from pydicom.filebase import DicomBytesIO
 
-from conftest import Archive, multipart
+from conftest import Archive, Pictor, multipart, pictor_cli, until
 from synth import ct_slice, new_uids
 
 FHIR_JSON = "application/fhir+json"
@@ -198,3 +200,122 @@ def test_capability_statement(fhir: httpx.Client) -> None:
     names = {p.name for p in resource.searchParam or []}
     assert {"identifier", "patient.identifier", "accession", "modality", "started"} <= names
     assert fhir.get("/metadata", params={"_format": "xml"}).status_code == 406
+
+
+# -- pushing stable studies to the EMR's FHIR server (PICTOR_FHIR_PUSH_URL) ----------
+
+
+class FhirServer:
+    """A FHIR server's conditional update on loopback: each PUT of ImagingStudy by
+    identifier is validated with fhir.resources and kept; the first ``failures`` are
+    answered 503; 201 for a new resource, 200 for a replaced one."""
+
+    def __init__(self, failures: int = 0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        from server import free_port
+
+        self.failures = failures
+        self.stored: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str, int]] = []
+        self.problems: list[str] = []
+        self.port = free_port()
+        fhir = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                parts = urlsplit(self.path)
+                (identifier,) = parse_qs(parts.query)["identifier"]
+                status = 201 if identifier not in fhir.stored else 200
+                try:
+                    resource = json.loads(body)
+                    ImagingStudy.model_validate(resource)
+                    assert parts.path == "/fhir/ImagingStudy", parts.path
+                    assert self.headers["Content-Type"].startswith(FHIR_JSON)
+                    assert self.headers.get("Authorization") == "Bearer ehr-token"
+                    assert "id" not in resource
+                except Exception as exc:  # noqa: BLE001 - told to the test
+                    fhir.problems.append(repr(exc))
+                    status = 400
+                if fhir.failures > 0:
+                    fhir.failures -= 1
+                    status = 503
+                elif status != 400:
+                    fhir.stored[identifier] = resource
+                fhir.requests.append(("PUT", identifier, status))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_stable_studies_are_put_to_the_emr_and_retried(tmp_path: Path, pictor: Pictor) -> None:
+    """A study, once stable, is PUT by identifier (FHIR conditional update); a server
+    that fails at first is retried until it takes it; a study that grows is PUT again
+    and replaces the resource; ``pictor route status`` shows the route."""
+    ehr = FhirServer(failures=2)
+    try:
+        data = tmp_path / "data"
+        process = pictor(
+            data,
+            env={
+                "PICTOR_STABLE_SECONDS": "1",
+                "PICTOR_ROUTE_BACKOFF_SECONDS": "0.2",
+                "PICTOR_FHIR_PUSH_URL": ehr.url,
+                "PICTOR_FHIR_PUSH_TOKEN": "ehr-token",
+            },
+        )
+        archive = Archive(process)
+        study, series = new_uids()
+        key = f"urn:dicom:uid|urn:oid:{study}"
+        r = archive.stow(
+            multipart([_instance(study, series, i, AccessionNumber="PUSH1") for i in range(2)])
+        )
+        assert r.status_code == 200, r.text
+        until(lambda: key in ehr.stored, 60, "the study reached the FHIR server")
+        assert [s for _, _, s in ehr.requests[:3]] == [503, 503, 201]
+        pushed = ImagingStudy.model_validate(ehr.stored[key])
+        assert pushed.numberOfInstances == 2 and pushed.contained[0].address.endswith(study)
+        # the study grows: stable again, PUT again, the resource replaced
+        r = archive.stow(multipart([_instance(study, series, 2, AccessionNumber="PUSH1")]))
+        assert r.status_code == 200, r.text
+        until(lambda: ehr.stored[key]["numberOfInstances"] == 3, 60, "the new instance pushed")
+        assert ehr.requests[-1] == ("PUT", key, 200) and not ehr.problems
+        done = pictor_cli("route", "status", "--json", data_dir=data)
+        assert done.returncode == 0, done.stderr
+        (route,) = [r for r in json.loads(done.stdout) if r["name"] == "fhir-push"]
+        assert route["to"] == f"fhir:{ehr.url}" and route["on"] == "study.stable"
+        assert route["token"] is True and route["done"] >= 2 and route["failed"] == 0
+        assert (
+            route["lastError"]
+            == f"{ehr.url}/ImagingStudy?identifier="
+            + key.replace("|", "%7C")
+            + " answered HTTP 503"
+        )
+    finally:
+        ehr.close()
+
+
+def test_a_bad_push_url_stops_the_server_with_a_clear_error(tmp_path: Path) -> None:
+    from server import PictorProcess
+
+    process = PictorProcess(tmp_path / "data", env={"PICTOR_FHIR_PUSH_URL": "ftp://ehr/fhir"})
+    with pytest.raises(RuntimeError, match="PICTOR_FHIR_PUSH_URL"):
+        process.start()
+    process.stop()
