@@ -94,6 +94,9 @@ def test_json_logs_access_log_and_a_database_outage(tmp_path: Path) -> None:
         tmp_path / "data",
         env={"PICTOR_LOG_FORMAT": "json", "PICTOR_ACCESS_LOG": "true", "PICTOR_LOG_LEVEL": "info"},
         log_path=log,
+        # one server process: a second one finishing its start after the first answers
+        # would recreate tmp/ under the storage fault made below
+        workers=1,
     ).start()
     try:
         assert httpx.get(f"{server.dicomweb}/studies").status_code == 200
