@@ -11,7 +11,7 @@ or not at all.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -407,30 +407,57 @@ class Filter:
     values: tuple[Any, ...]
 
 
-#: the columns a filter may name (never interpolated from anything else)
-FILTER_COLUMNS = frozenset(
-    {
-        "station_aet",
-        "modality",
-        "performing_physician",
-        "sps_id",
-        "status",
-        "accession_number",
-        "requested_procedure_id",
-        "patient_id",
-        "issuer_of_patient_id",
-        "patient_name",
-        "study_uid",
-        "sps_date",
-        "sps_time",
-    }
+@dataclass(frozen=True)
+class Listing:
+    """A worklist table as :func:`compile_find` queries it: the columns a filter may
+    name (never interpolated from anything else), the SQL some of them stand for, the
+    ones matched case-insensitively, the filter applied when none names its column,
+    and the order of the answers."""
+
+    table: str
+    columns: frozenset[str]
+    order: str
+    expressions: Mapping[str, str]
+    folded: frozenset[str]
+    default: tuple[str, tuple[str, ...]] | None = None
+
+
+#: the Modality Worklist: open items by default, by scheduled start
+MWL = Listing(
+    "mwl_item",
+    frozenset(
+        {
+            "station_aet",
+            "modality",
+            "performing_physician",
+            "sps_id",
+            "status",
+            "accession_number",
+            "requested_procedure_id",
+            "patient_id",
+            "issuer_of_patient_id",
+            "patient_name",
+            "study_uid",
+            "sps_date",
+            "sps_time",
+        }
+    ),
+    "sps_start NULLS LAST, pk",
+    {"sps_date": "sps_start::date", "sps_time": "sps_start::time"},
+    frozenset({"patient_name", "performing_physician"}),
+    ("status", OPEN_STATUSES),
 )
-_EXPRESSIONS = {"sps_date": "sps_start::date", "sps_time": "sps_start::time"}
-_CASE_INSENSITIVE = frozenset({"patient_name", "performing_physician"})
 
 
-def compile_find(filters: Sequence[Filter], limit: int, offset: int) -> tuple[str, list[Any]]:
-    """The SQL of a worklist query (pure; tested without a database)."""
+def compile_find(
+    filters: Sequence[Filter],
+    limit: int,
+    offset: int,
+    listing: Listing = MWL,
+    select: str = "attrs",
+) -> tuple[str, list[Any]]:
+    """The SQL of a worklist query (pure; tested without a database): ``select`` (a
+    fixed list of columns) of the matching rows."""
     where: list[str] = []
     args: list[Any] = []
 
@@ -438,13 +465,13 @@ def compile_find(filters: Sequence[Filter], limit: int, offset: int) -> tuple[st
         args.append(value)
         return f"${len(args)}"
 
-    has_status = False
+    named = set()
     for f in filters:
-        if f.column not in FILTER_COLUMNS:
-            raise ValueError(f"no worklist column {f.column!r}")
-        has_status |= f.column == "status"
-        expr = _EXPRESSIONS.get(f.column, f.column)
-        folded = f.column in _CASE_INSENSITIVE
+        if f.column not in listing.columns:
+            raise ValueError(f"no {listing.table} column {f.column!r}")
+        named.add(f.column)
+        expr = listing.expressions.get(f.column, f.column)
+        folded = f.column in listing.folded
         if folded:
             expr = f"lower({expr})"
         if f.kind == "single":
@@ -463,21 +490,26 @@ def compile_find(filters: Sequence[Filter], limit: int, offset: int) -> tuple[st
                 where.append(f"{expr} <= {arg(high)}")
         else:
             raise ValueError(f"no matching kind {f.kind!r}")
-    if not has_status:
-        where.append(f"status = ANY({arg(list(OPEN_STATUSES))}::text[])")
+    if listing.default is not None and listing.default[0] not in named:
+        column, values = listing.default
+        where.append(f"{column} = ANY({arg(list(values))}::text[])")
     sql = (
-        "SELECT attrs FROM mwl_item"
+        f"SELECT {select} FROM {listing.table}"
         + (" WHERE " + " AND ".join(where) if where else "")
-        + f" ORDER BY sps_start NULLS LAST, pk LIMIT {arg(limit + 1)} OFFSET {arg(offset)}"
+        + f" ORDER BY {listing.order} LIMIT {arg(limit + 1)} OFFSET {arg(offset)}"
     )
     return sql, args
 
 
 async def find(
-    pool: asyncpg.Pool, filters: Sequence[Filter], limit: int, offset: int
+    pool: asyncpg.Pool,
+    filters: Sequence[Filter],
+    limit: int,
+    offset: int,
+    listing: Listing = MWL,
 ) -> tuple[list[bytes], bool]:
     """A page of matching items (DICOM JSON each) and whether more follow."""
-    sql, args = compile_find(filters, limit, offset)
+    sql, args = compile_find(filters, limit, offset, listing)
     try:
         async with pool.acquire() as conn:
             rows = await conn.fetch(sql, *args)

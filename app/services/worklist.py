@@ -44,21 +44,24 @@ _DATE = re.compile(r"^\d{8}$")
 _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
 
 
-def build_filters(values: Mapping[int, str]) -> list[Filter]:
+def build_filters(
+    values: Mapping[int, str], matching: Mapping[int, tuple[str, str]] = MATCHING
+) -> list[Filter]:
     """Identifier key values (tag -> text, multi-values joined by ``\\``) -> filters.
 
     Empty values and ``*`` are universal matches (C.2.2.2.3); keys not in
-    :data:`MATCHING` are return keys only. A date or time that is neither a value nor
-    a range (C.2.2.2.5) is :class:`BadRequest`."""
+    ``matching`` (:data:`MATCHING`, the Modality Worklist's) are return keys only. A
+    date, time or date-time that is neither a value nor a range (C.2.2.2.5) is
+    :class:`BadRequest`."""
     filters = []
     for tag, text in values.items():
-        if tag not in MATCHING or text in ("", "*"):
+        if tag not in matching or text in ("", "*"):
             continue
-        column, how = MATCHING[tag]
+        column, how = matching[tag]
         if how == "uid":
             uids = tuple(u.strip() for u in text.split("\\") if u.strip())
             filters.append(Filter(column, "list" if len(uids) > 1 else "single", uids[:1000]))
-        elif how in ("date", "time"):
+        elif how in ("date", "time", "datetime"):
             filters.append(Filter(column, *_range(text, how)))
         elif "*" in text or "?" in text:
             filters.append(Filter(column, "wild", (text,)))
@@ -68,11 +71,20 @@ def build_filters(values: Mapping[int, str]) -> list[Filter]:
 
 
 def _range(text: str, how: str) -> tuple[str, tuple[Any, ...]]:
+    low, dash, high = text.partition("-")
+    if how == "datetime":  # a value names the whole day, hour, ... it gives
+        if not dash:
+            return "range", (_datetime(text), _datetime(text, upper=True))
+        if not low and not high:
+            raise BadRequest(f"{text!r} is not a date-time range")
+        return "range", (
+            _datetime(low) if low else None,
+            _datetime(high, upper=True) if high else None,
+        )
     parse = _date if how == "date" else _time
-    if "-" not in text:
+    if not dash:
         value = parse(text)
         return ("single", (value,)) if how == "date" else ("range", (value, value))
-    low, _, high = text.partition("-")
     if not low and not high:
         raise BadRequest(f"{text!r} is not a {how} range")
     return "range", (parse(low) if low else None, parse(high) if high else None)
@@ -86,6 +98,43 @@ def _date(text: str) -> Any:
         return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
     except ValueError:
         raise BadRequest(f"{text!r} is not a real date") from None
+
+
+_DATETIME = re.compile(r"^(\d{4})(\d{2})(\d{2})(\d{2})?(\d{2})?(\d{2})?")
+_PERIODS = (
+    dt.timedelta(days=1),
+    dt.timedelta(hours=1),
+    dt.timedelta(minutes=1),
+    dt.timedelta(seconds=1),
+)
+
+
+def dicom_datetime(text: object) -> dt.datetime | None:
+    """The local date-time a DT value (PS3.5 6.2) starts with, to the second (fractions
+    and offsets ignored: DICOM date-times here are the archive's local time); None
+    when it does not start with one."""
+    m = _DATETIME.match(text) if isinstance(text, str) else None
+    if m is None:
+        return None
+    y, mo, d, h, mi, sec = (int(g) if g else 0 for g in m.groups())
+    try:
+        return dt.datetime(y, mo, d, h, mi, sec)
+    except ValueError:
+        return None
+
+
+def _datetime(text: str, *, upper: bool = False) -> dt.datetime:
+    """A DT matching value; ``upper``: the last instant of the period it names
+    (``20261203`` ends at 23:59:59.999999)."""
+    text = text.strip()
+    m = _DATETIME.match(text)
+    value = dicom_datetime(text)
+    if m is None or value is None or len(text.split(".")[0]) not in (8, 10, 12, 14):
+        raise BadRequest(f"{text[:30]!r} is not a DICOM date-time (YYYYMMDD[HHMMSS])")
+    if not upper:
+        return value
+    given = sum(g is not None for g in m.groups()[3:])
+    return value + _PERIODS[given] - dt.timedelta(microseconds=1)
 
 
 def _time(text: str) -> Any:
