@@ -57,7 +57,8 @@ async def send_whole(
 
 
 class StatusRecorder:
-    """Wraps ``send`` to remember the answer's status (500 until one starts)."""
+    """Wraps ``send`` to remember the answer's status (500 until one starts; 101 for a
+    WebSocket that was accepted)."""
 
     __slots__ = ("send", "status")
 
@@ -68,6 +69,31 @@ class StatusRecorder:
     async def __call__(self, message: Any) -> None:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
+        elif message["type"] == "websocket.accept":
+            self.status = 101
+        await self.send(message)
+
+
+class HandshakeSend:
+    """``send`` of a WebSocket scope for layers that answer HTTP: an answer given before
+    the handshake is accepted goes out as the ASGI WebSocket Denial Response (the
+    status, headers and body as given); a server without that extension is sent a close,
+    which it answers 403. WebSocket messages pass unchanged."""
+
+    __slots__ = ("denial", "send")
+
+    def __init__(self, scope: Any, send: Send) -> None:
+        self.send = send
+        self.denial = "websocket.http.response" in (scope.get("extensions") or {})
+
+    async def __call__(self, message: Any) -> None:
+        kind = message["type"]
+        if kind.startswith("http.response."):
+            if self.denial:
+                await self.send({**message, "type": "websocket." + kind})
+            elif kind == "http.response.start":
+                await self.send({"type": "websocket.close", "code": 1008})
+            return
         await self.send(message)
 
 

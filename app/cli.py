@@ -155,6 +155,9 @@ def serve(args: argparse.Namespace) -> int:
             log_config=uvicorn_log_config(settings.log_level),
             access_log=False,  # Pictor's own (PICTOR_ACCESS_LOG) has the route and timing
             timeout_graceful_shutdown=10,
+            # UPS-RS notification channels (PS3.18 11.13) only send; what a client sends
+            # is read and ignored, so its messages are kept small
+            ws_max_size=65536,
             ssl_certfile=settings.tls_cert or None,
             ssl_keyfile=settings.tls_key or None,
         )

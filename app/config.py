@@ -160,6 +160,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fhir_push_url: str = ""
     #: a bearer token for it
     fhir_push_token: str = ""
+    #: a UPS "read study" workitem for each stable study (the route reading-worklist)
+    reading_worklist: bool = True
     # -- people who sign in (issue #21; see app/auth/sessions.py) --
     #: a browser session ends after this many seconds without a request ...
     session_idle_seconds: float = 1800.0
@@ -310,6 +312,7 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_ROUTE_TIMEOUT": "route_timeout",
     "PICTOR_FHIR_PUSH_URL": "fhir_push_url",
     "PICTOR_FHIR_PUSH_TOKEN": "fhir_push_token",
+    "PICTOR_READING_WORKLIST": "reading_worklist",
     "PICTOR_SESSION_IDLE_SECONDS": "session_idle_seconds",
     "PICTOR_SESSION_MAX_SECONDS": "session_max_seconds",
     "PICTOR_LOGIN_MAX_FAILURES": "login_max_failures",

@@ -36,8 +36,9 @@ from app.services.fhir_push import FhirSenders
 from app.services.fixity import Scrubber
 from app.services.ingest import Ingest
 from app.services.lifecycle import Lifecycle
+from app.services.reading import ReadingSenders
 from app.services.retrieve import InstanceCache
-from app.services.routes import Routes, ensure_fhir_push
+from app.services.routes import Routes, ensure_fhir_push, ensure_reading
 from app.services.tiering import Tiering
 from app.services.webhooks import Webhooks
 
@@ -122,6 +123,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
                 await ensure_fhir_push(
                     pool, settings.fhir_push_url, settings.fhir_push_token or None
                 )
+            await ensure_reading(pool, settings.reading_worklist)
             app.state.routes = Routes(
                 settings,
                 pool,
@@ -129,6 +131,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
                     "dicomweb": dicomweb_forward.DicomwebSenders(store, settings),
                     "dimse": dimse_forward.senders(store, settings),
                     "fhir": FhirSenders(pool, settings),
+                    "worklist": ReadingSenders(pool, settings),
                 },
                 lambda: _archive_key(link_secret),
             )

@@ -28,7 +28,7 @@ from typing import Any
 
 from litestar.handlers import HTTPRouteHandler
 
-from app.asgi import error_body, send_error, send_whole, warning_header
+from app.asgi import HandshakeSend, error_body, send_error, send_whole, warning_header
 from app.auth.principal import ADMIN, DELETE, READ, WRITE
 from app.dicomweb import (
     admin,
@@ -43,17 +43,20 @@ from app.dicomweb import (
     qido,
     rendered,
     stow,
+    ups,
     viewer,
     wado,
 )
 from app.dicomweb.urls import DICOMWEB_PREFIX
-from app.errors import MethodNotAllowed, NotFound
+from app.errors import BadRequest, MethodNotAllowed, NotFound
 from app.observability import ROUTE_KEY
 from app.services.search import Level
 
 #: a handler answering below the framework: (app state, scope, receive, send, path
 #: parameters) -> whether it answered (False: the framework route takes the request)
 HotHandler = Callable[[Any, Any, Any, Any, Mapping[str, str]], Awaitable[bool]]
+#: a WebSocket's handler: (app state, scope, receive, send, path parameters)
+SocketHandler = Callable[[Any, Any, Any, Any, Mapping[str, str]], Awaitable[None]]
 
 #: longest request target (path and query) accepted; longer: 414 (RFC 9110 15.5.15).
 #: A UID list of 200 UIDs fits; nginx's default header buffers take 8 KiB.
@@ -68,7 +71,9 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")
 class Route:
     """One route: ``template`` segments in braces are parameters (``{path:path}``, the
     rest of the path). ``scope`` None: open to anyone (not audited). ``hot``: answered
-    by this handler below the framework when it can."""
+    by this handler below the framework when it can. ``socket``: a WebSocket endpoint,
+    a GET whose opening handshake (RFC 6455 4.1) this handler takes; ``handler``
+    answers the same GET without an upgrade."""
 
     name: str
     method: str
@@ -77,6 +82,7 @@ class Route:
     handler: Callable[..., Awaitable[Any]]
     hot: HotHandler | None = None
     status: int = 200
+    socket: SocketHandler | None = None
     segments: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +98,8 @@ _S = DICOMWEB_PREFIX + "/studies/{study}"
 _SE = _S + "/series/{series}"
 _I = _SE + "/instances/{instance}"
 _F = _I + "/frames/{frames}"
+_W = DICOMWEB_PREFIX + "/workitems"
+_WS = _W + "/{workitem}/subscribers/{aetitle}"
 
 
 def _search(level: Level) -> HotHandler:
@@ -194,6 +202,31 @@ ROUTES: tuple[Route, ...] = (
         "fhir-imagingstudy-search", "GET", "/fhir/ImagingStudy", READ, fhir.search_imaging_studies
     ),
     Route("fhir-imagingstudy", "GET", "/fhir/ImagingStudy/{id}", READ, fhir.read_imaging_study),
+    # UPS-RS, the worklist (PS3.18 11; issue #18): performers write, watchers read
+    Route("ups-create", "POST", _W, WRITE, ups.create_workitem, status=201),
+    Route("ups-search", "GET", _W, READ, ups.search_workitems),
+    Route("ups-retrieve", "GET", _W + "/{workitem}", READ, ups.retrieve_workitem),
+    Route("ups-update", "POST", _W + "/{workitem}", WRITE, ups.update_workitem),
+    Route("ups-state", "PUT", _W + "/{workitem}/state", WRITE, ups.change_state),
+    Route(
+        "ups-cancel",
+        "POST",
+        _W + "/{workitem}/cancelrequest",
+        WRITE,
+        ups.request_cancellation,
+        status=202,
+    ),
+    Route("ups-subscribe", "POST", _WS, READ, ups.subscribe, status=201),
+    Route("ups-unsubscribe", "DELETE", _WS, READ, ups.unsubscribe),
+    Route("ups-suspend", "POST", _WS + "/suspend", READ, ups.suspend),
+    Route(
+        "ups-channel",
+        "GET",
+        DICOMWEB_PREFIX + "/subscribers/{aetitle}",
+        READ,
+        ups.channel_without_upgrade,
+        socket=ups.channel,
+    ),
     # STOW-RS (PS3.18 10.5)
     Route("stow", "POST", DICOMWEB_PREFIX + "/studies", WRITE, stow.store_instances),
     Route("stow", "POST", _S, WRITE, stow.store_instances),
@@ -405,13 +438,19 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 class PathGuard:
     """Outermost ASGI layer: bounds the request target (414) and rewrites ``path`` to its
     canonical form (400 when it has none), so that nothing below can disagree on which
-    resource a request names."""
+    resource a request names. A WebSocket's opening handshake is given the method it
+    has on the wire (GET, RFC 6455 4.1), so every layer below routes, guards and audits
+    it as the GET it is, and HTTP answers to it go out as denial responses
+    (:class:`app.asgi.HandshakeSend`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "websocket":
+            scope["method"] = "GET"
+            send = HandshakeSend(scope, send)
+        if scope["type"] in ("http", "websocket"):
             raw = scope.get("raw_path") or scope["path"].encode()
             if len(raw) + len(scope.get("query_string", b"")) > MAX_TARGET_BYTES:
                 await _refuse(
@@ -448,6 +487,21 @@ class HotDispatch:
         self.hot = hot
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":  # never the framework's: only the table's sockets
+            found = matched(scope)
+            route = found.route
+            if route is None or route.socket is None:
+                scope[ROUTE_KEY] = route.name if route is not None else "unmatched"
+                await send_error(
+                    send,
+                    NotFound("no such resource")
+                    if route is None
+                    else BadRequest(f"{scope['path'][:200]} is not a WebSocket endpoint"),
+                )
+                return
+            scope[ROUTE_KEY] = route.name
+            await route.socket(self.state, scope, receive, send, found.params)
+            return
         if scope["type"] == "http":
             found = matched(scope)
             route = found.route

@@ -168,7 +168,7 @@ class AccessMiddleware:
         self.state = state
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):  # WebSockets: as their GET
             await self.app(scope, receive, send)
             return
         access: Access = self.state.access
@@ -251,7 +251,9 @@ class AccessMiddleware:
                     "authentication required: send Authorization: Bearer TOKEN, or sign in",
                     REALM,
                 )
-            if scope["method"] not in sessions.SAFE_METHODS:
+            # a WebSocket is not bound by the same-origin policy (RFC 6455 10.2): a
+            # page elsewhere could open one with this server's cookies
+            if scope["method"] not in sessions.SAFE_METHODS or scope["type"] == "websocket":
                 refusal = sessions.cross_site(scope, access.public_base_url)
                 if refusal is not None:
                     raise Forbidden(refusal)

@@ -21,6 +21,7 @@ import msgspec
 from pydicom import config, dcmread, dcmwrite
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName, validate_value
 
@@ -130,20 +131,29 @@ def _check_values(patch: dict[str, Any]) -> None:
     for element in ds:
         if element.VR == "SQ":
             continue
-        values = element.value if element.VM > 1 else [element.value]
-        for value in values:
-            if value is None or value == "":
-                continue
-            raw = str(value) if element.VR == "PN" else value
-            try:
-                validate_value(element.VR, raw, config.RAISE)
-            except (ValueError, TypeError) as exc:
-                raise PatchError(f"{_name(int(element.tag))}: {exc}") from None
-            # PS3.5 6.1.3: ESC (code extensions) anywhere; TAB, LF, FF and CR only in
-            # the text VRs
-            allowed = _TEXT_CONTROLS if element.VR in ("LT", "ST", "UT") else "\x1b"
-            if isinstance(raw, str) and any(ord(c) < 0x20 and c not in allowed for c in raw):
-                raise PatchError(f"{_name(int(element.tag))}: control characters")
+        problem = value_problem(element)
+        if problem is not None:
+            raise PatchError(f"{_name(int(element.tag))}: {problem}")
+
+
+def value_problem(element: DataElement) -> str | None:
+    """What is wrong with the values of a (non-sequence) element, or None: a value its
+    VR does not allow (PS3.5 6.2: length, characters, DA/TM formats) or a control
+    character where the VR has none (PS3.5 6.1.3: ESC, for code extensions, anywhere;
+    TAB, LF, FF and CR only in the text VRs)."""
+    values = element.value if element.VM > 1 else [element.value]
+    for value in values:
+        if value is None or value == "":
+            continue
+        raw = str(value) if element.VR == "PN" else value
+        try:
+            validate_value(element.VR, raw, config.RAISE)
+        except (ValueError, TypeError) as exc:
+            return str(exc)
+        allowed = _TEXT_CONTROLS if element.VR in ("LT", "ST", "UT") else "\x1b"
+        if isinstance(raw, str) and any(ord(c) < 0x20 and c not in allowed for c in raw):
+            return "control characters"
+    return None
 
 
 def first_text(element: dict[str, Any] | None) -> str | None:

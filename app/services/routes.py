@@ -140,13 +140,15 @@ def parse_condition(text: str) -> Condition:
 
 def parse_destination(text: str) -> str:
     """``dicomweb:http(s)://host[:port]/path``, ``fhir:http(s)://host[:port]/path`` (a
-    FHIR R4 server's base, :mod:`app.services.fhir_push`) or ``dimse:AET@host:port``,
-    checked."""
+    FHIR R4 server's base, :mod:`app.services.fhir_push`), ``dimse:AET@host:port`` or
+    ``worklist:reading`` (:mod:`app.services.reading`), checked."""
     scheme, colon, rest = text.strip().partition(":")
     if scheme == "dicomweb" and colon:
         return f"dicomweb:{_base_url(rest, text, 'DICOMweb', 'dicomweb:https://host/path')}"
     if scheme == "fhir" and colon:
         return f"fhir:{_base_url(rest, text, 'FHIR', 'fhir:https://host/fhir')}"
+    if text.strip() == READING_DESTINATION:
+        return READING_DESTINATION
     if scheme == "dimse" and colon:
         aet, at, address = rest.partition("@")
         host, _, port = address.rpartition(":")
@@ -246,6 +248,28 @@ async def ensure_fhir_push(pool: Pool, url: str, token: str | None) -> Route:
         raise BadRequest("PICTOR_FHIR_PUSH_TOKEN has 1 to 4096 characters and no space")
     async with pool.acquire() as conn:
         return await index_routes.ensure(conn, FHIR_PUSH_ROUTE, destination, "study.stable", token)
+
+
+#: the route ``PICTOR_READING_WORKLIST`` keeps (app.services.reading)
+READING_ROUTE = "reading-worklist"
+READING_DESTINATION = "worklist:reading"
+
+
+async def ensure_reading(pool: Pool, enabled: bool) -> None:
+    """The route of ``PICTOR_READING_WORKLIST``: made at start while it is on, removed
+    when it is turned off. A process starting while the index is away leaves it as it
+    is (it serves 503 until the index answers; the next start sees to it)."""
+    try:
+        async with pool.acquire() as conn:
+            if enabled:
+                await index_routes.ensure(
+                    conn, READING_ROUTE, READING_DESTINATION, "study.stable", None
+                )
+                return
+            with contextlib.suppress(NotFound):
+                await index_routes.remove(conn, READING_ROUTE)
+    except INDEX_ERRORS as exc:
+        log.warning("the route %s could not be checked: %s", READING_ROUTE, exc)
 
 
 async def remove(pool: Pool, name: str) -> None:

@@ -11,14 +11,18 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import hl7
+import httpx
 import pydicom
 import pytest
 from hl7.client import MLLPClient
 from pydicom.dataset import Dataset
 
+from conftest import content_type, multipart, pictor_cli
 from server import PictorProcess, free_port
+from synth import ct_slice
 
 FINDSCU = Path("/usr/bin/findscu")  # absolute: pynetdicom may put shims earlier on PATH
 
@@ -527,3 +531,114 @@ def test_mpps_refusals_name_what_was_wrong_and_change_nothing(
         assert str(got.PatientName) == "DOE^JANE"
         assert got.PerformedProcedureStepStatus == "IN PROGRESS"
         assert _item_status(archive, tmp_path, "ACC302") == "STARTED"
+
+
+# -- the reading worklist (UPS-RS, PS3.18 11) -------------------------------------------
+
+
+def test_a_stable_study_becomes_a_reading_workitem_with_its_orders_priority(
+    tmp_path: Path,
+) -> None:
+    """Issue #18: a study that is stable gets one UPS "read study" workitem with the
+    priority of its order (STAT -> HIGH; none: MEDIUM) and the study referenced; a
+    reader claims and completes it over UPS-RS; its state is the study's reading
+    status. With PICTOR_READING_WORKLIST off, none is made."""
+    server = PictorProcess(
+        tmp_path / "data",
+        workers=1,
+        env={"PICTOR_HL7_PORT": str(free_port()), "PICTOR_STABLE_SECONDS": "1"},
+    )
+    server.hl7_port = int(server.extra_env["PICTOR_HL7_PORT"])  # type: ignore[attr-defined]
+    server.start()
+    try:
+        (ack,) = send(server, order("R1", "ACC901"))  # TQ priority S: STAT
+        assert str(ack.segment("MSA")[1]) == "AA"
+        ordered = "1.2.826.0.1.3680043.10.1.901"  # the order's ZDS
+        walk_in = "1.2.826.0.1.3680043.10.2.1"
+        for study, patient in ((walk_in, "WALKIN"), (ordered, "P100")):
+            series = f"{study}.1"
+            body = multipart([ct_slice(study, series, 0, rows=16, cols=16, patient_id=patient)])
+            r = httpx.post(
+                f"{server.dicomweb}/studies", content=body, headers={"Content-Type": content_type()}
+            )
+            assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        while True:
+            r = httpx.get(f"{server.dicomweb}/workitems", params={"WorklistLabel": "READING"})
+            if r.status_code == 200 and len(r.json()) == 2:
+                break
+            assert time.monotonic() < deadline, (r.status_code, r.text)
+            time.sleep(0.3)
+        first, second = r.json()  # STAT first
+        assert _value(first, "0020000D") == ordered and _value(first, "00741200") == "HIGH"
+        assert _value(second, "0020000D") == walk_in and _value(second, "00741200") == "MEDIUM"
+        assert _value(first, "00100020") == "P100" and _value(first, "00741000") == "SCHEDULED"
+        assert _value(first, "00741204").startswith("Read ")
+        (code,) = first["00404018"]["Value"]  # (110005, DCM, "Interpretation")
+        assert _value(code, "00080100") == "110005" and _value(code, "00080102") == "DCM"
+        (source,) = first["00404021"]["Value"]  # the study, and where to retrieve it
+        assert _value(source, "0020000D") == ordered
+        assert _value(source, "00081190") == f"{server.dicomweb}/studies/{ordered}"
+        uid = _value(first, "00080018")
+        transaction = "1.2.826.0.1.3680043.10.9.1"
+        state = f"{server.dicomweb}/workitems/{uid}/state"
+
+        def change(to: str) -> int:
+            body = {
+                "00741000": {"vr": "CS", "Value": [to]},
+                "00081195": {"vr": "UI", "Value": [transaction]},
+            }
+            return httpx.put(
+                state, json=body, headers={"Content-Type": "application/dicom+json"}
+            ).status_code
+
+        assert change("IN PROGRESS") == 200
+        performed = {
+            "00741216": {
+                "vr": "SQ",
+                "Value": [
+                    {
+                        "00404050": {"vr": "DT", "Value": ["20261203100000"]},
+                        "00404051": {"vr": "DT", "Value": ["20261203101500"]},
+                    }
+                ],
+            }
+        }
+        r = httpx.post(
+            f"{server.dicomweb}/workitems/{uid}?transaction={transaction}",
+            json=performed,
+            headers={"Content-Type": "application/dicom+json"},
+        )
+        assert r.status_code == 200, r.text
+        assert change("COMPLETED") == 200
+        status = httpx.get(
+            f"{server.dicomweb}/workitems", params={"StudyInstanceUID": ordered}
+        ).json()
+        assert [_value(w, "00741000") for w in status] == ["COMPLETED"]  # read
+        routes = pictor_cli("route", "status", "--json", data_dir=server.data_dir)
+        assert "reading-worklist" in routes.stdout
+    finally:
+        server.stop()
+    off = PictorProcess(
+        tmp_path / "off",
+        workers=1,
+        env={"PICTOR_READING_WORKLIST": "false", "PICTOR_STABLE_SECONDS": "1"},
+    ).start()
+    try:
+        study = "1.2.826.0.1.3680043.10.2.2"
+        body = multipart([ct_slice(study, f"{study}.1", 0, rows=16, cols=16)])
+        r = httpx.post(
+            f"{off.dicomweb}/studies", content=body, headers={"Content-Type": content_type()}
+        )
+        assert r.status_code == 200, r.text
+        time.sleep(3)  # stable, and more
+        assert httpx.get(f"{off.dicomweb}/workitems").status_code == 204
+        routes = pictor_cli("route", "status", "--json", data_dir=off.data_dir)
+        assert routes.returncode == 0 and "reading-worklist" not in routes.stdout
+    finally:
+        off.stop()
+
+
+def _value(attrs: dict[str, Any], tag: str) -> Any:
+    values = attrs.get(tag, {}).get("Value") or [None]
+    return values[0]

@@ -37,6 +37,8 @@ from cryptography.x509.oid import NameOID
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from app.auth import links
 
@@ -279,7 +281,32 @@ def all_routes(s: Secured) -> list[tuple[str, str]]:
     routes = [("GET", p) for p in SEARCHES + read_routes(s.study, s.series, s.sop)]
     routes += [("GET", "/fhir/ImagingStudy?accession=A"), ("GET", f"/fhir/ImagingStudy/{s.study}")]
     routes += [("POST", "/dicom-web/studies"), ("POST", f"/dicom-web/studies/{s.study}")]
-    return routes + ADMIN + [("DELETE", "/admin/tokens/reader")]
+    return routes + UPS + ADMIN + [("DELETE", "/admin/tokens/reader")]
+
+
+#: UPS-RS (issue #18): performers write; watchers (search, retrieve, subscriptions and
+#: the notification channel's GET) read
+_W = "/dicom-web/workitems/1.2.3"
+UPS = [
+    ("POST", "/dicom-web/workitems"),
+    ("GET", "/dicom-web/workitems"),
+    ("GET", _W),
+    ("POST", _W),
+    ("PUT", f"{_W}/state"),
+    ("POST", f"{_W}/cancelrequest"),
+    ("POST", f"{_W}/subscribers/AE1"),
+    ("DELETE", f"{_W}/subscribers/AE1"),
+    ("POST", "/dicom-web/workitems/1.2.840.10008.5.1.4.34.5/subscribers/AE1/suspend"),
+    ("GET", "/dicom-web/subscribers/AE1"),
+]
+
+
+def _needed(method: str, path: str) -> str:
+    if path.startswith(("/admin", "/metrics")):
+        return "admin"
+    if "/subscribers/" in path:
+        return "read"
+    return "write" if method in ("POST", "PUT") else "read"
 
 
 # -- 401 / 403 ------------------------------------------------------------------------------
@@ -311,13 +338,7 @@ def test_open_routes_stay_open(secured: Secured) -> None:
 def test_wrong_scope_is_403(secured: Secured) -> None:
     t = secured.tokens
     for method, path in all_routes(secured):
-        needed = (
-            "admin"
-            if path.startswith(("/admin", "/metrics"))
-            else "write"
-            if method == "POST"
-            else "read"
-        )
+        needed = _needed(method, path)
         wrong = {"read": t["writer"], "write": t["reader"], "admin": t["readwrite"]}[needed]
         r = secured.get(path, wrong, method=method)
         assert r.status_code == 403, (method, path, r.status_code)
@@ -340,6 +361,35 @@ def test_right_scope_passes(secured: Secured) -> None:
     # RFC 6750 2.3: the access_token query parameter, removed before QIDO sees it
     r = secured.get(f"/dicom-web/studies?PatientID=AUTHPAT&access_token={t['reader']}")
     assert r.status_code == 200 and len(r.json()) == 1
+
+
+def test_the_notification_channel_is_guarded_as_the_get_it_opens_with(secured: Secured) -> None:
+    """The UPS-RS channel (PS3.18 11.13) is a WebSocket whose handshake is a GET (RFC
+    6455 4.1): it needs the read scope like any read, refused before the upgrade with
+    the same answers; a study link may not watch the worklist; the audit names it."""
+    t = secured.tokens
+    channel = secured.base.replace("http://", "ws://") + "/dicom-web/subscribers/AUTHWS"
+    for headers, status in (
+        ({}, 401),
+        ({"Authorization": "Bearer pt_" + "x" * 43}, 401),
+        ({"Authorization": f"Bearer {t['writer']}"}, 403),
+        ({"Authorization": f"Bearer {_link(secured, secured.study).rsplit('/', 1)[1]}"}, 404),
+    ):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(channel, additional_headers=headers, open_timeout=10)
+        assert refused.value.response.status_code == status, headers
+    with (
+        connect(channel, additional_headers={"Authorization": f"Bearer {t['reader']}"}) as ws,
+        pytest.raises(TimeoutError),
+    ):
+        ws.recv(timeout=0.5)
+    with (
+        connect(f"{channel}?access_token={t['reader']}") as ws,
+        pytest.raises(TimeoutError),
+    ):  # RFC 6750 2.3: browsers
+        ws.recv(timeout=0.5)
+    rows = secured.wait_audit("action = 'ups-channel' AND status = 101", count=2)
+    assert len(rows) >= 2 and {r["who"] for r in rows} == {"token:reader"}
 
 
 def test_delete_needs_the_delete_scope_which_admin_includes(secured: Secured) -> None:

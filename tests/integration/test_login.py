@@ -20,6 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from conftest import Archive, Pictor, content_type, multipart, pictor_cli, stand_in_viewer
 from synth import ct_slice, new_uids
@@ -259,6 +262,28 @@ def test_cookie_writes_from_another_origin_are_refused(site: Site) -> None:
     )
     with site.client() as c:
         assert stow(site, c, Authorization=f"Bearer {done.stdout.strip()}").status_code == 200
+
+
+def test_a_websocket_from_another_origin_gets_no_session(site: Site) -> None:
+    """A WebSocket is not bound by the same-origin policy (RFC 6455 10.2): a page
+    elsewhere could open the UPS-RS notification channel (PS3.18 11.13) with the
+    person's cookie. Only the server's own origin may."""
+    channel = site.base.replace("http://", "ws://") + "/dicom-web/subscribers/WSREADER"
+    with site.client() as c:
+        assert sign_in(c, "admin1").status_code == 303
+        cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
+    for origin in ("http://evil.example", "null", f"http://localhost:{site.archive.process.port}"):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(channel, origin=Origin(origin), additional_headers={"Cookie": cookie})
+        assert refused.value.response.status_code == 403, origin
+    with pytest.raises(InvalidStatus) as anonymous:
+        connect(channel, origin=Origin(site.origin))
+    assert anonymous.value.response.status_code == 401
+    with (
+        connect(channel, origin=Origin(site.origin), additional_headers={"Cookie": cookie}) as ws,
+        pytest.raises(TimeoutError),
+    ):
+        ws.recv(timeout=0.5)  # open, and nothing queued for this AE
 
 
 def test_sign_in_and_sign_out_forms_from_another_origin_are_refused(site: Site) -> None:
