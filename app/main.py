@@ -40,6 +40,7 @@ from app.services.reading import ReadingSenders
 from app.services.retrieve import InstanceCache
 from app.services.routes import Routes, ensure_fhir_push, ensure_reading
 from app.services.tiering import Tiering
+from app.services.ups import Wakeups
 from app.services.webhooks import Webhooks
 
 log = logging.getLogger("pictor")
@@ -117,6 +118,8 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             app.state.scrubber.start()
             app.state.feed = FeedMover(pool)
             await app.state.feed.start()
+            app.state.ups_wakeups = Wakeups(pool)
+            await app.state.ups_wakeups.start()
             app.state.webhooks = Webhooks(settings, pool)
             app.state.webhooks.start()
             if settings.fhir_push_url:  # the route it stands for, as the setting says
@@ -145,6 +148,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             await app.state.tiering.stop()
             await app.state.routes.stop()
             await app.state.webhooks.stop()
+            await app.state.ups_wakeups.stop()
             await app.state.feed.stop()
             await app.state.scrubber.stop()
             await app.state.lifecycle.stop()

@@ -9,7 +9,9 @@ named (``?workitem=``, ``?AffectedSOPInstanceUID=``; ``?transaction=``).
 The notification channel is ``/dicom-web/subscribers/{aetitle}`` (PS3.18 11.13), the URL
 a Subscribe answers in ``Content-Location`` with ``ws``/``wss``: event reports queued
 for the AE are sent there, one DICOM JSON dataset per text message, oldest first, and
-dropped once sent; ones sent to nobody wait (up to a week) for the channel to open.
+dropped once sent; ones sent to nobody wait (up to a week) for the channel to open. A
+channel is woken by the commit that queues a report (NOTIFY, from any node) and looks
+every :data:`POLL_SECONDS` anyway.
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ from app.dicomweb.negotiation import choose
 from app.dicomweb.qido import query_parameters
 from app.dicomweb.urls import request_base_url
 from app.errors import BadRequest, PictorError, ServiceUnavailable, UnsupportedMediaType
-from app.services.ups import Outcome, Workitems, check_aet
+from app.services.ups import Outcome, Wakeups, Workitems, check_aet
 
 log = logging.getLogger("pictor.ups")
 
 DICOM_JSON = "application/dicom+json"
 #: a workitem's largest body (attributes only: PS3.18 11.1.3)
 MAX_BODY = 1 << 20
-#: how often an open channel looks for new event reports, in seconds
-POLL_SECONDS = 0.5
+#: how often an open channel looks for new event reports when none was announced
+POLL_SECONDS = 2.0
 _BATCH = 100
 
 
@@ -216,33 +218,40 @@ async def channel(
     if (await receive())["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
-    gone = asyncio.Event()
+    wake = asyncio.Event()
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while (await receive())["type"] != "websocket.disconnect":
             pass
-        gone.set()
+        gone = True
+        wake.set()
 
     watcher = asyncio.get_running_loop().create_task(watch())
     workitems = _workitems(state)
-    after = 0
+    wakeups: Wakeups = state.ups_wakeups
     try:
-        while not gone.is_set():
-            try:
-                batch = await workitems.pending(aet, after, _BATCH)
-            except ServiceUnavailable:  # the index is away: try again shortly
-                batch = []
-            for number, message in batch:
-                report = msgspec.json.decode(message)
-                report["00000110"] = {"vr": "US", "Value": [number % 65536]}  # Message ID
-                await send({"type": "websocket.send", "text": msgspec.json.encode(report).decode()})
-                after = number
-            if batch:
-                with contextlib.suppress(ServiceUnavailable):  # sent again: at least once
-                    await workitems.sent(aet, after)
-            if len(batch) < _BATCH:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(gone.wait(), POLL_SECONDS)
+        with wakeups.watch(aet, wake):
+            while not gone:
+                wake.clear()  # a report committed from here on wakes the wait below
+                try:
+                    batch = await workitems.pending(aet, _BATCH)
+                except ServiceUnavailable:  # the index is away: try again shortly
+                    batch = []
+                for number, message in batch:
+                    report = msgspec.json.decode(message)
+                    report["00000110"] = {"vr": "US", "Value": [number % 65536]}  # Message ID
+                    text = msgspec.json.encode(report).decode()
+                    await send({"type": "websocket.send", "text": text})
+                if batch:
+                    try:
+                        await workitems.sent(aet, [number for number, _ in batch])
+                    except ServiceUnavailable:  # they are sent again: at least once
+                        batch = []
+                if len(batch) < _BATCH:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), POLL_SECONDS)
     except OSError:  # the client went away mid-send: what was not cleared is sent again
         log.debug("the notification channel of %s closed while sending", aet)
     finally:

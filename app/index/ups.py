@@ -28,6 +28,8 @@ GLOBAL = "1.2.840.10008.5.1.4.34.5"
 FILTERED = "1.2.840.10008.5.1.4.34.5.1"
 #: event reports older than this are dropped unsent (their subscriber never came back)
 EVENT_DAYS = 7
+#: NOTIFY channel announcing, at commit, the AE titles that have new event reports
+EVENTS_CHANNEL = "pictor_ups"
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,9 @@ async def _queue(
         messages,
     )
     await conn.execute(
+        "SELECT pg_notify($1, a) FROM unnest($2::text[]) AS a", EVENTS_CHANNEL, list(aets)
+    )
+    await conn.execute(
         "DELETE FROM ups_event WHERE created_at < now() - make_interval(days => $1)",
         EVENT_DAYS,
     )
@@ -145,13 +150,14 @@ async def create(
     pool: asyncpg.Pool,
     uid: str,
     change: Change,
-    filters_of: Callable[[str], Sequence[Filter]],
+    filters_of: Callable[[str], Sequence[Filter] | None],
     *,
     who: str,
 ) -> None:
     """A new workitem; the worklist's subscribers (those of a filtered subscription
     when it matches, ``filters_of`` compiling its filter) are subscribed to it and sent
-    ``change.events``. A workitem with this UID already: :class:`Conflict`."""
+    ``change.events``; ``filters_of`` None: a filter that cannot be read, which matches
+    nothing. A workitem with this UID already: :class:`Conflict`."""
     try:
         async with pool.acquire() as conn, conn.transaction():
             created = await conn.fetchval(
@@ -178,9 +184,10 @@ async def create(
                    WHERE workitem = $1 AND NOT suspended""",
                 FILTERED,
             ):
-                sql, args = compile_find(
-                    [*filters_of(text or ""), Filter("uid", "single", (uid,))], 1, 0, UPS
-                )
+                filters = filters_of(text or "")
+                if filters is None:  # a filter this version cannot read: matches nothing
+                    continue
+                sql, args = compile_find([*filters, Filter("uid", "single", (uid,))], 1, 0, UPS)
                 if await conn.fetch(sql, *args):
                     await conn.execute(
                         """INSERT INTO ups_subscription (aet, workitem, deletion_lock)
@@ -397,15 +404,16 @@ async def suspend(pool: asyncpg.Pool, aet: str, workitem: str, *, who: str) -> N
 # -- the notification channel (PS3.18 11.13) ---------------------------------------------
 
 
-async def pending(pool: asyncpg.Pool, aet: str, after: int, limit: int) -> list[tuple[int, bytes]]:
-    """The next event reports for ``aet`` (id, DICOM JSON), oldest first."""
+async def pending(pool: asyncpg.Pool, aet: str, limit: int) -> list[tuple[int, bytes]]:
+    """The oldest event reports waiting for ``aet`` (id, DICOM JSON). No cursor: a
+    report committed after a younger one was sent (transactions commit out of order)
+    is still found, as sent ones are deleted. The reports of one workitem are made
+    under its row lock, so they are numbered in the order they happened."""
     try:
         async with pool.acquire() as conn:
             rows = await conn.fetch(
-                """SELECT id, message FROM ups_event WHERE aet = $1 AND id > $2
-                   ORDER BY id LIMIT $3""",
+                "SELECT id, message FROM ups_event WHERE aet = $1 ORDER BY id LIMIT $2",
                 aet,
-                after,
                 limit,
             )
     except INDEX_ERRORS as exc:
@@ -413,11 +421,13 @@ async def pending(pool: asyncpg.Pool, aet: str, after: int, limit: int) -> list[
     return [(r[0], bytes(r[1])) for r in rows]
 
 
-async def sent(pool: asyncpg.Pool, aet: str, upto: int) -> None:
-    """The event reports up to ``upto`` went out to ``aet``: not kept."""
+async def sent(pool: asyncpg.Pool, aet: str, ids: Sequence[int]) -> None:
+    """These event reports went out to ``aet``: not kept."""
     try:
         async with pool.acquire() as conn:
-            await conn.execute("DELETE FROM ups_event WHERE aet = $1 AND id <= $2", aet, upto)
+            await conn.execute(
+                "DELETE FROM ups_event WHERE aet = $1 AND id = ANY($2::bigint[])", aet, list(ids)
+            )
     except INDEX_ERRORS as exc:
         raise index_failure("the event reports could not be cleared", exc) from exc
 

@@ -25,10 +25,12 @@ record); nothing deletes them, so deletion locks are always granted and always h
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +42,12 @@ from app.dicom.uids import uid_problem
 from app.dicom.workitem import WorkitemError, first, first_code, key, name
 from app.errors import BadRequest, Conflict, NotFound
 from app.index import ups as index
-from app.index.database import Pool
+from app.index.database import Listener, Pool
 from app.index.ups import FILTERED, GLOBAL, Change, Columns, Report, StudyFacts, Workitem
 from app.index.worklist import Filter
 from app.services.worklist import build_filters, dicom_datetime
 
-__all__ = ["FILTERED", "GLOBAL", "Outcome", "Workitems", "check_aet"]
+__all__ = ["FILTERED", "GLOBAL", "Outcome", "Wakeups", "Workitems", "check_aet"]
 
 #: Event Type IDs (PS3.4 Table CC.2.4-1)
 STATE_REPORT, CANCEL_REQUESTED, PROGRESS_REPORT, ASSIGNED = 1, 2, 3, 5
@@ -451,8 +453,11 @@ class Workitems:
         return Outcome(uid)
 
     @staticmethod
-    def _filters_of(text: str) -> Sequence[Filter]:
-        return build_filters(_filter_values(text), MATCHING)
+    def _filters_of(text: str) -> Sequence[Filter] | None:
+        try:
+            return build_filters(_filter_values(text), MATCHING)
+        except BadRequest:
+            return None
 
     # -- Retrieve (PS3.18 11.5; N-GET, CC.2.7) --------------------------------------------
 
@@ -545,7 +550,9 @@ class Workitems:
                     raise WrongTransaction(
                         "The Transaction UID is incorrect: it is not the performer's"
                     )
-                raise _inconsistent(item, "it was claimed already")  # C302 / C300
+                if item.state == "IN PROGRESS":  # C302
+                    raise _inconsistent(item, "it was claimed already")
+                raise _inconsistent(item, "it may no longer be changed")  # C300
             if item.state == "SCHEDULED":  # C310
                 raise _inconsistent(item, f"it must be IN PROGRESS before it is {target}")
             _transaction(transaction, item)
@@ -705,8 +712,45 @@ class Workitems:
 
     # -- the notification channel (PS3.18 11.13) ------------------------------------------
 
-    async def pending(self, aet: str, after: int, limit: int) -> list[tuple[int, bytes]]:
-        return await index.pending(self.pool, aet, after, limit)
+    async def pending(self, aet: str, limit: int) -> list[tuple[int, bytes]]:
+        return await index.pending(self.pool, aet, limit)
 
-    async def sent(self, aet: str, upto: int) -> None:
-        await index.sent(self.pool, aet, upto)
+    async def sent(self, aet: str, ids: Sequence[int]) -> None:
+        await index.sent(self.pool, aet, ids)
+
+
+class Wakeups:
+    """Wakes a process's open notification channels when event reports for their AE
+    are committed (LISTEN on :data:`app.index.ups.EVENTS_CHANNEL`, on any node); while
+    listening is interrupted, every channel is woken, and each polls anyway."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._listener = Listener(pool, index.EVENTS_CHANNEL, self._announced, self._all)
+
+    async def start(self) -> None:
+        await self._listener.start()
+
+    async def stop(self) -> None:
+        await self._listener.stop()
+
+    def _announced(self, aet: str) -> None:
+        for event in self._waiting.get(aet, ()):
+            event.set()
+
+    def _all(self) -> None:
+        for events in self._waiting.values():
+            for event in events:
+                event.set()
+
+    @contextlib.contextmanager
+    def watch(self, aet: str, event: asyncio.Event) -> Iterator[None]:
+        """``event`` is set whenever reports for ``aet`` are announced, meanwhile."""
+        self._waiting.setdefault(aet, set()).add(event)
+        try:
+            yield
+        finally:
+            waiting = self._waiting.get(aet, set())
+            waiting.discard(event)
+            if not waiting:
+                self._waiting.pop(aet, None)
