@@ -13,6 +13,7 @@ connection closed, as the rest of it cannot be told from the next message.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from app.hl7.messages import (
     DATA_TYPE_ERROR,
     INTERNAL_ERROR,
     UNKNOWN_KEY,
+    Header,
     Message,
     MessageError,
     Order,
@@ -126,24 +128,32 @@ class Listener:
             await writer.drain()
 
     async def handle(self, raw: bytes, address: str) -> str:
-        """The ACK for one message (never raises)."""
+        """The ACK for one message (never raises). A message acted on before (the same
+        MSH-3, MSH-4, MSH-10 and content: an engine that timed out waiting for the ACK
+        sends it again) gets the AA it got then and is not acted on twice; one that
+        changed nothing (AE, AR) is handled again."""
         header = None
         try:
             text = decode(raw)
             header = header_of(text)
-            message = parse(text)
-            outcome = await self._act(message, f"hl7:{header.sending_application}@{address}")
-            return ack(header, "AA", _summary(outcome))
+            sender = (header.sending_application, header.sending_facility, header.control_id)
+            digest = hashlib.sha256(raw).digest()
+            if header.control_id:
+                before = await self.worklist.answered(sender, digest)
+                if before is not None:
+                    log.info("HL7 message %s from %s answered again", header.control_id, address)
+                    return before
+            answer, code = await self._answer(text, header, address)
+            if header.control_id and code == "AA":
+                try:
+                    await self.worklist.remember_answer(sender, digest, answer)
+                except PictorError as exc:  # acted on: the answer stands all the same
+                    log.warning("HL7 message %s not remembered: %s", header.control_id, exc)
+            return answer
         except MessageError as exc:
             code = "AR" if exc.reject else "AE"
             log.info("HL7 %s from %s: %s", code, address, exc)
             return ack(header, code, str(exc), error=exc)
-        except NotFound as exc:
-            error = MessageError(exc.message, code=UNKNOWN_KEY)
-            return ack(header, "AE", exc.message, error=error)
-        except BadRequest as exc:
-            error = MessageError(exc.message, code=DATA_TYPE_ERROR)
-            return ack(header, "AE", exc.message, error=error)
         except PictorError as exc:  # the index is down or busy: send it again later
             log.warning("HL7 message from %s not processed: %s", address, exc)
             error = MessageError(
@@ -154,6 +164,23 @@ class Listener:
             log.exception("HL7 message from %s failed", address)
             error = MessageError("internal error", code=INTERNAL_ERROR)
             return ack(header, "AR", str(error), error=error)
+
+    async def _answer(self, text: str, header: Header, address: str) -> tuple[str, str]:
+        """The ACK for a message whose header was read, and its code (AA, AE, AR)."""
+        try:
+            message = parse(text)
+            outcome = await self._act(message, f"hl7:{header.sending_application}@{address}")
+            return ack(header, "AA", _summary(outcome)), "AA"
+        except MessageError as exc:
+            code = "AR" if exc.reject else "AE"
+            log.info("HL7 %s from %s: %s", code, address, exc)
+            return ack(header, code, str(exc), error=exc), code
+        except NotFound as exc:
+            error = MessageError(exc.message, code=UNKNOWN_KEY)
+            return ack(header, "AE", exc.message, error=error), "AE"
+        except BadRequest as exc:
+            error = MessageError(exc.message, code=DATA_TYPE_ERROR)
+            return ack(header, "AE", exc.message, error=error), "AE"
 
     async def _act(self, message: Message, who: str) -> Outcome:
         patient = message.patient

@@ -516,3 +516,53 @@ async def find(
     except INDEX_ERRORS as exc:
         raise index_failure("the worklist query failed", exc) from exc
     return [bytes(r[0]) for r in rows[:limit]], len(rows) > limit
+
+
+# -- HL7 messages already answered (``schemas/019``) -------------------------------------
+
+#: how long an answered message is remembered
+ANSWERED_DAYS = 7
+
+
+async def answered(pool: asyncpg.Pool, sender: tuple[str, str, str], digest: bytes) -> str | None:
+    """The ACK given in the last week to the message (MSH-3, MSH-4, MSH-10) with this
+    content (its SHA-256), if any."""
+    try:
+        async with pool.acquire() as conn:
+            value = await conn.fetchval(
+                """SELECT ack FROM hl7_message
+                   WHERE sending_application = $1 AND sending_facility = $2
+                     AND control_id = $3 AND digest = $4
+                     AND received_at > now() - make_interval(days => $5)""",
+                *sender,
+                digest,
+                ANSWERED_DAYS,
+            )
+    except INDEX_ERRORS as exc:
+        raise index_failure("the HL7 messages answered could not be read", exc) from exc
+    return str(value) if value is not None else None
+
+
+async def remember_answer(
+    pool: asyncpg.Pool, sender: tuple[str, str, str], digest: bytes, ack: str
+) -> None:
+    """The ACK given to the message, kept for :func:`answered` (older ones dropped)."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO hl7_message (sending_application, sending_facility,
+                       control_id, digest, ack)
+                   VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (sending_application, sending_facility, control_id)
+                   DO UPDATE SET digest = EXCLUDED.digest, ack = EXCLUDED.ack,
+                       received_at = now()""",
+                *sender,
+                digest,
+                ack,
+            )
+            await conn.execute(
+                "DELETE FROM hl7_message WHERE received_at < now() - make_interval(days => $1)",
+                ANSWERED_DAYS,
+            )
+    except INDEX_ERRORS as exc:
+        raise index_failure("the HL7 answer could not be recorded", exc) from exc

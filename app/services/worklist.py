@@ -200,6 +200,13 @@ class Worklist:
         patient_patch(attrs)  # the same checks as an ADT's, before anything is written
         return await index.apply_orders(self.pool, patient, attrs, changes, who=who)
 
+    async def answered(self, sender: tuple[str, str, str], digest: bytes) -> str | None:
+        """The AA already given to this message (MSH-3, MSH-4, MSH-10, content), if any."""
+        return await index.answered(self.pool, sender, digest)
+
+    async def remember_answer(self, sender: tuple[str, str, str], digest: bytes, ack: str) -> None:
+        await index.remember_answer(self.pool, sender, digest, ack)
+
     async def find(
         self, filters: Sequence[Filter], limit: int, offset: int
     ) -> tuple[list[bytes], bool]:

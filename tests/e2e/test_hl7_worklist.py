@@ -190,6 +190,37 @@ def test_bad_messages_get_ae_or_ar_and_the_connection_stays(
     assert after == before | {"ACC902"}  # nothing of the refused ones was written
 
 
+def test_a_message_sent_again_gets_its_first_answer_and_is_not_applied_twice(
+    archive: PictorProcess, tmp_path: Path
+) -> None:
+    """An interface engine that timed out waiting for an ACK sends the same message
+    again (the same MSH-10): it gets the AA it got the first time, and the order it
+    carried is not applied again, here over a cancellation that came in between. The
+    same MSH-10 with other content, or a message that got AE, is handled again."""
+    new_order = order("D1", "ACC701")
+    (first,) = send(archive, new_order)
+    assert str(first.segment("MSA")[1]) == "AA"
+    (cancel,) = send(archive, order("D2", "ACC701", oc="CA"))
+    assert str(cancel.segment("MSA")[1]) == "AA"
+    (again,) = send(archive, new_order)  # the retry of D1, after the cancellation
+    assert str(again) == str(first)  # the very answer of the first time
+    keys = [k for k in STEP if "StartDate" not in k] + [
+        "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus="
+    ]
+    found = {str(d.AccessionNumber) for d in worklist(archive, tmp_path, *keys)}
+    assert "ACC701" not in found  # still cancelled: D1 was not applied twice
+    (other,) = send(archive, order("D1", "ACC702"))  # MSH-10 reused, other content
+    assert str(other.segment("MSA")[1]) == "AA" and str(other) != str(first)
+    assert "ACC702" in {str(d.AccessionNumber) for d in worklist(archive, tmp_path, *keys)}
+    unknown = "\r".join([_msh("ADT^A08", "D3"), "EVN|A08", "PID|1||NOBODY^^^HOSP||X^Y"])
+    (ae,) = send(archive, unknown)
+    assert str(ae.segment("MSA")[1]) == "AE"
+    register = "\r".join([_msh("ADT^A04", "D4"), "EVN|A04", "PID|1||NOBODY^^^HOSP||X^Y"])
+    assert str(send(archive, register)[0].segment("MSA")[1]) == "AA"
+    (now,) = send(archive, unknown)  # the same message, handled again: the patient exists
+    assert str(now.segment("MSA")[1]) == "AA"
+
+
 def test_a_frame_larger_than_the_limit_is_refused_and_closed(archive: PictorProcess) -> None:
     import socket
 
