@@ -121,12 +121,22 @@ def validate(body: Any) -> dict[str, Any]:
     return patch
 
 
-def _check_values(patch: dict[str, Any]) -> None:
+def dataset_of(attrs: dict[str, Any]) -> Dataset:
+    """DICOM JSON (checked in its shape already) as a pydicom dataset; ValueError, with
+    pydicom's reason, when pydicom cannot read it (its warnings are silenced: the
+    values are validated by :func:`value_problem` after)."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the values are validated below
-            ds = Dataset.from_json(msgspec.json.encode(patch).decode())
+            warnings.simplefilter("ignore")
+            return Dataset.from_json(msgspec.json.encode(attrs).decode())
     except Exception as exc:  # noqa: BLE001 - pydicom raises several kinds on bad JSON
+        raise ValueError(str(exc)[:200]) from None
+
+
+def _check_values(patch: dict[str, Any]) -> None:
+    try:
+        ds = dataset_of(patch)
+    except ValueError as exc:
         raise PatchError(f"the correction is not valid DICOM JSON: {exc}") from None
     for element in ds:
         if element.VR == "SQ":

@@ -7,14 +7,13 @@ so ``BulkDataURI`` is refused and ``InlineBinary`` is bounded with the whole bod
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import msgspec
 from pydicom.datadict import dictionary_description, dictionary_VR
 from pydicom.dataset import Dataset
 
-from app.dicom.patch import value_problem
+from app.dicom.patch import dataset_of, value_problem
 
 #: attributes of one workitem, sequence items included (a bounded request dimension)
 MAX_ELEMENTS = 2000
@@ -140,11 +139,9 @@ def _dataset(raw: dict[str, Any], depth: int, counter: list[int]) -> dict[str, A
 
 def _check_values(dataset: dict[str, Any]) -> None:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the values are validated below
-            ds = Dataset.from_json(msgspec.json.encode(dataset).decode())
-    except Exception as exc:  # noqa: BLE001 - pydicom raises several kinds on bad JSON
-        raise WorkitemError(f"not valid DICOM JSON: {str(exc)[:200]}") from None
+        ds = dataset_of(dataset)
+    except ValueError as exc:
+        raise WorkitemError(f"not valid DICOM JSON: {exc}") from None
     _check_elements(ds)
 
 

@@ -65,11 +65,11 @@ MATCHING: dict[int, tuple[str, str]] = {
     wi.PATIENT_NAME: ("patient_name", "text"),
     wi.STUDY_UID: ("study_uid", "uid"),
     wi.ACCESSION: ("accession_number", "text"),
+    1: ("station_aet", "text"),  # ScheduledStationNameCodeSequence.CodeValue
+    2: ("workitem_code", "text"),  # ScheduledWorkitemCodeSequence.CodeValue
 }
 #: sequence matching keys: (sequence, its item's attribute) -> a pseudo tag of MATCHING
 _NESTED = {(wi.STATION_NAMES, wi.CODE_VALUE): 1, (wi.WORKITEM_CODES, wi.CODE_VALUE): 2}
-MATCHING[1] = ("station_aet", "text")
-MATCHING[2] = ("workitem_code", "text")
 
 #: attributes an update may not change (PS3.4 Table CC.2.5-3, "Not allowed" for N-SET)
 NOT_UPDATABLE = frozenset(
@@ -88,8 +88,10 @@ NOT_UPDATABLE = frozenset(
     }
 )
 #: what a cancellation request may say (PS3.4 Table CC.2.2-1)
-CANCEL_ATTRIBUTES = frozenset({wi.CANCELLATION_REASON, 0x0074100E, wi.CONTACT_URI, wi.CONTACT_NAME})
-_DISCONTINUATION_CODES = 0x0074100E
+_DISCONTINUATION_CODES = 0x0074100E  # Procedure Step Discontinuation Reason Code Sequence
+CANCEL_ATTRIBUTES = frozenset(
+    {wi.CANCELLATION_REASON, _DISCONTINUATION_CODES, wi.CONTACT_URI, wi.CONTACT_NAME}
+)
 _CANCELLATION_TIME = 0x00404052
 _MODIFIED = 0x00404010  # Scheduled Procedure Step Modification DateTime
 _REQUESTING_AE = 0x00741236
@@ -113,7 +115,6 @@ class Outcome:
 
     uid: str
     warning: str | None = None
-    subscribed: int = 0
 
 
 def check_aet(aet: str) -> str:
@@ -660,7 +661,7 @@ class Workitems:
             filters = build_filters(_filter_values(text), MATCHING)
         elif text is not None:
             raise BadRequest(f"only the filtered worklist subscription ({FILTERED}) takes a filter")
-        count = await index.subscribe(
+        await index.subscribe(
             self.pool,
             aet,
             workitem,
@@ -671,7 +672,7 @@ class Workitems:
             who=who,
             limit=MAX_SUBSCRIBED,
         )
-        return Outcome(workitem, subscribed=count)
+        return Outcome(workitem)
 
     async def unsubscribe(self, workitem: str, aet: str, *, who: str) -> Outcome:
         await index.unsubscribe(self.pool, check_aet(aet), check_uid(workitem), who=who)
