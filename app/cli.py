@@ -113,20 +113,24 @@ def serve(args: argparse.Namespace) -> int:
             watched.append(
                 _Watched("the embedded PostgreSQL", lambda: embedded.running, embedded.restart)
             )
-        # server processes read their settings from the environment
+        # server processes read their settings from the environment; deliveries, tier
+        # moves and the scrub run in a process of their own, at a lower priority
+        # (app.background), not in the HTTP and DIMSE processes
+        settings = msgspec.structs.replace(settings, background_process=True)
         os.environ.update(to_environment(settings))
-        for module, port, name in (
+        parts: tuple[tuple[str, int | None, str], ...] = (
+            ("app.background", None, "background"),
             ("app.dimse", settings.dimse_port, "DIMSE"),
             ("app.hl7", settings.hl7_port, "HL7"),
-        ):
-            if not port:
+        )
+        for module, listen, name in parts:
+            if listen == 0:
                 continue
-            sidecar = _ServerProcess(module, settings.host, port)
+            sidecar = _ServerProcess(module, settings.host, listen)
             sidecars.append(sidecar)
             if not sidecar.start():
-                sys.exit(
-                    f"pictor: the {name} process did not start listening on port {port}; see above"
-                )
+                where = f" listening on port {listen}" if listen else ""
+                sys.exit(f"pictor: the {name} process did not start{where}; see above")
             watched.append(_Watched(f"the {name} process", sidecar.alive, sidecar.start))
         watchdog = _Watchdog(watched)
         watchdog.start()
@@ -278,9 +282,10 @@ class _Watchdog:
 
 class _ServerProcess:
     """A process beside the HTTP workers, ``python -m <module>`` (the DIMSE or the HL7
-    listener), with the settings in the environment, listening on ``port``."""
+    listener, the background process), with the settings in the environment, listening
+    on ``port`` (None: on no port)."""
 
-    def __init__(self, module: str, host: str, port: int) -> None:
+    def __init__(self, module: str, host: str, port: int | None) -> None:
         self.module = module
         self.host = host
         self.port = port
@@ -290,6 +295,8 @@ class _ServerProcess:
         """Start it and wait until it accepts connections (a ready server is ready on
         both doors); False if it exits or does not listen in time."""
         self.proc = subprocess.Popen([sys.executable, "-m", self.module])
+        if self.port is None:
+            return self.proc.poll() is None  # nothing to wait for: it works from the index
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -84,6 +84,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scrub_rate: int = 16 << 20
     #: seconds between runs of the background purge of expired trash
     purge_interval: float = 600.0
+    #: the niceness (0-19) of ``pictor serve``'s background process (webhook and route
+    #: deliveries, tier moves, the fixity scrub) and of its database sessions where the
+    #: database runs on this machine: work that can wait yields the cores to ingest
+    background_nice: int = 10
+    #: set by ``pictor serve`` for its children: a background process of its own does
+    #: the deliveries, moves and scrubs, so the HTTP and DIMSE processes do not
+    background_process: bool = False
     #: HTTP server processes (unset: two per core, at most 8; 1 to 64 when given). All
     #: share the index and the storage. Two per core keep both cores busy when a few
     #: long-lived connections (a modality's STOW client) land unevenly on the processes.
@@ -271,6 +278,8 @@ ENVIRONMENT: dict[str, str] = {
     "PICTOR_TRASH_DAYS": "trash_days",
     "PICTOR_MIN_FREE_BYTES": "min_free_bytes",
     "PICTOR_SCRUB_RATE": "scrub_rate",
+    "PICTOR_BACKGROUND_NICE": "background_nice",
+    "PICTOR_BACKGROUND_PROCESS": "background_process",
     "PICTOR_S3_ENDPOINT_URL": "s3_endpoint_url",
     "PICTOR_STORAGE_URL": "storage_url",
     "PICTOR_COLD_STORAGE_URL": "cold_storage_url",
@@ -487,6 +496,8 @@ def load_settings(
             f"PICTOR_WORKERS={raw['workers']!r} / --workers: give 1 to 64 server processes "
             "(unset: two per core, at most 8)"
         )
+    if not 0 <= settings.background_nice <= 19:
+        raise ConfigError("PICTOR_BACKGROUND_NICE is a niceness from 0 to 19")
     if settings.scrub_rate < 0:
         raise ConfigError("PICTOR_SCRUB_RATE cannot be negative (0 turns the scrub off)")
     if settings.min_free_bytes < 0:

@@ -17,14 +17,12 @@ from app.auth.middleware import Access, AccessMiddleware
 from app.auth.oidc import JwtVerifier
 from app.auth.sessions import SessionVerifier
 from app.auth.tokens import TokenVerifier
+from app.background import Background
 from app.bootstrap import EmbeddedPostgres, create_pool, open_store, prepare
 from app.codec import pool as codec_pool
 from app.config import Settings
-from app.dicom import deidentify
-from app.dicomweb import forward as dicomweb_forward
 from app.dicomweb.cors import CrossOriginMiddleware
 from app.dicomweb.errors import EXCEPTION_HANDLERS
-from app.dimse import forward as dimse_forward
 from app.errors import ServiceUnavailable
 from app.observability import (
     MetricsMiddleware,
@@ -32,22 +30,14 @@ from app.observability import (
 )
 from app.routes import HotDispatch, PathGuard, framework_routes
 from app.services.events import FeedMover
-from app.services.fhir_push import FhirSenders
-from app.services.fixity import Scrubber
 from app.services.ingest import Ingest
 from app.services.lifecycle import Lifecycle
-from app.services.reading import ReadingSenders
 from app.services.retrieve import InstanceCache
-from app.services.routes import Routes, ensure_fhir_push, ensure_reading
+from app.services.routes import ensure_fhir_push, ensure_reading
 from app.services.tiering import Tiering
 from app.services.ups import Wakeups
-from app.services.webhooks import Webhooks
 
 log = logging.getLogger("pictor")
-
-
-async def _archive_key(secret: links.LinkSecret) -> bytes:
-    return deidentify.archive_key(await secret.get())
 
 
 def app_from_environment() -> Litestar:
@@ -114,43 +104,30 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
                 await app.state.access.sessions.start()
             await app.state.instances.start()
             app.state.lifecycle.start(settings.purge_interval)
-            app.state.scrubber = Scrubber(pool, store, settings.scrub_rate)
-            app.state.scrubber.start()
             app.state.feed = FeedMover(pool)
             await app.state.feed.start()
             app.state.ups_wakeups = Wakeups(pool)
             await app.state.ups_wakeups.start()
-            app.state.webhooks = Webhooks(settings, pool)
-            app.state.webhooks.start()
             if settings.fhir_push_url:  # the route it stands for, as the setting says
                 await ensure_fhir_push(
                     pool, settings.fhir_push_url, settings.fhir_push_token or None
                 )
             await ensure_reading(pool, settings.reading_worklist)
-            app.state.routes = Routes(
-                settings,
-                pool,
-                {
-                    "dicomweb": dicomweb_forward.DicomwebSenders(store, settings),
-                    "dimse": dimse_forward.senders(store, settings),
-                    "fhir": FhirSenders(pool, settings),
-                    "worklist": ReadingSenders(pool, settings),
-                },
-                lambda: _archive_key(link_secret),
-            )
-            app.state.routes.start()
-            app.state.tiering = Tiering(settings, pool, store)
-            app.state.tiering.start()
+            background: Background | Tiering
+            if settings.background_process:
+                # pictor serve's background process delivers, moves and scrubs
+                # (app.background); this one only writes down the studies it read
+                background = Tiering(settings, pool, store, moves=False)
+            else:
+                background = Background(settings, pool, store)
+            background.start()
             # started in the background: serving does not wait for the codec workers
             warming = asyncio.get_running_loop().create_task(codec_pool.warm_up())
             yield
             warming.cancel()
-            await app.state.tiering.stop()
-            await app.state.routes.stop()
-            await app.state.webhooks.stop()
+            await background.stop()
             await app.state.ups_wakeups.stop()
             await app.state.feed.stop()
-            await app.state.scrubber.stop()
             await app.state.lifecycle.stop()
             await app.state.instances.stop()
             if settings.auth:

@@ -224,8 +224,9 @@ async def serve(settings: Settings) -> None:
     try:
         store = open_store(settings)
         res = Resources(settings, pool, store, Ingest(settings, pool, store), Bridge(loop))
-        # C-MOVE / C-GET reads keep studies hot, and this process may be the tier mover
-        tiering = Tiering(settings, pool, store)
+        # C-MOVE / C-GET reads keep studies hot; this process may be the tier mover
+        # unless pictor serve runs a background process for that (app.background)
+        tiering = Tiering(settings, pool, store, moves=not settings.background_process)
         tiering.start()
         evt_handlers = handlers(res)
         if restricted(settings):

@@ -145,14 +145,31 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    on_connect: Callable[[asyncpg.Connection], Any] | None = None,
+    application_name: str | None = None,
+) -> asyncpg.Pool:
+    """A pool of connections to the index; ``on_connect(conn)`` (a coroutine function)
+    runs once on each new connection after the codecs are set; ``application_name``
+    names the sessions in ``pg_stat_activity``."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if on_connect is not None:
+            await on_connect(conn)
+
     try:
         pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            init=_init_connection,
+            init=init,
             reset=_reset_connection,
+            server_settings={"application_name": application_name} if application_name else None,
             command_timeout=60,
         )
     except (*INDEX_ERRORS, ValueError, OverflowError) as exc:  # also: a malformed URL

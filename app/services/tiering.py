@@ -93,10 +93,16 @@ def _copy(source: BlobStore, target: BlobStore, key: str) -> str:
 
 
 class Tiering:
-    def __init__(self, settings: Settings, pool: Pool, store: BlobStore) -> None:
+    def __init__(
+        self, settings: Settings, pool: Pool, store: BlobStore, *, moves: bool = True
+    ) -> None:
+        """``moves=False``: the background job only writes down the studies this process
+        read (:data:`READS`); another process of the archive moves and recalls
+        (``pictor serve``'s background process, :mod:`app.background`)."""
         self.settings = settings
         self.pool = pool
         self.store = store if isinstance(store, TieredBlobStore) else None
+        self.moves = moves
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -234,7 +240,7 @@ class Tiering:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             await self.flush()
-            if not self.enabled:
+            if not self.enabled or not self.moves:
                 continue
             try:
                 recalls = (

@@ -5,9 +5,11 @@ backoff by a receiver that fails for a while, kept across a restart, shown by
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
 import uuid
@@ -16,10 +18,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
+import psutil
 import pytest
 
-from conftest import Archive, Pictor, content_type, multipart, pictor_cli
+from conftest import Archive, Pictor, content_type, embedded_dsn, multipart, pictor_cli
 from server import free_port
 from synth import ct_slice, new_uids, sop_instance_uid
 
@@ -216,6 +220,69 @@ def test_deliveries_survive_a_restart(tmp_path: Path, pictor: Pictor) -> None:
         assert status(data)[0]["pending"] == 0
     finally:
         receiver.close()
+
+
+def background_pid(server: Any) -> int:
+    """The pid of ``pictor serve``'s background process (``python -m app.background``)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for child in psutil.Process(server.proc.pid).children():
+            try:
+                if "app.background" in child.cmdline():
+                    return int(child.pid)
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.1)
+    raise AssertionError("no background process")
+
+
+def sessions_of(data: Path, application: str) -> list[int]:
+    """The server pids of the database sessions named ``application``."""
+
+    async def query() -> list[int]:
+        conn = await asyncpg.connect(embedded_dsn(data))
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application
+            )
+            return [row["pid"] for row in rows]
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())
+
+
+def test_deliveries_run_in_a_lowered_background_process_that_is_restarted(
+    tmp_path: Path, pictor: Pictor, receiver: Receiver
+) -> None:
+    data = tmp_path / "data"
+    process = pictor(data, env={**FAST, "PICTOR_BACKGROUND_NICE": "7"})
+    archive = Archive(process)
+    add_hook(data, receiver.url, "instance.created")
+    first = background_pid(process)
+    assert os.getpriority(os.PRIO_PROCESS, first) == 7
+    # its database sessions (the embedded PostgreSQL is on this machine) are lowered too,
+    # the HTTP workers' are not
+    sessions = sessions_of(data, "pictor-background")
+    assert sessions and all(os.getpriority(os.PRIO_PROCESS, pid) == 7 for pid in sessions)
+    for worker in psutil.Process(process.proc.pid).children():  # type: ignore[union-attr]
+        if worker.pid != first:
+            assert os.getpriority(os.PRIO_PROCESS, worker.pid) == 0
+    study, series = new_uids()
+    stow(archive, [ct_slice(study, series, 0, rows=16, cols=16)])
+    assert receiver.wait(1)[0]["data"]["SOPInstanceUID"] == sop_instance_uid(series, 0)
+    # killed, it is started again; what was stored meanwhile is delivered after
+    psutil.Process(first).kill()
+    stow(archive, [ct_slice(study, series, 1, rows=16, cols=16)])
+    deadline = time.monotonic() + 20
+    while (second := background_pid(process)) == first and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert second != first
+    events = receiver.wait(2)
+    assert [e["data"]["SOPInstanceUID"] for e in events] == [
+        sop_instance_uid(series, i) for i in range(2)
+    ]
+    assert "the background process stopped; restarting it" in process.log_path.read_text()
 
 
 def test_hostile_subscriptions_are_refused(tmp_path: Path, pictor: Pictor) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from app.config import ConfigError, load_settings, to_environment
@@ -28,6 +29,9 @@ def test_environment_round_trip() -> None:
     assert load_settings({}, to_environment(s)) == s
     # the default worker count (unset) passes to the children as unset, not as 0
     assert "PICTOR_WORKERS" not in to_environment(s)
+    # pictor serve tells its children that a background process of its own delivers
+    child = load_settings({}, to_environment(msgspec.structs.replace(s, background_process=True)))
+    assert child.background_process and not s.background_process
     three = load_settings({"workers": 3}, {})
     assert load_settings({}, to_environment(three)).worker_count == 3
 
@@ -46,6 +50,8 @@ def test_environment_round_trip() -> None:
         ({"PICTOR_TRASH_DAYS": "-1"}, "PICTOR_TRASH_DAYS"),
         ({"PICTOR_TRASH_DAYS": "soon"}, "PICTOR_TRASH_DAYS='soon'"),
         ({"PICTOR_PURGE_INTERVAL": "0"}, "PICTOR_PURGE_INTERVAL"),
+        ({"PICTOR_BACKGROUND_NICE": "20"}, "PICTOR_BACKGROUND_NICE is a niceness from 0 to 19"),
+        ({"PICTOR_BACKGROUND_NICE": "-5"}, "PICTOR_BACKGROUND_NICE is a niceness from 0 to 19"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_variable(env: dict[str, str], says: str) -> None:
