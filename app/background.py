@@ -24,9 +24,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
-
-import asyncpg
 
 from app.auth import links
 from app.bootstrap import create_pool, open_store
@@ -34,7 +33,9 @@ from app.config import ConfigError, Settings, load_settings
 from app.dicom import deidentify
 from app.dicomweb import forward as dicomweb_forward
 from app.dimse import forward as dimse_forward
-from app.index.database import Pool
+from app.errors import PictorError
+from app.index.database import BACKGROUND_APPLICATION, Pool
+from app.process import say_ready
 from app.services.fhir_push import FhirSenders
 from app.services.fixity import Scrubber
 from app.services.reading import ReadingSenders
@@ -44,9 +45,6 @@ from app.services.webhooks import Webhooks
 from app.storage import BlobStore
 
 log = logging.getLogger("pictor")
-
-#: the ``application_name`` of this process's database sessions (``pg_stat_activity``)
-APPLICATION_NAME = "pictor-background"
 
 
 class Background:
@@ -123,14 +121,14 @@ def lower_priority(pid: int, nice: int) -> bool:
     return True
 
 
-def session_lowering(settings: Settings) -> Callable[[asyncpg.Connection], Awaitable[None]] | None:
+def session_lowering(settings: Settings) -> Callable[[Any], Awaitable[None]] | None:
     """The ``on_connect`` of this process's pool: each new session's server process is
     lowered to ``PICTOR_BACKGROUND_NICE`` when the database is local, else None."""
     nice = settings.background_nice
     if not nice or not on_this_machine(settings.database_url):
         return None
 
-    async def lower(conn: asyncpg.Connection) -> None:
+    async def lower(conn: Any) -> None:  # an asyncpg connection
         pid = conn.get_server_pid()
         if not lower_priority(pid, nice):
             log.debug("the database session %d keeps its priority", pid)
@@ -148,11 +146,12 @@ async def serve(settings: Settings) -> None:
         settings.database_url,
         min_size=1,
         on_connect=session_lowering(settings),
-        application_name=APPLICATION_NAME,
+        application_name=BACKGROUND_APPLICATION,
     )
     try:
         background = Background(settings, pool, open_store(settings))
         background.start()
+        say_ready()
         try:
             await stop.wait()
         finally:
@@ -178,6 +177,9 @@ def main() -> int:
     except ConfigError as exc:
         print(f"pictor background: {exc}", file=sys.stderr)
         return 2
+    except PictorError as exc:  # the index does not answer: pictor serve starts it again
+        print(f"pictor background: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

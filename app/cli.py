@@ -294,9 +294,9 @@ class _ServerProcess:
     def start(self, timeout: float = 30) -> bool:
         """Start it and wait until it accepts connections (a ready server is ready on
         both doors); False if it exits or does not listen in time."""
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module])
         if self.port is None:
-            return self.proc.poll() is None  # nothing to wait for: it works from the index
+            return self._start_unlistening(timeout)
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -306,6 +306,31 @@ class _ServerProcess:
                     return True
             except OSError:
                 time.sleep(0.05)
+        self.stop()
+        return False
+
+    def _start_unlistening(self, timeout: float) -> bool:
+        """A process on no port says it is ready by writing to the pipe named by
+        ``PICTOR_READY_FD`` (app.background: once connected to the index)."""
+        import select
+
+        from app.process import READY_VARIABLE
+
+        read_end, write_end = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                pass_fds=(write_end,),
+                env={**os.environ, READY_VARIABLE: str(write_end)},
+            )
+        finally:
+            os.close(write_end)
+        try:
+            ready, _, _ = select.select([read_end], [], [], timeout)
+            if ready and os.read(read_end, 1):  # empty: it exited before saying so
+                return True
+        finally:
+            os.close(read_end)
         self.stop()
         return False
 

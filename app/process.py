@@ -22,6 +22,8 @@ from typing import Any
 
 #: set by ``pictor serve`` for its children: the process whose death ends them
 SUPERVISOR_VARIABLE = "PICTOR_SUPERVISOR_PID"
+#: set by ``pictor serve`` for a child on no port: the pipe it writes to once ready
+READY_VARIABLE = "PICTOR_READY_FD"
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -94,6 +96,17 @@ def die_with_supervisor() -> None:
     if expected.isdigit() and int(expected) != os.getpid():
         die_with_parent(int(expected))
     # else: not a child of pictor serve (tests, the single-process server)
+
+
+def say_ready() -> None:
+    """Tell ``pictor serve`` that this child is ready (see :data:`READY_VARIABLE`)."""
+    fd = os.environ.pop(READY_VARIABLE, "")
+    if fd.isdigit():
+        try:
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+        except OSError:
+            pass  # started by hand, or the supervisor stopped waiting
 
 
 def die_with_parent(parent_pid: int) -> None:

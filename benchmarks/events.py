@@ -14,8 +14,11 @@ every instance over STOW-RS to a sink on loopback that takes everything (200). A
 each phase the benchmark waits until every event of it was delivered and every
 instance forwarded (reported: the longest wait per phase), so that no phase leaves
 its work to the next. Reported: instances/s per phase (median over rounds), the ratios to "none"
-(target: 0.9 or more), and the seconds until every event of the last phase was
-delivered to the live receivers.
+(target: 0.9 or more), the seconds until every event of the last phase was
+delivered to the live receivers, and the CPU milliseconds per instance, from the start
+of a phase until its work was all delivered, of the HTTP processes, the background
+process, PostgreSQL and the benchmark's own receivers (which stand for other machines
+but share these cores).
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import uvloop
 
 from _client import MULTIPART, Connection, multipart_body
-from server import PictorProcess
+from server import PictorProcess, postmaster_pid
 from synth import ct_slice, new_uids
 
 EVENTS = ["instance.created", "study.stable", "study.updated", "study.deleted"]
@@ -147,6 +151,36 @@ async def store(port: int, count: int, clients: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def _cpu_seconds(process: PictorProcess, receivers: list[Receiver]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the HTTP processes, the background process,
+    PostgreSQL (the postmaster and its sessions) and the benchmark's receivers."""
+    groups: dict[str, list[psutil.Process]] = {"http": [], "background": [], "postgres": []}
+    assert process.proc is not None
+    supervisor = psutil.Process(process.proc.pid)
+    groups["http"].append(supervisor)
+    for child in supervisor.children(recursive=True):
+        try:
+            background = "app.background" in child.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        groups["background" if background else "http"].append(child)
+    if (pid := postmaster_pid(process.data_dir)) is not None:
+        postmaster = psutil.Process(pid)
+        groups["postgres"] += [postmaster, *postmaster.children()]
+    groups["receivers"] = [psutil.Process(r.proc.pid) for r in receivers]
+    seconds: dict[str, float] = {}
+    for name, members in groups.items():
+        total = 0.0
+        for member in members:
+            try:
+                times = member.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        seconds[name] = total
+    return seconds
+
+
 def _sent(routes: str) -> int:
     found = [r for r in httpx.get(routes, timeout=30).json() if r["name"] == "bench"]
     return int(found[0]["sent"]) if found else 0
@@ -164,6 +198,8 @@ def main() -> None:
     silent.listen(1024)
     rates: dict[str, list[float]] = {"none": [], "two": [], "dead": [], "routed": []}
     drains: dict[str, list[float]] = {k: [] for k in rates}
+    #: CPU milliseconds per instance stored, per phase and group of processes
+    cpu: dict[str, dict[str, list[float]]] = {k: {} for k in rates}
     sink = f"dicomweb:{receivers[1].url.rsplit('/', 1)[0]}/dicom-web"
     with tempfile.TemporaryDirectory(prefix="pictor-events-bench-") as tmp:
         process = PictorProcess(Path(tmp) / "data", env={"PICTOR_SCRUB_RATE": "0"}).start()
@@ -198,6 +234,7 @@ def main() -> None:
                         assert made.status_code == 201, made.text
                         hooks.append(made.json()["id"])
                     before = receivers[0].count
+                    cpu_before = _cpu_seconds(process, receivers)
                     rates[phase].append(
                         uvloop.run(store(process.port, args.instances, args.clients))
                     )
@@ -210,6 +247,10 @@ def main() -> None:
                     ):
                         time.sleep(0.02)
                     drains[phase].append(time.perf_counter() - started)
+                    cpu_after = _cpu_seconds(process, receivers)
+                    for group, seconds in cpu_after.items():
+                        used = 1000 * (seconds - cpu_before.get(group, 0.0)) / args.instances
+                        cpu[phase].setdefault(group, []).append(used)
             median = {k: statistics.median(v) for k, v in rates.items()}
             print(
                 json.dumps(
@@ -223,6 +264,10 @@ def main() -> None:
                             k: round(max(v), 2) for k, v in drains.items() if k != "none"
                         },
                         "delivered_to_first_receiver": receivers[0].count,
+                        "cpu_ms_per_instance": {
+                            phase: {g: round(statistics.median(v), 2) for g, v in groups.items()}
+                            for phase, groups in cpu.items()
+                        },
                     },
                     indent=1,
                 )

@@ -25,7 +25,9 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     settings = state.settings
     dimse = (settings.host, settings.dimse_port) if settings.dimse_port else None
     body = msgspec.json.encode(
-        await readiness(state.pool, state.store, settings.min_free_bytes, dimse)
+        await readiness(
+            state.pool, state.store, settings.min_free_bytes, dimse, settings.background_process
+        )
     )
     return Response(body, media_type="application/json")
 

@@ -277,6 +277,20 @@ async def ping(pool: Pool) -> None:
     await pool.fetchval("SELECT 1")
 
 
+#: the ``application_name`` of the background process's sessions (app.background)
+BACKGROUND_APPLICATION = "pictor-background"
+
+
+async def background_sessions(pool: Pool) -> int:
+    """The database sessions of background processes (``pg_stat_activity``): none means
+    that no background process of the archive is connected."""
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+        BACKGROUND_APPLICATION,
+    )
+    return count
+
+
 class Listener:
     """A connection of ``pool`` held to LISTEN on ``channel``; ``callback`` gets each
     notification's payload (PostgreSQL NOTIFY: delivered at the sender's commit).

@@ -10,19 +10,25 @@ import time
 
 from app.errors import ServiceUnavailable
 from app.index import fixity, tiering
-from app.index.database import Pool, ping
+from app.index.database import Pool, background_sessions, ping
 from app.storage import BlobStore
 
 log = logging.getLogger("pictor")
 
 
 async def readiness(
-    pool: Pool, store: BlobStore, min_free: int = 0, dimse: tuple[str, int] | None = None
+    pool: Pool,
+    store: BlobStore,
+    min_free: int = 0,
+    dimse: tuple[str, int] | None = None,
+    background: bool = False,
 ) -> dict[str, object]:
     """The index answers a query and the storage takes a new blob; ServiceUnavailable
     naming what fails otherwise. A storage that is full, or whose free space is below
     ``min_free`` (``PICTOR_MIN_FREE_BYTES``), is "degraded", not down: searches and
-    retrievals go on, only new data are refused (507)."""
+    retrievals go on, only new data are refused (507). With ``background`` (``pictor
+    serve``'s background process does the deliveries), no connected background process
+    is "degraded" too: ingest goes on, deliveries wait."""
     try:
         await ping(pool)
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
@@ -59,6 +65,18 @@ async def readiness(
         body["dimse"] = {"port": dimse[1], "listening": listening}
         if not listening:
             problems.append(f"DIMSE does not answer on port {dimse[1]}")
+    if background:
+        try:
+            sessions = await background_sessions(pool)
+        except Exception as exc:  # noqa: BLE001 - reported as unknown, not as down
+            log.error("health: the background sessions could not be counted: %s", exc)
+            sessions = -1
+        body["background"] = {"connected": sessions > 0 if sessions >= 0 else None}
+        if sessions == 0:
+            problems.append(
+                "the background process is not connected: webhook and route deliveries, "
+                "tier moves and the fixity scrub wait until it is"
+            )
     body = {"status": "degraded" if problems else "ok", **body}
     if problems:
         body["problems"] = problems

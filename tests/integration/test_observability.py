@@ -43,6 +43,7 @@ def test_health_names_the_database_and_the_storage(archive: Archive) -> None:
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["database"] == "ok"
+    assert body["background"] == {"connected": True}  # pictor serve's background process
     assert body["storage"]["writable"] is True and body["storage"]["free_bytes"] > 0
 
 

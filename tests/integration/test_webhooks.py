@@ -271,9 +271,22 @@ def test_deliveries_run_in_a_lowered_background_process_that_is_restarted(
     study, series = new_uids()
     stow(archive, [ct_slice(study, series, 0, rows=16, cols=16)])
     assert receiver.wait(1)[0]["data"]["SOPInstanceUID"] == sop_instance_uid(series, 0)
-    # killed, it is started again; what was stored meanwhile is delivered after
-    psutil.Process(first).kill()
-    stow(archive, [ct_slice(study, series, 1, rows=16, cols=16)])
+    # killed while the supervisor cannot restart it (stopped): /health says so, ingest
+    # goes on; started again, what was stored meanwhile is delivered
+    supervisor = psutil.Process(process.proc.pid)  # type: ignore[union-attr]
+    supervisor.suspend()
+    try:
+        psutil.Process(first).kill()
+        stow(archive, [ct_slice(study, series, 1, rows=16, cols=16)])
+        deadline = time.monotonic() + 20
+        while (health := httpx.get(process.base + "/health").json())["background"][
+            "connected"
+        ] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health["status"] == "degraded", health
+        assert any("background process is not connected" in p for p in health["problems"])
+    finally:
+        supervisor.resume()
     deadline = time.monotonic() + 20
     while (second := background_pid(process)) == first and time.monotonic() < deadline:
         time.sleep(0.2)
