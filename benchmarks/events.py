@@ -191,6 +191,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--database-url", default="", help="a PostgreSQL server to use (default: the embedded one)"
+    )
     args = parser.parse_args()
     receivers = [Receiver(), Receiver()]
     silent = socket.socket()
@@ -202,7 +205,10 @@ def main() -> None:
     cpu: dict[str, dict[str, list[float]]] = {k: {} for k in rates}
     sink = f"dicomweb:{receivers[1].url.rsplit('/', 1)[0]}/dicom-web"
     with tempfile.TemporaryDirectory(prefix="pictor-events-bench-") as tmp:
-        process = PictorProcess(Path(tmp) / "data", env={"PICTOR_SCRUB_RATE": "0"}).start()
+        env = {"PICTOR_SCRUB_RATE": "0"}
+        if args.database_url:
+            env["DATABASE_URL"] = args.database_url
+        process = PictorProcess(Path(tmp) / "data", env=env).start()
         admin = process.base + "/admin/webhooks"
         try:
             uvloop.run(store(process.port, 100, args.clients))  # warm up

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,25 +223,50 @@ async def make_events(
 
 
 async def claim(
-    pool: asyncpg.Pool, limit: int, lease: float, busy: Sequence[int] = (), run: int = 50
+    pool: asyncpg.Pool,
+    limit: int,
+    lease: float,
+    room: Mapping[int, int] | None = None,
+    per_hook: int | None = None,
+    run: int = 50,
 ) -> list[list[Due]]:
     """Lease runs of due deliveries for ``lease`` seconds: for up to ``limit`` (webhook,
     study) pairs, the oldest pending delivery and up to ``run`` - 1 that follow it, in
     order (a study's events reach a receiver in order; one statement for many events).
     Only the run's first delivery is leased: the others cannot be claimed while it is
-    pending, being behind it. None for the ``busy`` webhooks (a slow receiver cannot
-    take every slot)."""
+    pending, being behind it. At most ``room[webhook]`` runs of a webhook (0: none), of
+    the others at most ``per_hook`` (default ``limit``): a slow or dead receiver cannot
+    take every slot, even in one claim."""
+    room = room or {}
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_ASYNC_COMMIT)
         rows = await conn.fetch(
-            """WITH heads AS (
-                   SELECT c.id, c.webhook_id, c.study_uid FROM webhook_delivery c
-                    WHERE c.given_up_at IS NULL AND c.next_at <= now()
-                      AND c.webhook_id <> ALL($3::int[])
-                      AND NOT EXISTS (
-                          SELECT 1 FROM webhook_delivery e
-                           WHERE e.webhook_id = c.webhook_id AND e.study_uid = c.study_uid
-                             AND e.id < c.id AND e.given_up_at IS NULL)
+            """WITH RECURSIVE pairs AS (
+                   -- the first pending delivery of each (webhook, study), found by
+                   -- skipping along webhook_delivery_study: a probe per pair, whatever
+                   -- the backlog and whatever the statistics say (the anti-join this
+                   -- replaces went quadratic on a churned table: 0.3 s for 2,000 rows)
+                   (SELECT d.webhook_id, d.study_uid, d.id, d.next_at FROM webhook_delivery d
+                     WHERE d.given_up_at IS NULL
+                     ORDER BY d.webhook_id, d.study_uid, d.id LIMIT 1)
+                   UNION ALL
+                   SELECT n.webhook_id, n.study_uid, n.id, n.next_at FROM pairs p
+                    CROSS JOIN LATERAL (
+                        SELECT d.webhook_id, d.study_uid, d.id, d.next_at
+                          FROM webhook_delivery d
+                         WHERE d.given_up_at IS NULL
+                           AND (d.webhook_id, d.study_uid) > (p.webhook_id, p.study_uid)
+                         ORDER BY d.webhook_id, d.study_uid, d.id LIMIT 1) n
+               ), ranked AS (
+                   SELECT p.id, p.webhook_id,
+                          row_number() OVER (PARTITION BY p.webhook_id ORDER BY p.id) AS k
+                     FROM pairs p WHERE p.next_at <= now()
+               ), heads AS (
+                   SELECT c.id, c.webhook_id, c.study_uid FROM ranked r
+                     JOIN webhook_delivery c ON c.id = r.id
+                    WHERE r.k <= coalesce(($6::int[])[array_position($3::int[], r.webhook_id)],
+                                          $5)
+                      AND c.given_up_at IS NULL AND c.next_at <= now()
                     ORDER BY c.id LIMIT $1
                     FOR UPDATE OF c SKIP LOCKED
                ), leased AS (
@@ -260,8 +285,10 @@ async def claim(
                       ORDER BY n.id LIMIT $4) n""",
             limit,
             float(lease),
-            list(busy),
+            list(room),
             run,
+            per_hook if per_hook is not None else limit,
+            list(room.values()),
         )
     grouped: dict[tuple[int, str], list[Due]] = {}
     for r in sorted(rows, key=lambda r: int(r["id"])):

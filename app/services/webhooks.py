@@ -17,8 +17,9 @@ no answer within ``PICTOR_WEBHOOK_TIMEOUT`` seconds) is retried with exponential
 backoff from ``PICTOR_WEBHOOK_BACKOFF_SECONDS`` (5 s, doubling, at most an hour) for
 ``PICTOR_WEBHOOK_RETRY_SECONDS`` (a day), then given up and shown by ``pictor webhook
 status``. At least once, in order per study and receiver; deliveries run in the
-background, at most ``PICTOR_WEBHOOK_CONCURRENCY`` at a time per process and half of
-those for one receiver, so a dead receiver never slows ingest nor starves the others.
+background, at most ``PICTOR_WEBHOOK_CONCURRENCY`` at a time per process, half of
+those for one receiver and one for a receiver whose last attempt failed, so a dead
+receiver never slows ingest nor starves the others.
 """
 
 from __future__ import annotations
@@ -150,6 +151,9 @@ class Webhooks:
         #: deliveries in flight per webhook: a slow receiver takes at most half the slots
         self._inflight: Counter[int] = Counter()
         self._per_hook = max(1, settings.webhook_concurrency // 2)
+        #: the webhooks whose last attempt failed: one run at a time each, until one
+        #: succeeds (two dead receivers took every slot from the live ones)
+        self._failing: set[int] = set()
         #: set when a delivery ends: the next one is claimed at once, not at the next poll
         self._wake = asyncio.Event()
         self._events_due = 0.0
@@ -181,8 +185,10 @@ class Webhooks:
         free = self.settings.webhook_concurrency - len(self._sending)
         if free <= 0:
             return
-        busy = [h for h, n in self._inflight.items() if n >= self._per_hook]
-        for run in await index_hooks.claim(self.pool, free, LEASE_SECONDS, busy):
+        room = {h: 1 for h in self._failing}
+        for hook, n in self._inflight.items():
+            room[hook] = max(0, room.get(hook, self._per_hook) - n)
+        for run in await index_hooks.claim(self.pool, free, LEASE_SECONDS, room, self._per_hook):
             hook = run[0].webhook_id
             self._inflight[hook] += 1
             task = asyncio.get_running_loop().create_task(self._send(run))
@@ -231,6 +237,10 @@ class Webhooks:
                 if retry is None:
                     log.warning("webhook %s: gave up a delivery after a day: %s", due.url, error)
                 break
+        if failure is None:
+            self._failing.discard(run[0].webhook_id)
+        else:
+            self._failing.add(run[0].webhook_id)
         try:
             await index_hooks.finish(self.pool, run[0].webhook_id, done, failure)
         except INDEX_ERRORS as exc:  # the lease runs out and the run is tried again

@@ -1,0 +1,127 @@
+"""The webhooks' outbox on a real PostgreSQL (app.index.webhooks): which deliveries a
+claim leases, in which order, and that a backlog neither reorders a study's events nor
+lets a study's failed delivery be overtaken (issue #17: at least once, in order per
+study and receiver)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from app.bootstrap import prepare
+from app.config import load_settings
+from app.index import webhooks as outbox
+from app.index.database import EmbeddedPostgres, create_pool
+
+
+async def _outbox(tmp_path: Path) -> tuple[EmbeddedPostgres, Any]:
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    dsn = await asyncio.to_thread(pg.start)
+    await prepare(load_settings({"data_dir": str(tmp_path / "data")}, environ={}), dsn)
+    return pg, await create_pool(dsn, min_size=1, max_size=4)
+
+
+async def _hook(pool: Any, name: str) -> int:
+    async with pool.acquire() as conn:
+        return await outbox.add(conn, f"http://127.0.0.1:9/{name}", ["instance.created"], None)
+
+
+async def _queue(pool: Any, items: list[tuple[int, str]]) -> list[int]:
+    """Deliveries (webhook, study) in this order; their ids."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            """INSERT INTO webhook_delivery (webhook_id, event_id, event_type, study_uid, body)
+               SELECT h, gen_random_uuid(), 'instance.created', s, convert_to(o::text, 'UTF8')
+                 FROM unnest($1::int[], $2::text[]) WITH ORDINALITY AS x(h, s, o)
+                ORDER BY o RETURNING id""",
+            [h for h, _ in items],
+            [s for _, s in items],
+        )
+    return [r["id"] for r in rows]
+
+
+def _runs(claimed: list[list[outbox.Due]]) -> list[tuple[int, list[int]]]:
+    return [(run[0].webhook_id, [d.id for d in run]) for run in claimed]
+
+
+def test_claims_lease_each_study_head_with_its_followers_in_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pg, pool = await _outbox(tmp_path)
+        try:
+            one, two, slow = [await _hook(pool, n) for n in ("one", "two", "slow")]
+            ids = await _queue(
+                pool,
+                [(one, "A"), (two, "A"), (one, "B"), (one, "A"), (two, "A"), (one, "B"),
+                 (one, "A"), (slow, "C")],
+            )  # fmt: skip
+            # the webhook with no room gets nothing; the others a run per study, oldest head first
+            claimed = await outbox.claim(pool, 10, 60, room={slow: 0})
+            assert _runs(claimed) == [
+                (one, [ids[0], ids[3], ids[6]]),
+                (two, [ids[1], ids[4]]),
+                (one, [ids[2], ids[5]]),
+            ]
+            assert [d.body for d in claimed[0]] == [b"1", b"4", b"7"]
+            # leased heads: nothing more to claim, followers wait behind their head
+            assert _runs(await outbox.claim(pool, 10, 60, room={slow: 0})) == []
+            # study A of "one": the first delivered, the second failed and backed off;
+            # the third never overtakes it, also once the others are done
+            await outbox.finish(pool, one, [(ids[0], 204)], (ids[3], 500, "HTTP 500", 3600))
+            await outbox.finish(pool, two, [(ids[1], 204), (ids[4], 204)], None)
+            assert _runs(await outbox.claim(pool, 10, 60)) == [(slow, [ids[7]])]
+            # a late event of a study queued behind a backed-off delivery waits too
+            [late] = await _queue(pool, [(one, "A")])
+            assert _runs(await outbox.claim(pool, 10, 60)) == []
+            # once due again, the failed delivery leads its study's run, in order
+            async with pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE webhook_delivery SET next_at = now() WHERE id = $1", ids[3]
+                )
+            [run] = await outbox.claim(pool, 10, 60)
+            assert [d.id for d in run] == [ids[3], ids[6], late]
+            assert run[0].attempts == 2  # this is its second attempt
+        finally:
+            await pool.close()
+            await asyncio.to_thread(pg.stop)
+
+    asyncio.run(scenario())
+
+
+def test_a_backlog_is_claimed_oldest_first_study_by_study(tmp_path: Path) -> None:
+    """Thousands of pending deliveries over hundreds of studies (a receiver that was
+    away): each claim leases the oldest heads, every study's run in order, and
+    draining it all delivers each delivery exactly once."""
+
+    async def scenario() -> None:
+        pg, pool = await _outbox(tmp_path)
+        try:
+            hooks = [await _hook(pool, n) for n in ("a", "b")]
+            items = [(hooks[i % 2], f"S{(i // 2) % 300}") for i in range(3000)]
+            ids = await _queue(pool, items)
+            study_of = dict(zip(ids, items, strict=True))
+            first = await outbox.claim(pool, 16, 60)
+            heads = [run[0].id for run in first]
+            assert heads == ids[:16]  # the oldest heads: one per (webhook, study)
+            # a webhook takes no more runs than it has room for, even in one claim
+            capped = await outbox.claim(pool, 16, 60, room={hooks[0]: 2}, per_hook=5)
+            assert [run[0].webhook_id for run in capped].count(hooks[0]) == 2
+            assert [run[0].webhook_id for run in capped].count(hooks[1]) == 5
+            seen: list[int] = []
+            claimed = first + capped
+            while claimed:
+                for run in claimed:
+                    assert [d.id for d in run] == sorted(d.id for d in run)
+                    assert len({study_of[d.id] for d in run}) == 1  # one webhook, one study
+                    await outbox.finish(pool, run[0].webhook_id, [(d.id, 204) for d in run], None)
+                    seen += [d.id for d in run]
+                claimed = await outbox.claim(pool, 16, 60)
+            assert sorted(seen) == ids  # every delivery once
+            for key in {study_of[i] for i in ids}:  # and each study's in order
+                mine = [i for i in seen if study_of[i] == key]
+                assert mine == sorted(mine)
+        finally:
+            await pool.close()
+            await asyncio.to_thread(pg.stop)
+
+    asyncio.run(scenario())
