@@ -6,8 +6,10 @@ writes a delivery per event and subscribed webhook, notes new instances per stud
 (``study_activity``), announces the studies that became stable, queues the routes'
 forwarding jobs those events trigger (:mod:`app.index.routes`), and moves the cursor:
 an event is made once, and never lost across a crash (at least once, then, for the
-receiver). :func:`claim` leases due deliveries, at most one in flight per webhook and
-study, the oldest first, so that each receiver gets a study's events in order.
+receiver). Each (webhook, study) with deliveries pending has a row in
+``webhook_queue`` (``schemas/020``) saying when its first is due; :func:`claim` leases
+due pairs, the first due first, one run in flight per pair, so that each receiver gets
+a study's events in order.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class HookStatus:
 class Due:
     id: int
     webhook_id: int
+    study_uid: str
     body: bytes
     attempts: int
     created_at: dt.datetime
@@ -217,6 +220,18 @@ async def make_events(
                 records=out,
                 columns=("webhook_id", "event_id", "event_type", "study_uid", "body"),
             )
+            # each (webhook, study) queued, its row locked until this commits (in one
+            # order), so that a finish deciding the pair has nothing left waits for
+            # these deliveries to be visible (see finish)
+            pairs = sorted({(hook, study) for hook, _, _, study, _ in out})
+            await conn.execute(
+                """INSERT INTO webhook_queue (webhook_id, study_uid)
+                   SELECT * FROM unnest($1::int[], $2::text[])
+                   ON CONFLICT (webhook_id, study_uid)
+                      DO UPDATE SET next_at = webhook_queue.next_at""",
+                [p[0] for p in pairs],
+                [p[1] for p in pairs],
+            )
         if rows:
             await conn.execute("UPDATE event_cursor SET seq = $1", rows[-1]["seq"])
         return len(rows)
@@ -230,58 +245,47 @@ async def claim(
     per_hook: int | None = None,
     run: int = 50,
 ) -> list[list[Due]]:
-    """Lease runs of due deliveries for ``lease`` seconds: for up to ``limit`` (webhook,
-    study) pairs, the oldest pending delivery and up to ``run`` - 1 that follow it, in
-    order (a study's events reach a receiver in order; one statement for many events).
-    Only the run's first delivery is leased: the others cannot be claimed while it is
-    pending, being behind it. At most ``room[webhook]`` runs of a webhook (0: none), of
-    the others at most ``per_hook`` (default ``limit``): a slow or dead receiver cannot
-    take every slot, even in one claim."""
-    room = room or {}
+    """Lease runs of due deliveries for ``lease`` seconds: for up to ``limit`` due
+    (webhook, study) pairs of the queue, the first due first, the pair's pending
+    deliveries in order, at most ``run`` (a study's events reach a receiver in order;
+    one statement for many events). The pair is leased: nothing of it is claimed again
+    until :func:`finish` or the lease's end. At most ``room[webhook]`` runs of a webhook
+    (0: none), of the others at most ``per_hook`` (default ``limit``): a slow or dead
+    receiver cannot take every slot, even in one claim."""
+    room = {hook: max(0, n) for hook, n in (room or {}).items()}
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_ASYNC_COMMIT)
         rows = await conn.fetch(
-            """WITH RECURSIVE pairs AS (
-                   -- the first pending delivery of each (webhook, study), found by
-                   -- skipping along webhook_delivery_study: a probe per pair, whatever
-                   -- the backlog and whatever the statistics say (the anti-join this
-                   -- replaces went quadratic on a churned table: 0.3 s for 2,000 rows)
-                   (SELECT d.webhook_id, d.study_uid, d.id, d.next_at FROM webhook_delivery d
-                     WHERE d.given_up_at IS NULL
-                     ORDER BY d.webhook_id, d.study_uid, d.id LIMIT 1)
-                   UNION ALL
-                   SELECT n.webhook_id, n.study_uid, n.id, n.next_at FROM pairs p
+            """WITH due AS (
+                   -- each webhook's first due pairs, as many as it has room for: one
+                   -- receiver's backlog does not hide the others'
+                   SELECT d.webhook_id, d.study_uid FROM webhook w
                     CROSS JOIN LATERAL (
-                        SELECT d.webhook_id, d.study_uid, d.id, d.next_at
-                          FROM webhook_delivery d
-                         WHERE d.given_up_at IS NULL
-                           AND (d.webhook_id, d.study_uid) > (p.webhook_id, p.study_uid)
-                         ORDER BY d.webhook_id, d.study_uid, d.id LIMIT 1) n
-               ), ranked AS (
-                   SELECT p.id, p.webhook_id,
-                          row_number() OVER (PARTITION BY p.webhook_id ORDER BY p.id) AS k
-                     FROM pairs p WHERE p.next_at <= now()
-               ), heads AS (
-                   SELECT c.id, c.webhook_id, c.study_uid FROM ranked r
-                     JOIN webhook_delivery c ON c.id = r.id
-                    WHERE r.k <= coalesce(($6::int[])[array_position($3::int[], r.webhook_id)],
-                                          $5)
-                      AND c.given_up_at IS NULL AND c.next_at <= now()
-                    ORDER BY c.id LIMIT $1
-                    FOR UPDATE OF c SKIP LOCKED
+                        SELECT q.webhook_id, q.study_uid FROM webhook_queue q
+                         WHERE q.webhook_id = w.id AND q.next_at <= now()
+                         ORDER BY q.next_at, q.study_uid
+                         LIMIT coalesce(($6::int[])[array_position($3::int[], w.id)], $5)) d
+               ), picked AS (
+                   SELECT q.webhook_id, q.study_uid FROM due d
+                     JOIN webhook_queue q
+                       ON q.webhook_id = d.webhook_id AND q.study_uid = d.study_uid
+                    WHERE q.next_at <= now()
+                    ORDER BY q.next_at, q.webhook_id, q.study_uid LIMIT $1
+                    FOR UPDATE OF q SKIP LOCKED
                ), leased AS (
-                   UPDATE webhook_delivery d SET next_at = now() + make_interval(secs => $2)
-                     FROM heads h WHERE d.id = h.id RETURNING d.id
+                   UPDATE webhook_queue q SET next_at = now() + make_interval(secs => $2)
+                     FROM picked p
+                    WHERE q.webhook_id = p.webhook_id AND q.study_uid = p.study_uid
+                RETURNING q.webhook_id, q.study_uid
                )
                SELECT n.id, n.webhook_id, n.study_uid, n.body, n.attempts, n.created_at,
                       w.url, w.secret
-                 FROM heads h
-                 JOIN webhook w ON w.id = h.webhook_id
+                 FROM leased l
+                 JOIN webhook w ON w.id = l.webhook_id
                  CROSS JOIN LATERAL (
                      SELECT n.* FROM webhook_delivery n
-                      WHERE n.webhook_id = h.webhook_id AND n.study_uid = h.study_uid
-                        AND n.id >= h.id AND n.given_up_at IS NULL
-                        AND (n.id = h.id OR n.next_at <= now())
+                      WHERE n.webhook_id = l.webhook_id AND n.study_uid = l.study_uid
+                        AND n.given_up_at IS NULL
                       ORDER BY n.id LIMIT $4) n""",
             limit,
             float(lease),
@@ -293,13 +297,14 @@ async def claim(
     grouped: dict[tuple[int, str], list[Due]] = {}
     for r in sorted(rows, key=lambda r: int(r["id"])):
         grouped.setdefault((r["webhook_id"], r["study_uid"]), []).append(_due(r))
-    return list(grouped.values())
+    return sorted(grouped.values(), key=lambda run: run[0].id)
 
 
 def _due(r: asyncpg.Record) -> Due:
     return Due(
         r["id"],
         r["webhook_id"],
+        r["study_uid"],
         bytes(r["body"]),
         r["attempts"] + 1,  # this one
         r["created_at"],
@@ -311,15 +316,20 @@ def _due(r: asyncpg.Record) -> Due:
 async def finish(
     pool: asyncpg.Pool,
     hook: int,
+    study: str,
     delivered: Sequence[tuple[int, int]],
     failure: tuple[int, int | None, str, float | None] | None,
 ) -> None:
-    """After a run of webhook ``hook``: the deliveries done ((id, status)): deleted, and
-    counted on the webhook; the one that failed ((id, status, error, retry in seconds
-    or None: given up)). Those not tried wait behind the failed one as they were (only
-    the run's first delivery was leased). The webhook's row is written first, as a
-    removal of the webhook (which cascades to its deliveries) locks it: never the
-    other way round, so the two cannot deadlock."""
+    """After a run of webhook ``hook`` and ``study``: the deliveries done ((id,
+    status)): deleted, and counted on the webhook; the one that failed ((id, status,
+    error, retry in seconds or None: given up)). The pair's queue row then says when
+    its next delivery is due: at the retry, at once, or, nothing being left, it goes.
+
+    The webhook's row is written first, as a removal of the webhook (which cascades to
+    its deliveries) locks it: never the other way round, so the two cannot deadlock.
+    The queue row is locked before deciding that nothing is left: an event maker that
+    queued a delivery for the pair holds that row until it commits, so its delivery
+    is seen (each statement here reads what was committed before it began)."""
     error = failure[2][:500] if failure is not None else None
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_ASYNC_COMMIT)
@@ -339,8 +349,37 @@ async def finish(
                 "DELETE FROM webhook_delivery WHERE id = ANY($1::bigint[])",
                 [d[0] for d in delivered],
             )
+        retry_in = 0.0  # the rest of the run is due at once, as is the next after a give-up
         if failure is not None:
             await _failed(conn, *failure)
+            if failure[3] is not None:
+                retry_in = failure[3]
+        await conn.execute(
+            "SELECT 1 FROM webhook_queue WHERE webhook_id = $1 AND study_uid = $2 FOR UPDATE",
+            hook,
+            study,
+        )
+        left = await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM webhook_delivery
+                               WHERE webhook_id = $1 AND study_uid = $2
+                                 AND given_up_at IS NULL)""",
+            hook,
+            study,
+        )
+        if left:
+            await conn.execute(
+                """UPDATE webhook_queue SET next_at = now() + make_interval(secs => $3)
+                    WHERE webhook_id = $1 AND study_uid = $2""",
+                hook,
+                study,
+                retry_in,
+            )
+        else:
+            await conn.execute(
+                "DELETE FROM webhook_queue WHERE webhook_id = $1 AND study_uid = $2",
+                hook,
+                study,
+            )
 
 
 async def _failed(

@@ -242,7 +242,7 @@ class Webhooks:
         else:
             self._failing.add(run[0].webhook_id)
         try:
-            await index_hooks.finish(self.pool, run[0].webhook_id, done, failure)
+            await index_hooks.finish(self.pool, run[0].webhook_id, run[0].study_uid, done, failure)
         except INDEX_ERRORS as exc:  # the lease runs out and the run is tried again
             log.warning("webhook deliveries could not be recorded: %s", exc)
 
