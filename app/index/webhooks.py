@@ -385,13 +385,13 @@ async def finish(
 async def _failed(
     conn: Any, delivery: int, status: int | None, error: str, retry_in: float | None
 ) -> None:
-    """A failed attempt: tried again in ``retry_in`` seconds, or given up (None)."""
+    """A failed attempt, given up if ``retry_in`` is None (when it is tried again is
+    the pair's queue row's to say: :func:`finish`)."""
     await conn.execute(
         """UPDATE webhook_delivery
               SET last_status = $2, last_error = $3, last_attempt_at = now(),
                   attempts = attempts + 1,
-                  next_at = now() + make_interval(secs => coalesce($4, 0)),
-                  given_up_at = CASE WHEN $4 IS NULL THEN now() END
+                  given_up_at = CASE WHEN $4::float8 IS NULL THEN now() END
             WHERE id = $1""",
         delivery,
         status,
