@@ -12,7 +12,8 @@ larger than 1 MiB (a response module for 50 instances is a few KB).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -20,8 +21,8 @@ import msgspec
 from app import __version__
 from app.config import Settings
 from app.dicomweb.responses import close_delimiter, new_boundary, part_head
-from app.services.outbound import Client, OutboundError
-from app.services.retrieve import StoredInstance, deidentified, instance_bytes, part10
+from app.services.outbound import Blob, Client, OutboundError
+from app.services.retrieve import StoredInstance, deidentified, instance_bytes
 from app.services.routes import Deid, Sender
 from app.storage import BlobStore
 
@@ -73,23 +74,19 @@ class DicomwebSender:
             elif inst.patch is not None:
                 rewritten[inst.sop_instance_uid] = await instance_bytes(self.store, inst)
         head = part_head(boundary, "application/dicom")
-        tail = close_delimiter(boundary)
-        sizes = [len(rewritten.get(i.sop_instance_uid, b"")) or i.file_size for i in batch]
-        length = len(tail) + sum(len(head) + n for n in sizes)
-
-        async def body() -> AsyncIterator[bytes]:
-            for inst in batch:
-                yield head
-                if inst.sop_instance_uid in rewritten:
-                    yield rewritten[inst.sop_instance_uid]
-                    continue
-                async for chunk in part10(self.store, inst):
-                    yield chunk
-            yield tail
-
+        pieces: list[bytes | Blob] = []
+        for inst in batch:
+            pieces.append(head)
+            made = rewritten.get(inst.sop_instance_uid)
+            pieces.append(  # as stored: from the file to the socket
+                Blob(functools.partial(self.store.open_blob, inst.file_key), inst.file_size)
+                if made is None
+                else made
+            )
+        pieces.append(close_delimiter(boundary))
         headers = {"Content-Type": _MEDIA_TYPE + boundary, **_ACCEPT, **self.auth}
         try:
-            status, content = await self.http.post_stream(self.url, body, length, headers)
+            status, content = await self.http.post_pieces(self.url, pieces, headers)
         except OutboundError as exc:
             return set(), f"{self.url}: {exc}"[:300]
         sent = {i.sop_instance_uid for i in batch}

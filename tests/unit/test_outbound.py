@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import io
+import os
+import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import psutil
 import pytest
+import uvloop
+from tls import self_signed
 
-from app.services.outbound import Client, OutboundError
+from app.services.outbound import Blob, Client, OutboundError, SourceError
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -140,9 +149,29 @@ def test_nobody_listening_and_bad_urls() -> None:
     assert "not an http(s) URL" in ftp and "not an http(s) URL" in hostless
 
 
-async def _streamed(answer: Answer, bodies: list[tuple[list[bytes], int]]) -> list[object]:
-    """``post_stream`` of each (chunks, declared length) to one receiver; what came back
-    (status and body, or the error) and how many connections it took."""
+Piece = bytes | Blob
+
+
+def _file(directory: Path, name: str, data: bytes) -> Blob:
+    path = directory / name
+    path.write_bytes(data)
+    return Blob(functools.partial(open, path, "rb", buffering=0), len(data))
+
+
+def _stream(data: bytes) -> Blob:
+    """A stored file without a descriptor (as an object store's stream is)."""
+    return Blob(lambda: io.BytesIO(data), len(data))
+
+
+async def _sent(
+    answer: Answer,
+    bodies: list[list[Piece]],
+    tls: tuple[Path, Path] | None = None,
+    timeout: float = 2.0,
+) -> list[object]:
+    """``post_pieces`` of each body to one receiver (over TLS with ``tls``'s certificate
+    and key); what came back (status and body, or the error), how many connections it
+    took, and what the receiver read."""
     connections = 0
     received: list[bytes] = []
 
@@ -153,26 +182,27 @@ async def _streamed(answer: Answer, bodies: list[tuple[list[bytes], int]]) -> li
             while True:
                 received.append(await _request(reader))
                 await answer(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         finally:
             writer.close()
 
-    async def chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
-        for part in parts:
-            yield part
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/dicom-web/studies"
-    client = Client(2.0)
+    serving = client_tls = None
+    if tls is not None:
+        serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        serving.load_cert_chain(*tls)
+        client_tls = ssl.create_default_context(cafile=str(tls[0]))
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=serving)
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}/dicom-web/studies"
+    client = Client(timeout, tls=client_tls)
     out: list[object] = []
     try:
-        for parts, length in bodies:
+        for pieces in bodies:
             try:
-                made = functools.partial(chunks, parts)
-                out.append(await client.post_stream(url, made, length, {"X-A": "1"}))
+                out.append(await client.post_pieces(url, pieces, {"X-A": "1"}))
             except OutboundError as exc:
-                out.append(str(exc))
+                out.append(exc)
     finally:
         await client.close()
         server.close()
@@ -190,22 +220,107 @@ def _stow_answer(body: bytes) -> Answer:
     return answer
 
 
-def test_a_streamed_body_arrives_whole_and_the_answer_comes_back() -> None:
-    parts = [b"a" * 70000, b"b" * 5, b"c" * 300000]
-    out = asyncio.run(_streamed(_stow_answer(b'{"x": 1}'), [(parts, 370005), (parts, 370005)]))
+def _loop(name: str) -> Callable[[Awaitable[object]], object]:
+    return uvloop.run if name == "uvloop" else asyncio.run  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+@pytest.mark.parametrize("over", ["http", "https"])
+def test_bytes_and_stored_files_arrive_whole_and_the_answer_comes_back(
+    tmp_path: Path, loop: str, over: str
+) -> None:
+    """Files larger than what a socket takes at once (the sending thread waits for it
+    to take more), a file without a descriptor, and an empty one, between bytes."""
+    big = os.urandom(9 << 20)
+    small = b"c" * 300000
+    pieces: list[Piece] = [
+        b"head",
+        _file(tmp_path, "big", big),
+        b"b" * 5,
+        _stream(small),
+        _file(tmp_path, "empty", b""),
+        b"tail",
+    ]
+    tls = self_signed(tmp_path) if over == "https" else None
+    out = _loop(loop)(_sent(_stow_answer(b'{"x": 1}'), [pieces, pieces], tls))
+    assert isinstance(out, list)
     assert out[0] == out[1] == (202, b'{"x": 1}')
     assert out[2] == "connections=1"  # kept alive for the next batch
     received = out[3]
     assert isinstance(received, list) and len(received) == 2
-    head, _, body = received[0].partition(b"\r\n\r\n")
-    assert body == b"".join(parts) and b"Content-Length: 370005" in head and b"X-A: 1" in head
+    expected = b"head" + big + b"bbbbb" + small + b"tail"
+    for request in received:
+        head, _, body = request.partition(b"\r\n\r\n")
+        assert body == expected
+        assert b"Content-Length: %d" % len(expected) in head and b"X-A: 1" in head
 
 
-def test_a_body_shorter_than_declared_and_a_huge_answer_are_errors() -> None:
-    out = asyncio.run(_streamed(_stow_answer(b"{}"), [([b"abc"], 10)]))
-    assert "not the 10 declared" in str(out[0])
-    huge = asyncio.run(_streamed(_stow_answer(b"x" * (2 << 20)), [([b"abc"], 3)]))
+@pytest.mark.parametrize("over", ["http", "https"])
+def test_a_file_shorter_than_declared_or_unreadable_and_a_huge_answer_are_errors(
+    tmp_path: Path, over: str
+) -> None:
+    tls = self_signed(tmp_path) if over == "https" else None
+    short = Blob(_file(tmp_path, "short", b"abc").open, 10)
+    gone = Blob(functools.partial(open, tmp_path / "absent", "rb"), 10)
+    out = asyncio.run(_sent(_stow_answer(b"{}"), [[b"x", short], [b"x", gone], [b"ok"]], tls))
+    assert "3 bytes, not the 10 declared" in str(out[0])
+    # not taken for a receiver that closed a kept connection: no second try
+    assert isinstance(out[1], SourceError) and "could not be opened" in str(out[1])
+    assert out[2] == (202, b"{}")  # each failed request's connection was closed
+    assert out[3] == "connections=3"
+    huge = asyncio.run(_sent(_stow_answer(b"x" * (2 << 20)), [[b"abc"]], tls))
     assert "larger than 1 MiB" in str(huge[0])
+
+
+def test_a_receiver_that_stops_reading_times_out_and_the_sending_thread_ends(
+    tmp_path: Path,
+) -> None:
+    """The request is given up at the timeout; the I/O thread stops soon after and
+    closes its duplicate of the socket: no thread and no descriptor is left behind."""
+
+    async def scenario() -> tuple[str, float, int, int]:
+        # a receiver that reads nothing: the socket fills and stays full
+        server = await asyncio.start_server(lambda r, w: asyncio.sleep(30), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        body = [_file(tmp_path, "f", b"z" * (64 << 20))]
+        client = Client(0.5)
+        started = time.monotonic()
+        try:
+            with pytest.raises(OutboundError) as raised:
+                await client.post_pieces(f"http://127.0.0.1:{port}/x", body, {})
+            took = time.monotonic() - started
+            await client.close()
+            for _ in range(40):  # the thread notices within its poll interval
+                if _client_sockets(port) == 0 and _sender_threads() == 0:
+                    break
+                await asyncio.sleep(0.05)
+            return str(raised.value), took, _client_sockets(port), _sender_threads()
+        finally:
+            server.close()
+
+    error, took, sockets, busy = asyncio.run(scenario())
+    assert "no answer within 0.5 s" in error
+    assert took < 2.0
+    assert sockets == 0 and busy == 0
+
+
+def _client_sockets(port: int) -> int:
+    """This process's descriptors of connections to ``port``."""
+    return sum(
+        1 for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port
+    )
+
+
+def _sender_threads() -> int:
+    """I/O threads still inside a request body's sending."""
+    count = 0
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if frame.f_code.co_name == "_send_all":
+                count += 1
+                break
+            frame = frame.f_back  # type: ignore[assignment]
+    return count
 
 
 def test_a_kept_connection_the_receiver_closed_is_not_used() -> None:
@@ -214,10 +329,7 @@ def test_a_kept_connection_the_receiver_closed_is_not_used() -> None:
         await writer.drain()
         writer.close()
 
-    async def scenario() -> list[object]:
-        return await _streamed(answer_and_close, [([b"abc"], 3)] * 3)
-
-    out = asyncio.run(scenario())
+    out = asyncio.run(_sent(answer_and_close, [[b"abc"]] * 3))
     assert out[:3] == [(200, b"")] * 3 and out[3] == "connections=3"
 
 
@@ -233,7 +345,7 @@ def test_urls_that_would_break_the_request_line_are_errors(url: str) -> None:
         out = []
         for call in (
             client.post(url, b"{}", {}),
-            client.post_stream(url, functools.partial(_once, b"x"), 1, {}),
+            client.post_pieces(url, [b"x"], {}),
         ):
             with pytest.raises(OutboundError) as raised:
                 await call
@@ -242,7 +354,3 @@ def test_urls_that_would_break_the_request_line_are_errors(url: str) -> None:
         return out
 
     assert all("the URL has" in m for m in asyncio.run(both()))
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
