@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -113,10 +114,11 @@ class Receiver:
     the figures are the archive's, not the receiver's): 204 to every POST, and its
     count at GET /count."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _RECEIVER], stdout=subprocess.PIPE, text=True
         )
+        psutil.Process(self.proc.pid).nice(nice)
         assert self.proc.stdout is not None
         port = int(self.proc.stdout.readline())
         self.url = f"http://127.0.0.1:{port}/hook"
@@ -181,6 +183,15 @@ def _cpu_seconds(process: PictorProcess, receivers: list[Receiver]) -> dict[str,
     return seconds
 
 
+def _busy(before: Any, after: Any) -> float:
+    """The fraction of the machine's CPU time between two samples that was not idle
+    (nor waiting for the disk)."""
+    spent = {f: getattr(after, f) - getattr(before, f) for f in after._fields}
+    total = sum(spent.values()) - spent.get("guest", 0) - spent.get("guest_nice", 0)
+    idle = spent["idle"] + spent.get("iowait", 0)
+    return (total - idle) / total if total > 0 else 0.0
+
+
 def _sent(routes: str) -> int:
     found = [r for r in httpx.get(routes, timeout=30).json() if r["name"] == "bench"]
     return int(found[0]["sent"]) if found else 0
@@ -194,8 +205,15 @@ def main() -> None:
     parser.add_argument(
         "--database-url", default="", help="a PostgreSQL server to use (default: the embedded one)"
     )
+    parser.add_argument(
+        "--receivers-nice",
+        type=int,
+        default=19,
+        help="niceness of the receivers and the sink (default 19: they stand for other "
+        "machines, so they get only the CPU the archive leaves; 0: they compete with it)",
+    )
     args = parser.parse_args()
-    receivers = [Receiver(), Receiver()]
+    receivers = [Receiver(args.receivers_nice), Receiver(args.receivers_nice)]
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(1024)
@@ -203,6 +221,9 @@ def main() -> None:
     drains: dict[str, list[float]] = {k: [] for k in rates}
     #: CPU milliseconds per instance stored, per phase and group of processes
     cpu: dict[str, dict[str, list[float]]] = {k: {} for k in rates}
+    #: KiB written to the disks per instance stored; the machine's busy fraction
+    disk: dict[str, list[float]] = {k: [] for k in rates}
+    busy: dict[str, list[float]] = {k: [] for k in rates}
     sink = f"dicomweb:{receivers[1].url.rsplit('/', 1)[0]}/dicom-web"
     with tempfile.TemporaryDirectory(prefix="pictor-events-bench-") as tmp:
         env = {"PICTOR_SCRUB_RATE": "0"}
@@ -241,6 +262,8 @@ def main() -> None:
                         hooks.append(made.json()["id"])
                     before = receivers[0].count
                     cpu_before = _cpu_seconds(process, receivers)
+                    disk_before = psutil.disk_io_counters()
+                    machine_before = psutil.cpu_times()
                     rates[phase].append(
                         uvloop.run(store(process.port, args.instances, args.clients))
                     )
@@ -254,6 +277,12 @@ def main() -> None:
                         time.sleep(0.02)
                     drains[phase].append(time.perf_counter() - started)
                     cpu_after = _cpu_seconds(process, receivers)
+                    disk_after = psutil.disk_io_counters()
+                    machine_after = psutil.cpu_times()
+                    disk[phase].append(
+                        (disk_after.write_bytes - disk_before.write_bytes) / 1024 / args.instances
+                    )
+                    busy[phase].append(_busy(machine_before, machine_after))
                     for group, seconds in cpu_after.items():
                         used = 1000 * (seconds - cpu_before.get(group, 0.0)) / args.instances
                         cpu[phase].setdefault(group, []).append(used)
@@ -261,6 +290,7 @@ def main() -> None:
             print(
                 json.dumps(
                     {
+                        "receivers_nice": args.receivers_nice,
                         "instances_per_s": {k: round(v, 1) for k, v in median.items()},
                         "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
                         "ratio_two_webhooks": round(median["two"] / median["none"], 3),
@@ -270,6 +300,12 @@ def main() -> None:
                             k: round(max(v), 2) for k, v in drains.items() if k != "none"
                         },
                         "delivered_to_first_receiver": receivers[0].count,
+                        "disk_kib_written_per_instance": {
+                            k: round(statistics.median(v), 1) for k, v in disk.items()
+                        },
+                        "machine_busy_fraction": {
+                            k: round(statistics.median(v), 2) for k, v in busy.items()
+                        },
                         "cpu_ms_per_instance": {
                             phase: {g: round(statistics.median(v), 2) for g, v in groups.items()}
                             for phase, groups in cpu.items()
