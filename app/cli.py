@@ -264,20 +264,36 @@ class _Watchdog:
         self._thread.join(30)
 
     def _run(self) -> None:
+        """Each round tries every dead part once, in order (the embedded PostgreSQL
+        first: the others need it). A part that fails to restart is tried again after
+        ``max(interval, 1 s)``, and never holds up the restart of another: a DIMSE
+        process that cannot bind its port must not keep the index down."""
         log = logging.getLogger("pictor")
+        retry = max(self.interval, 1.0)
+        #: name of a part whose restart failed -> when to try it again (monotonic)
+        failing: dict[str, float] = {}
         while not self._stopping.wait(self.interval):
             for part in self.watched:
+                if self._stopping.is_set():
+                    return
                 if part.alive():
+                    failing.pop(part.name, None)
                     continue
-                log.error("%s stopped; restarting it", part.name)
-                while not self._stopping.is_set():
-                    try:
-                        if part.restart():
-                            log.warning("%s was restarted", part.name)
-                            break
-                    except Exception as exc:  # noqa: BLE001 - retried until it starts
-                        log.error("%s did not restart (%s); retrying", part.name, exc)
-                    self._stopping.wait(max(self.interval, 1.0))
+                if time.monotonic() < failing.get(part.name, 0.0):
+                    continue
+                if part.name not in failing:
+                    log.error("%s stopped; restarting it", part.name)
+                try:
+                    started = part.restart()
+                    reason = "it did not start"
+                except Exception as exc:  # noqa: BLE001 - retried until it starts
+                    started, reason = False, str(exc)
+                if started:
+                    failing.pop(part.name, None)
+                    log.warning("%s was restarted", part.name)
+                else:
+                    failing[part.name] = time.monotonic() + retry
+                    log.error("%s did not restart (%s); retrying", part.name, reason)
 
 
 class _ServerProcess:
