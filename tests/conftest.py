@@ -67,14 +67,14 @@ def pictor_cli(
     )
 
 
-def until(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    """``check()``'s first true value, polled every 0.3 s; AssertionError after
-    ``timeout`` seconds naming ``what`` was awaited."""
+def until(check: Callable[[], Any], timeout: float = 60, what: str = "", poll: float = 0.3) -> Any:
+    """``check()``'s first true value, polled every ``poll`` seconds; AssertionError
+    after ``timeout`` seconds naming ``what`` was awaited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := check():
             return value
-        time.sleep(0.3)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what or check}")
 
 
