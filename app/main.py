@@ -82,6 +82,7 @@ def create_app(settings: Settings, *, hot: bool = True) -> Litestar:
             app.state.lifecycle = Lifecycle(settings, pool, store)
             app.state.ingest = Ingest(settings, pool, store, app.state.lifecycle)
             app.state.instances = InstanceCache(pool)
+            app.state.lifecycle.settle = app.state.instances.settle
             audit = AuditLog(pool) if settings.audit_enabled else None
             link_secret = app.state.link_secret = links.LinkSecret(settings, pool)
             with contextlib.suppress(ServiceUnavailable):  # else read once the index answers

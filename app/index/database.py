@@ -314,6 +314,11 @@ class Listener:
         self._stopped = False
         self._reconnecting: asyncio.Task[None] | None = None
 
+    @property
+    def listening(self) -> bool:
+        """Whether notifications are being heard now (not between a loss and a reconnect)."""
+        return self._conn is not None
+
     def _deliver(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         self.callback(str(payload))
 

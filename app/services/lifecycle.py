@@ -7,6 +7,11 @@ the files it will delete (:meth:`BlobStore.retire`), then deletes their trash ro
 one transaction, then the files; a crash after the commit leaves the intent, and the
 start-up sweep deletes the files no row (instance or trash) references. A delete or a
 restore only moves rows; files do not move.
+
+A change answers once it is heard (``settle``, set by the server to
+:meth:`app.services.retrieve.InstanceCache.settle`): the announcement of a change goes
+out at commit, and a client that deletes and at once reads again must not be served
+what it deleted from some process's cache (DESIGN.md decision 8).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from app.config import Settings
@@ -62,6 +67,8 @@ class Lifecycle:
         self.pool = pool
         self.store = store
         self._task: asyncio.Task[None] | None = None
+        #: awaited after each change a caller waits for (see the module's docstring)
+        self.settle: Callable[[], Awaitable[object]] = _nothing
 
     def _expires(self, days: float | None = None) -> dt.datetime:
         keep = self.settings.trash_days if days is None else days
@@ -76,12 +83,15 @@ class Lifecycle:
         out = await index.delete(self.pool, study, series, sop, who=who, expires=self._expires())
         if self.settings.trash_days <= 0:
             await self._purge(ids=out.ids, who=who)
+        await self.settle()
         return out
 
     async def restore(
         self, study: str, series: Sequence[str] | None = None, *, who: str
     ) -> Trashed:
-        return await index.restore(self.pool, study, series or None, who=who)
+        out = await index.restore(self.pool, study, series or None, who=who)
+        await self.settle()
+        return out
 
     async def list_trash(self) -> list[TrashedStudy]:
         return await index.list_trash(self.pool)
@@ -196,6 +206,7 @@ class Lifecycle:
         )
         if at_once or self.settings.trash_days <= 0:
             await self._purge(ids=[i for t in trashed for i in t.ids], who=who)
+        await self.settle()
         return trashed
 
     # -- corrections --------------------------------------------------------------------
@@ -206,10 +217,14 @@ class Lifecycle:
             patch = validate(body)
         except PatchError as exc:
             raise BadRequest(str(exc)) from None
-        return await corrections.update(self.pool, study, patch, who=who)
+        out = await corrections.update(self.pool, study, patch, who=who)
+        await self.settle()
+        return out
 
     async def undo(self, study: str, *, who: str) -> Correction:
-        return await corrections.undo(self.pool, study, who=who)
+        out = await corrections.undo(self.pool, study, who=who)
+        await self.settle()
+        return out
 
     async def history(self, study: str) -> list[dict[str, Any]]:
         return await corrections.history(self.pool, study)
@@ -219,7 +234,13 @@ class Lifecycle:
         target may carry more Patient module attributes (keywords or tags) to apply."""
         src, _ = _patient(source, "source", extra=False)
         dst, given = _patient(target, "target", extra=True)
-        return await corrections.merge(self.pool, src, dst, given, who=who)
+        out = await corrections.merge(self.pool, src, dst, given, who=who)
+        await self.settle()
+        return out
+
+
+async def _nothing() -> None:
+    """No cache to settle (the CLI, a test)."""
 
 
 _IDENTIFIERS = {"PatientID": "00100020", "IssuerOfPatientID": "00100021"}

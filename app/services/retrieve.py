@@ -8,10 +8,17 @@ several machines: every change of an instance is announced with PostgreSQL NOTIF
 the transaction that makes it (:func:`app.index.instances.notify_changed`), and each
 process drops its entry when that transaction commits. A short time-to-live bounds
 staleness even if the listening connection is lost.
+
+Delivery takes a moment after the commit, so a change a client waits for (a delete, a
+correction) answers only once :meth:`InstanceCache.settle` has heard a marker sent after
+it: every listening process was told of the change when this one was, and has had the
+marker's round trip to act on it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -28,7 +35,7 @@ from app.codec.transcode import (
 from app.dicom.deidentify import deidentify_part10
 from app.dicom.patch import head_end, patch_head, patch_part10
 from app.index import retrieve as index_retrieve
-from app.index.database import Listener, Pool
+from app.index.database import INDEX_ERRORS, Listener, Pool
 from app.index.instances import CHANGED_CHANNEL, STUDY_PREFIX
 from app.index.retrieve import Scope, StoredInstance
 from app.services.tiering import READS
@@ -38,6 +45,11 @@ from app.storage import BlobStore
 #: cine loop, a slide's tiles), and how many are kept per server process
 CACHE_SECONDS = 2.0
 CACHE_SIZE = 2048
+
+#: a payload on CHANGED_CHANNEL that is not a change: :meth:`InstanceCache.settle`'s marker
+SETTLE_PREFIX = "settle:"
+#: seconds :meth:`InstanceCache.settle` waits for its marker at most
+SETTLE_SECONDS = 1.0
 
 __all__ = [
     "InstanceCache",
@@ -91,6 +103,7 @@ class InstanceCache:
         self._keys: dict[str, tuple[str, str, str]] = {}
         #: counts announced changes: a lookup that overlapped one is not kept
         self._changes = 0
+        self._settling: dict[str, asyncio.Future[None]] = {}
         self._listener = Listener(pool, CHANGED_CHANNEL, self.forget, on_gap=self.forget_all)
 
     async def start(self) -> None:
@@ -102,6 +115,11 @@ class InstanceCache:
     def forget(self, payload: str) -> None:
         """Drop what is cached of this instance, or of every instance of a study
         (``study:<UID>``): a change was announced."""
+        if payload.startswith(SETTLE_PREFIX):
+            waiting = self._settling.get(payload)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+            return  # another process's marker, or one given up on
         self._changes += 1
         if payload.startswith(STUDY_PREFIX):
             study = payload[len(STUDY_PREFIX) :]
@@ -119,6 +137,24 @@ class InstanceCache:
         self._changes += 1
         self._recent.clear()
         self._keys.clear()
+
+    async def settle(self, timeout: float = SETTLE_SECONDS) -> bool:
+        """Return once this process has heard a marker announced after the changes
+        its caller committed: True then; False after ``timeout`` seconds, or at once
+        when nothing is being heard (the index does not answer: then the time-to-live
+        is what bounds staleness)."""
+        if not self._listener.listening:
+            return False
+        marker = SETTLE_PREFIX + secrets.token_hex(8)
+        heard = self._settling[marker] = asyncio.get_running_loop().create_future()
+        try:
+            await self.pool.execute("SELECT pg_notify($1, $2)", CHANGED_CHANNEL, marker)
+            await asyncio.wait_for(heard, timeout)
+        except (*INDEX_ERRORS, TimeoutError):
+            return False
+        finally:
+            del self._settling[marker]
+        return True
 
     def peek(self, study: str, series: str, instance: str) -> StoredInstance | None:
         """The cached instance, if it is (no I/O; the key was validated when cached)."""

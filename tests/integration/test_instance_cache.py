@@ -6,6 +6,7 @@ change so announced does (the short TTL bounds the rest)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from app.index.database import create_pool
 from app.index.instances import notify_changed, notify_study_changed
@@ -93,3 +94,45 @@ def test_a_study_announcement_drops_every_instance_of_the_study(archive: Archive
     dropped, other_dropped = asyncio.run(run())
     assert dropped == [True, True]
     assert other_dropped is False
+
+
+def test_settle_waits_for_its_own_marker_and_the_marker_is_no_change(archive: Archive) -> None:
+    """A delete or a correction answers after InstanceCache.settle: it returns once its
+    marker, announced after the caller's commit, came back through this process's
+    listener (so every listener was told of the change by then). Another process's
+    marker drops nothing; with nothing listening it returns at once."""
+    study, series = new_uids()
+    assert (
+        archive.stow(multipart([ct_slice(study, series, 0, rows=16, cols=16)])).status_code == 200
+    )
+    scope = Scope(study, series, sop_instance_uid(series, 0))
+    dsn = embedded_dsn(archive.data_dir)
+
+    async def run() -> tuple[bool, bool, bool, float]:
+        node_a = await create_pool(dsn, min_size=1, max_size=2)
+        node_b = await create_pool(dsn, min_size=1, max_size=2)
+        settling, other = InstanceCache(node_a, ttl=60), InstanceCache(node_b, ttl=60)
+        await settling.start()
+        await other.start()
+        try:
+            await other.instance(scope)
+            changes = other._changes
+            heard = await settling.settle(timeout=5)
+            await asyncio.sleep(0.3)  # the marker has reached the other node too
+            kept = (
+                other.peek(study, series, scope.instance or "") is not None
+                and other._changes == changes
+            )
+            await settling.stop()
+            began = time.monotonic()
+            deaf = await settling.settle(timeout=5)
+            return heard, kept, deaf, time.monotonic() - began
+        finally:
+            await other.stop()
+            await node_a.close()
+            await node_b.close()
+
+    heard, kept, deaf, waited = asyncio.run(run())
+    assert heard is True
+    assert kept is True
+    assert deaf is False and waited < 1
