@@ -223,6 +223,10 @@ class EmbeddedPostgres:
         whether it runs now. Not yet while the dead postmaster is a zombie its parent has
         not reaped: PostgreSQL itself refuses to start while that PID exists."""
         assert self._server is not None, "restart() of a server never started"
+        # as a start does: run as root, pgserver's system user must be able to reach
+        # the directory, and something (a tool that tightens /tmp's folders) may have
+        # taken that away since (CI once saw pg_ctl refused, "Permission denied")
+        self._server.ensure_pgdata_inited()
         self._server.ensure_postgres_running()
         return self.running
 

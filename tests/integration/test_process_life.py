@@ -253,6 +253,29 @@ def test_the_embedded_database_killed_is_restarted_and_nothing_acknowledged_is_l
         server.stop()
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="pgserver runs PostgreSQL as its own user only as root"
+)
+def test_a_restart_gives_back_what_a_start_gave_the_database_user(tmp_path: Path) -> None:
+    """Run as root, pgserver starts PostgreSQL as its own system user and opens the
+    directories above the data directory for it. A restart after the postmaster died
+    must do so again: CI once saw a tool tighten /tmp's folders meanwhile, and every
+    restart then failed ("pg_ctl: could not access directory ...: Permission denied")."""
+    parent = tmp_path / "closed"
+    parent.mkdir()
+    pg = EmbeddedPostgres(parent / "pg")
+    pg.start()
+    try:
+        pid = postmaster_pid(parent)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        parent.chmod(0o700)  # what pytest does to its own base directory
+        assert _wait(lambda: pg.restart(), 30), "the database did not restart"
+        assert (parent.stat().st_mode & 0o005) == 0o005
+    finally:
+        pg.stop()
+
+
 @pytest.mark.slow
 def test_workers_started_while_the_database_is_down_serve_503_then_recover(
     tmp_path: Path,
