@@ -21,6 +21,7 @@ from pydicom.uid import UID
 from pynetdicom import evt
 
 from app.auth.audit import AuditLog
+from app.dimse.spool import data_set_head
 from app.dimse.status import SUCCESS
 
 _SERVICES = {
@@ -74,13 +75,14 @@ def _identifier(event: Any) -> Dataset | None:
 
 def _stored_uids(event: Any) -> tuple[list[str], list[str], list[str]]:
     """Study, series and SOP Instance UIDs of a C-STORE's data set, read from its start
-    in the negotiated transfer syntax (the UIDs come long before the pixel data)."""
+    in the negotiated transfer syntax (the UIDs come long before the pixel data; the
+    first :data:`app.dimse.spool.HEAD_BYTES` are read)."""
     sop = str(event.request.AffectedSOPInstanceUID or "")
     try:
         syntax = UID(str(event.context.transfer_syntax))
-        data: Any = event.request.DataSet.getbuffer()
-        if syntax.is_deflated:
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        data = data_set_head(event.request)
+        if syntax.is_deflated:  # the start of the stream inflates on its own
+            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
         ds = read_dataset(
             io.BytesIO(data),
             syntax.is_implicit_VR,

@@ -31,6 +31,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydicom.uid import UID
@@ -56,6 +57,7 @@ from app.dimse.network import no_delay
 from app.dimse.peers import resolve_sources, source_check
 from app.dimse.resources import Resources
 from app.dimse.retrieve import Retrieve
+from app.dimse.spool import install, prepare, release_pending
 from app.dimse.status import SUCCESS
 from app.dimse.store import Storage
 from app.dimse.worklist import WorklistFind
@@ -142,6 +144,11 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
+def spool_directory(settings: Settings) -> Path:
+    """Where received data sets too large for memory wait (:mod:`app.dimse.spool`)."""
+    return Path(settings.data_dir) / "dimse-spool"
+
+
 def restricted(settings: Settings) -> bool:
     """Only known peers may associate (with access control on, always)."""
     return settings.dimse_restrict or settings.auth
@@ -159,6 +166,7 @@ def handlers(res: Resources) -> list[Any]:
     return metered(
         [
             (evt.EVT_CONN_OPEN, no_delay),
+            (evt.EVT_CONN_CLOSE, release_pending),  # a data set cut off mid-transfer
             (evt.EVT_C_ECHO, lambda event: SUCCESS),  # PS3.7 9.1.5: Verification
             (evt.EVT_C_STORE, storage.handle),
             (evt.EVT_C_FIND, c_find),
@@ -219,6 +227,10 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ae = build_ae(settings)
+    # received data sets beyond a few MiB wait on the archive's disk, not in memory
+    spool = spool_directory(settings)
+    await asyncio.to_thread(prepare, spool)
+    install(spool)
     pool = await create_pool(settings.database_url, min_size=1, max_size=6)
     audit = AuditLog(pool) if settings.audit_enabled else None
     try:

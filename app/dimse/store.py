@@ -1,9 +1,11 @@
 """Storage SCP: C-STORE through the same two-phase ingest as STOW-RS (PS3.4 Annex B).
 
-Each instance arrives whole (pynetdicom assembles the P-DATA fragments, PS3.8 9.3.5) and
-is written as a DICOM file (PS3.10 7: preamble, File Meta Information, then the data set
+Each instance arrives whole (pynetdicom assembles the P-DATA fragments, PS3.8 9.3.5,
+into a :class:`app.dimse.spool.Spool`: memory while small, a spool file beyond) and is
+written as a DICOM file (PS3.10 7: preamble, File Meta Information, then the data set
 exactly as received in the negotiated transfer syntax, compressed or deflated ones
-included), then handed to :class:`app.services.ingest.Ingest`: the same analysis, the
+included), streamed from the spool in bounded chunks, then handed to
+:class:`app.services.ingest.Ingest`: the same analysis, the
 same duplicate rules (identical content: success; a different object under a stored SOP
 Instance UID: failure 0111H unless ``on_duplicate = "replace"``), the same publish and
 commit. The response goes out only once the instance is durable and visible to QIDO and
@@ -28,6 +30,7 @@ from pydicom.dataset import Dataset
 
 from app.dicom.analysis import Analysis
 from app.dimse.bridge import Bridge
+from app.dimse.spool import Spool
 from app.dimse.status import SUCCESS, Service, failure, status_dataset, storage_status
 from app.errors import FailureReason, InstanceRejected
 from app.services.ingest import BATCH, FAILED, Ingest, Outcome, Part
@@ -83,11 +86,23 @@ class Storage:
         self.bridge = bridge
         self.group = GroupCommit(ingest)
 
-    async def store(self, data: bytes, sop_class_uid: str, sop_instance_uid: str) -> Outcome:
-        """Store one DICOM file's bytes; the outcome says what became of it."""
+    async def store(
+        self, data: bytes | memoryview | Spool, sop_class_uid: str, sop_instance_uid: str
+    ) -> Outcome:
+        """Store one DICOM file's bytes (or a spool's); the outcome says what became of it."""
         temp = self.ingest.new_part()
         try:
-            await temp.write(data)
+            if isinstance(data, Spool) and data.spilled:
+                with data.chunks() as chunks:  # read in a thread, a bounded chunk at a time
+                    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                        await temp.write(chunk)
+            elif isinstance(data, Spool):
+                content = data.in_memory()
+                if content is None:
+                    raise ValueError("the received data set was given up")
+                await temp.write(content)
+            else:
+                await temp.write(data)
         except BaseException:
             await temp.abort()
             raise
@@ -108,7 +123,8 @@ class Storage:
         """EVT_C_STORE handler (a pynetdicom thread): returns the C-STORE-RSP status."""
         request = event.request
         try:
-            data = event.encoded_dataset(include_meta=True)
+            spool = getattr(request, "_dataset_file", None)
+            data = spool if isinstance(spool, Spool) else event.encoded_dataset(include_meta=True)
             outcome = self.bridge.run(
                 self.store(
                     data, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)

@@ -35,10 +35,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from conftest import Archive, Pictor, multipart
+from app.dimse.spool import MEMORY_LIMIT as SPOOL_MEMORY_LIMIT
+
+from conftest import Archive, Pictor, multipart, until
 from corpus import get_ref, make_patched_copy, reference_files
 from server import PictorProcess, free_port
-from synth import ct_slice, new_uids, rejection_note
+from synth import big_multiframe, ct_slice, new_uids, rejection_note
 
 DCMTK = Path("/usr/bin")
 pytestmark = pytest.mark.skipif(
@@ -485,6 +487,137 @@ def test_pynetdicom_client_stores_deflated_and_several_associations_at_once(dims
         )
     ]
     assert deflated.count(DeflatedExplicitVRLittleEndian) == 6
+
+
+def _dimse_pid(dimse: Dimse) -> int:
+    for pid in dimse.archive.process.pids():
+        try:
+            if "app.dimse" in " ".join(psutil.Process(pid).cmdline()):
+                return pid
+        except psutil.NoSuchProcess:
+            pass
+    raise AssertionError("no DIMSE process")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
+
+
+def _data_set_digest(path: Path) -> tuple[str, int]:
+    """SHA-256 and length of a DICOM file's data set: what follows its File Meta
+    Information (PS3.10 7.1), read in chunks."""
+    import hashlib
+
+    with path.open("rb") as f:
+        f.seek(128 + 4 + 8)  # preamble, "DICM", (0002,0000) UL: the group's length
+        f.seek(128 + 4 + 12 + int.from_bytes(f.read(4), "little"))
+        digest, n = hashlib.sha256(), 0
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+            n += len(chunk)
+    return digest.hexdigest(), n
+
+
+class _SpoolWatch:
+    """The largest file seen in the DIMSE spool directory while it runs."""
+
+    def __init__(self, directory: Path) -> None:
+        import threading
+
+        self.directory = directory
+        self.largest = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for entry in list(self.directory.glob("*")):
+                try:
+                    self.largest = max(self.largest, entry.stat().st_size)
+                except FileNotFoundError:
+                    pass
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.largest
+
+
+def _spool_files(dimse: Dimse) -> list[Path]:
+    return list((dimse.archive.data_dir / "dimse-spool").glob("*"))
+
+
+def test_a_large_c_store_streams_through_a_spool_file_not_memory(dimse: Dimse) -> None:
+    """Issue #20: a data set far larger than memory should hold is received into a
+    spool file and streamed into the archive, so the DIMSE process's peak RSS grows by
+    under 100 MB for a 300 MB instance (in memory it would grow by 300 MB at least,
+    twice over when copied); the spool file is gone once the C-STORE is answered, and
+    the stored data set is the one sent, byte for byte."""
+    big = big_multiframe(dimse.work / "spool-big.dcm", 300 << 20)
+    sop = str(pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID)
+    pid = _dimse_pid(dimse)
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak RSS starts again from now
+    before = _status_kib(pid, "VmHWM")
+    watch = _SpoolWatch(dimse.archive.data_dir / "dimse-spool")
+    try:
+        sent = dimse.tool("storescu", files=(str(big),))
+    finally:
+        largest = watch.stop()
+    grown_mib = (_status_kib(pid, "VmHWM") - before) / 1024
+    assert sent.returncode == 0, sent.stderr
+    assert grown_mib < 100, f"the DIMSE process grew by {grown_mib:.0f} MiB"
+    assert largest > SPOOL_MEMORY_LIMIT  # it went through the spool file
+    assert _spool_files(dimse) == []
+    [(key,)] = dimse.archive.query("SELECT file_key FROM instance WHERE sop_instance_uid = $1", sop)
+    stored = _data_set_digest(dimse.archive.data_dir / "storage" / key)
+    assert stored == _data_set_digest(big)
+    big.unlink()
+
+
+def test_a_c_store_cut_off_mid_transfer_leaves_nothing(dimse: Dimse) -> None:
+    """A peer that dies while sending a large data set (the association is lost, PS3.8
+    9.1.4): the spool file it filled is deleted, nothing is indexed, no upload is left
+    in the archive's tmp/, and the next C-STORE works."""
+    big = big_multiframe(dimse.work / "spool-cut.dcm", 400 << 20)
+    sop = str(pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID)
+    tmp_before = set((dimse.archive.data_dir / "tmp").glob("*.part"))
+    sender = subprocess.Popen(
+        [
+            str(DCMTK / "storescu"),
+            "-aet",
+            "TESTSCU",
+            "-aec",
+            "PICTOR",
+            "127.0.0.1",
+            str(dimse.port),
+            str(big),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > SPOOL_MEMORY_LIMIT for p in _spool_files(dimse)):
+            assert time.monotonic() < deadline, "the data set never reached the spool"
+            assert sender.poll() is None, "storescu ended before it was cut off"
+            time.sleep(0.02)
+    finally:
+        sender.kill()
+        sender.wait(10)
+    until(lambda: _spool_files(dimse) == [], 10, "the cut-off data set's spool file is deleted")
+    assert dimse.archive.query("SELECT 1 FROM instance WHERE sop_instance_uid = $1", sop) == []
+    assert set((dimse.archive.data_dir / "tmp").glob("*.part")) <= tmp_before
+    _, _, files = _ct_series(1)
+    assoc = dimse.associate(CT)
+    try:
+        assert assoc.send_c_store(_dataset(files[0])).Status == 0x0000  # type: ignore[attr-defined]
+    finally:
+        assoc.release()  # type: ignore[attr-defined]
+    big.unlink()
 
 
 # -- query ------------------------------------------------------------------------------------

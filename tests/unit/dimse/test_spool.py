@@ -1,0 +1,119 @@
+"""app.dimse.spool: where pynetdicom puts a received C-STORE data set (issue #20)."""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom import _config, dimse_messages
+
+from app.dimse import spool as spool_module
+from app.dimse.spool import Spool, data_set_head, install, prepare, release_pending
+
+
+def _content(spool: Spool) -> bytes:
+    with spool.chunks() as chunks:
+        return b"".join(bytes(c) for c in chunks)
+
+
+def test_a_small_data_set_stays_in_memory(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit=100)
+    for piece in (b"a" * 40, b"b" * 60):  # exactly the limit
+        spool.write(piece)
+    spool.file.flush()  # what pynetdicom calls after each fragment
+    assert not spool.spilled and list(tmp_path.iterdir()) == []
+    assert spool.in_memory() == b"a" * 40 + b"b" * 60 and spool.size == 100
+    assert _content(spool) == b"a" * 40 + b"b" * 60
+
+
+def test_a_large_one_spills_to_a_file_that_close_deletes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit=100)
+    pieces = [os.urandom(70) for _ in range(5)]
+    for piece in pieces:
+        spool.write(piece)
+    assert spool.spilled and spool.in_memory() is None
+    assert [p.name for p in tmp_path.iterdir()] == [Path(spool.name).name]
+    assert _content(spool) == b"".join(pieces)
+    assert spool.head(10) == pieces[0][:10]
+    spool.close()
+    spool.close()  # idempotent, as pynetdicom and the abort handler may both close
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError):
+        spool.write(b"x")
+
+
+def test_chunks_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool_module, "READ_CHUNK", 64)
+    spool = Spool(tmp_path, limit=10)
+    data = os.urandom(1000)
+    spool.write(data)
+    with spool.chunks() as chunks:
+        sizes = [len(c) for c in chunks]
+    assert max(sizes) == 64 and sum(sizes) == 1000
+    spool.close()
+
+
+def test_a_forgotten_spool_deletes_its_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit=1)
+    spool.write(b"more than one byte")
+    assert len(list(tmp_path.iterdir())) == 1
+    del spool
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _with_meta(data_set: bytes) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    buffer = io.BytesIO()
+    buffer.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta)  # type: ignore[arg-type]
+    return buffer.getvalue() + data_set
+
+
+@pytest.mark.parametrize("limit", [1 << 20, 16], ids=["in memory", "spilled"])
+def test_data_set_head_skips_the_file_meta(tmp_path: Path, limit: int) -> None:
+    data_set = os.urandom(5000)
+    spool = Spool(tmp_path, limit=limit)
+    spool.write(_with_meta(data_set))
+    request = SimpleNamespace(_dataset_file=spool)
+    assert data_set_head(request, 100) == data_set[:100]
+    assert data_set_head(request, 10_000) == data_set
+    spool.close()
+    # not chunked: pynetdicom's own BytesIO of the data set
+    assert data_set_head(SimpleNamespace(DataSet=io.BytesIO(data_set)), 7) == data_set[:7]
+
+
+def test_release_pending_closes_a_data_set_cut_off_mid_transfer(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, limit=1)
+    spool.write(b"half a data set")
+    event = SimpleNamespace(assoc=SimpleNamespace(dimse=SimpleNamespace(message=None)))
+    release_pending(event)  # nothing being received: nothing happens
+    event.assoc.dimse.message = SimpleNamespace(_data_set_file=spool)
+    release_pending(event)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_empties_the_directory_and_install_hooks_pynetdicom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    (directory / "left-by-a-killed-process.dcm").write_bytes(b"x")
+    prepare(directory)
+    assert directory.is_dir() and list(directory.iterdir()) == []
+    monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    install(directory, limit=5)
+    assert _config.STORE_RECV_CHUNKED_DATASET is True
+    made = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    assert isinstance(made, Spool) and made.limit == 5
+    assert Path(made.name).parent == directory
