@@ -221,8 +221,19 @@ class Ingest:
         outcomes: list[Outcome | None] = [None] * len(parts)
         candidates: dict[int, Analysis] = {}
         seen: dict[str, int] = {}
-        if parts:
-            await asyncio.wait([p.written for p in parts])
+        # what the index has of these UIDs is asked while the parts' files are finished
+        # (hashed, written, fsynced): a DIMSE C-STORE waits for both, one after the other
+        lookup = asyncio.ensure_future(
+            self._lookup(
+                {p.analysis.sop_instance_uid for p in parts if isinstance(p.analysis, Analysis)}
+            )
+        )
+        try:
+            if parts:
+                await asyncio.wait([p.written for p in parts])
+        except BaseException:
+            lookup.cancel()
+            raise
         for i, part in enumerate(parts):
             a = part.analysis
             if not isinstance(a, InstanceRejected) and part.written.exception() is not None:
@@ -262,9 +273,7 @@ class Ingest:
             candidates[i] = a
 
         try:
-            uids = [a.sop_instance_uid for a in candidates.values()]
-            existing = await index.find_existing(self.pool, uids)
-            rejected = await self.lifecycle.rejected(uids)
+            existing, rejected = await lookup
             resent = await self._resent(existing, [(a, parts[i]) for i, a in candidates.items()])
         except ServiceUnavailable as exc:
             await self.discard(parts)  # nothing of this batch was published
@@ -328,6 +337,16 @@ class Ingest:
             if i not in new:
                 part.temp.discard()
         return self._final(parts, outcomes)
+
+    async def _lookup(
+        self, uids: set[str]
+    ) -> tuple[dict[str, index.Existing], dict[str, tuple[str, str]]]:
+        """The stored instances and the rejections of these SOP Instance UIDs."""
+        if not uids:
+            return {}, {}
+        ordered = sorted(uids)
+        existing = await index.find_existing(self.pool, ordered)
+        return existing, await self.lifecycle.rejected(ordered)
 
     async def _resent(
         self, existing: dict[str, index.Existing], candidates: Iterable[tuple[Analysis, Part]]
