@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 import asyncpg
+import psutil
 import uvloop
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
@@ -50,7 +51,7 @@ from _client import MULTIPART, Connection, multipart_body
 from conftest import embedded_dsn
 from server import PictorProcess, free_port, stop_postgres
 from stow_ingest import run_requests
-from synth import ct_slice, new_uids
+from synth import big_multiframe, ct_slice, new_uids
 
 STORESCU = "/usr/bin/storescu"  # dcmtk's; PATH may hold another
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -118,6 +119,9 @@ def throughput(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     try:
         dsn = embedded_dsn(server.data_dir)
         size = 0
+        associations = association_rate(dimse_port, args.associations)
+        print(f"  associations (C-ECHO, one at a time): {associations:7.1f} /s", flush=True)
+        big = big_instance(root, server, dimse_port, args.big_bytes) if args.big_bytes else None
         for r in range(args.rounds):
             for kind in ("c_store", "stow") if r % 2 == 0 else ("stow", "c_store"):
                 study, series = new_uids()
@@ -159,6 +163,74 @@ def throughput(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "stow_rounds": [round(x, 1) for x in results["stow"]],
         "c_store_median": round(statistics.median(results["c_store"]), 1),
         "stow_median": round(statistics.median(results["stow"]), 1),
+        "ratio_median": round(
+            statistics.median(results["c_store"]) / statistics.median(results["stow"]), 3
+        ),
+        "associations_per_s": round(associations, 1),
+        "big_instance": big,
+    }
+
+
+def association_rate(port: int, n: int) -> float:
+    """Associations a second, one after another, each one C-ECHO (PS3.7 9.1.5) then
+    A-RELEASE: what a modality that opens an association per instance or per study
+    pays before it sends anything."""
+    ae = AE(ae_title="BENCHECHO")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    start = time.perf_counter()
+    for _ in range(n):
+        assoc = ae.associate("127.0.0.1", port, ae_title="PICTOR")
+        if not assoc.is_established:
+            raise RuntimeError("association refused")
+        if assoc.send_c_echo().Status != 0:
+            raise RuntimeError("C-ECHO failed")
+        assoc.release()
+    return n / (time.perf_counter() - start)
+
+
+def _dimse_pid(server: PictorProcess) -> int:
+    for pid in server.pids():
+        try:
+            if "app.dimse" in " ".join(psutil.Process(pid).cmdline()):
+                return pid
+        except psutil.NoSuchProcess:
+            pass
+    raise RuntimeError("no DIMSE process")
+
+
+def _kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+def big_instance(root: Path, server: PictorProcess, port: int, size: int) -> dict[str, Any]:
+    """One multi-frame instance of about ``size`` bytes by storescu: MB/s, and how much
+    the DIMSE process's peak RSS rose (VmHWM, reset first through clear_refs)."""
+    path = big_multiframe(root / "big.dcm", size)
+    pid = _dimse_pid(server)
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = _kib(pid, "VmHWM")
+    start = time.perf_counter()
+    subprocess.run(
+        [STORESCU, "-aet", "BENCHBIG", "-aec", "PICTOR", "127.0.0.1", str(port), str(path)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    seconds = time.perf_counter() - start
+    grown = (_kib(pid, "VmHWM") - before) / 1024
+    real = path.stat().st_size
+    path.unlink()
+    print(
+        f"  one {real / 1e9:.2f} GB instance: {real / 1e6 / seconds:.0f} MB/s, DIMSE peak RSS "
+        f"+{grown:.0f} MiB",
+        flush=True,
+    )
+    return {
+        "bytes": real,
+        "mb_per_s": round(real / 1e6 / seconds, 1),
+        "rss_growth_mib": round(grown),
     }
 
 
@@ -296,6 +368,12 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=20_000)
     parser.add_argument("--seed-instances", type=int, default=200_000)
     parser.add_argument("--requests", type=int, default=200, help="C-FINDs per query type")
+    parser.add_argument(
+        "--associations", type=int, default=50, help="associations one after another (C-ECHO)"
+    )
+    parser.add_argument(
+        "--big-bytes", type=int, default=0, help="also store one instance this large (0: no)"
+    )
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--skip-find", action="store_true")
     parser.add_argument(

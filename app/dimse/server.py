@@ -28,6 +28,7 @@ to another called AE title.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import signal
 import sys
@@ -119,7 +120,21 @@ def _preference(syntax: str) -> int:
 TRANSFER_SYNTAXES = sorted(ALL_TRANSFER_SYNTAXES, key=_preference)
 
 
+def share_uids_in_copies() -> None:
+    """Let ``copy.deepcopy`` share pydicom UIDs, as it shares ``str`` (a UID is an
+    immutable ``str``). pynetdicom deep-copies the supported presentation contexts for
+    every association it accepts: here about 200 abstract syntaxes with 8,500 transfer
+    syntax UIDs, which took 77 ms of the interpreter (every other association waiting)
+    and takes 5.5 ms with the UIDs shared (issue #20)."""
+    copy._deepcopy_dispatch[UID] = _same  # type: ignore[attr-defined]
+
+
+def _same(value: UID, _memo: object) -> UID:
+    return value
+
+
 def build_ae(settings: Settings) -> AE:
+    share_uids_in_copies()
     ae = AE(ae_title=settings.dimse_ae_title)
     ae.maximum_associations = MAX_ASSOCIATIONS
     ae.maximum_pdu_size = MAX_PDU

@@ -117,3 +117,27 @@ def test_prepare_empties_the_directory_and_install_hooks_pynetdicom(
     made = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
     assert isinstance(made, Spool) and made.limit == 5
     assert Path(made.name).parent == directory
+
+
+def test_association_contexts_copy_cheaply_and_still_deeply() -> None:
+    """pynetdicom deep-copies the supported contexts for every association it accepts:
+    with the UIDs shared (they are immutable strings) the copy is still a copy, each
+    context and its list of transfer syntaxes new, holding equal values."""
+    import copy
+
+    from pydicom.uid import UID
+
+    from app.config import Settings
+    from app.dimse.server import build_ae
+
+    contexts = build_ae(Settings()).supported_contexts  # build_ae shares UIDs in copies
+    copies = copy.deepcopy(contexts)
+    assert copy.deepcopy(UID("1.2.3")) == "1.2.3"
+    for original, copied in zip(contexts, copies, strict=True):
+        assert copied is not original
+        assert copied.abstract_syntax is original.abstract_syntax  # shared, not rebuilt
+        assert copied.transfer_syntax == original.transfer_syntax
+        assert copied.transfer_syntax is not original.transfer_syntax
+        assert (copied.scu_role, copied.scp_role) == (original.scu_role, original.scp_role)
+    copies[0].transfer_syntax.append("1.2.3.4")  # a copy's changes stay its own
+    assert "1.2.3.4" not in contexts[0].transfer_syntax
