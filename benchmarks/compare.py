@@ -13,13 +13,16 @@
    modalities and accession numbers.
 2. Both servers fresh, on loopback: Orthanc (Debian's ``orthanc``, with the DICOMweb
    and GDCM plugins, its own JSON configuration and storage folder under a temporary
-   directory; remote access and its DICOM port off) and ``pictor serve`` (new data
-   directory, embedded PostgreSQL, DIMSE off). As root, the whole run (servers and
+   directory; remote access off, its DICOM port on loopback for the C-STORE row) and
+   ``pictor serve`` (new data directory, embedded PostgreSQL, DIMSE on loopback). As
+   root, the whole run (servers and
    client) moves into a private network namespace that has only loopback
    (``--netns auto``, the default).
 3. The same client (``_client.Connection``: lean keep-alive HTTP/1.1, a timeout on
    every request) runs each row against one server, then the other:
-   STOW ingest per group (instances/s, MB/s), the QIDO mix (OHIF's includefield),
+   STOW ingest per group (instances/s, MB/s), C-STORE of the native CT group under new
+   UIDs by dcmtk ``storescu`` (one association per client, each instance found by
+   QIDO-RS afterwards), the QIDO mix (OHIF's includefield),
    series metadata, single frames as stored (``transfer-syntax=*``) and transcoded to
    Explicit VR Little Endian, for native and JPEG 2000 instances, and rendered JPEG.
    Every answer is checked (status, result count and identity, frame bytes, JPEG
@@ -117,6 +120,8 @@ class Server:
     name = ""
     port = 0
     root = "/dicom-web"
+    dimse_port = 0  # the C-STORE row's door (PS3.8 on loopback)
+    dimse_aet = ""
 
     def start(self) -> None:
         raise NotImplementedError
@@ -217,6 +222,7 @@ class OrthancServer(Server):
     def __init__(self, workdir: Path, options: dict[str, Any]) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.dimse_port, self.dimse_aet = free_port(), "ORTHANC"
         self.proc: subprocess.Popen[bytes] | None = None
         storage = workdir / "storage"
         storage.mkdir(parents=True, exist_ok=True)
@@ -227,10 +233,15 @@ class OrthancServer(Server):
             "IndexDirectory": str(storage),
             "Plugins": [plugins["dicomweb"], plugins["gdcm"]],
             "HttpPort": self.port,
-            # isolation: no remote HTTP clients, no DICOM listener, nothing else
+            # isolation: no remote HTTP clients, DICOM only for the C-STORE row's
+            # storescu (any calling AE title may store: DicomAlwaysAllowStore)
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
-            "DicomServerEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": self.dimse_aet,
+            "DicomPort": self.dimse_port,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
             "WebDavEnabled": False,
             "OrthancExplorerEnabled": False,
             "HttpProxy": "",
@@ -293,7 +304,10 @@ class PictorServer(Server):
 
     def __init__(self, workdir: Path, workers: int) -> None:
         self.data_dir = workdir / "data"
-        self.process = PictorProcess(self.data_dir, workers=workers)
+        self.dimse_port, self.dimse_aet = free_port(), "PICTOR"
+        self.process = PictorProcess(
+            self.data_dir, workers=workers, env={"PICTOR_DIMSE_PORT": str(self.dimse_port)}
+        )
         self.port = self.process.port
         self.last_code: int | None = None
 
@@ -628,6 +642,7 @@ class Row:
     label: str
     unit: str  # "instances/s" (ingest) or "requests/s"
     group: str = ""  # ingest rows: the corpus group
+    door: str = "stow"  # ingest rows: "stow" (HTTP) or "c-store" (DIMSE, storescu)
     requests: list[Request] = field(default_factory=list)
 
 
@@ -785,7 +800,108 @@ def ingest_rows(corpus: Corpus) -> list[Row]:
             "instances/s",
             group="small",
         ),
+        Row(
+            "cstore_ct",
+            "C-STORE CT 512x512 native (storescu, 1 per client)",
+            "instances/s",
+            group="ct",
+            door="c-store",
+        ),
     ]
+
+
+STORESCU = "/usr/bin/storescu"  # dcmtk's (PATH may hold another)
+
+
+def fresh_copies(files: list[bytes]) -> list[bytes]:
+    """The files under new Study, Series and SOP Instance UIDs (the same new UID for
+    the same old one): the C-STORE row stores new instances, not the STOW row's again."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    new: dict[str, str] = {}
+    out = []
+    for data in files:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            old = str(ds.data_element(keyword).value)
+            ds.data_element(keyword).value = new.setdefault(old, generate_uid())
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
+def c_store(
+    server: Server, files: list[bytes], clients: int, work: Path, timeout: float
+) -> Outcome:
+    """dcmtk storescu, ``clients`` at once, one association each, each sending its share
+    one C-STORE at a time as a modality does; every instance must then be found by
+    QIDO-RS (both servers answer it), else the row is WRONG."""
+    import pydicom
+
+    out = Outcome()
+    folders = [work / f"c-store-{server.name}-{c}" for c in range(clients)]
+    series: dict[tuple[str, str], int] = {}
+    for c, folder in enumerate(folders):
+        folder.mkdir(parents=True)
+        for i in range(c, len(files), clients):
+            (folder / f"{i:06d}.dcm").write_bytes(files[i])
+    for data in files:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        key = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+        series[key] = series.get(key, 0) + 1
+    os.sync()
+    cpu0 = server.cpu_seconds()
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [
+                STORESCU,
+                "-aet",
+                f"BENCH{c}",
+                "-aec",
+                server.dimse_aet,
+                "127.0.0.1",
+                str(server.dimse_port),
+                "+sd",
+                str(folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for c, folder in enumerate(folders)
+    ]
+    errors = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout * len(files))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+        if p.returncode != 0 or b"Store Failed" in err or b"E: " in err:
+            errors.append(err.decode(errors="replace")[-300:])
+    out.seconds = time.perf_counter() - t0
+    out.cpu_s = server.cpu_seconds() - cpu0
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    if errors:
+        out.status = f"FAILED: storescu: {errors[0]}"
+        return out
+    found = 0
+    for (study, uid), expected in series.items():
+        url = f"http://127.0.0.1:{server.port}{server.root}/studies/{study}/series/{uid}/instances"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                found += min(expected, len(json.loads(r.read() or b"[]")))
+        except OSError:
+            pass
+    if found != len(files):
+        out.status = f"WRONG: {found} of {len(files)} stored instances found by QIDO-RS"
+        return out
+    out.count, out.bytes = len(files), sum(len(f) for f in files)
+    return out
 
 
 def ingest_bodies(files: list[bytes], batch: int) -> list[tuple[bytes, str, int]]:
@@ -819,7 +935,10 @@ def run_row(
                 settle(s)
             except Exception as exc:  # noqa: BLE001
                 return {"status": f"not run: restart failed ({exc})"[:200]}
-        if row.group:
+        if row.door == "c-store":
+            files = fresh_copies(corpus.groups[row.group])
+            outcome = c_store(s, files, clients, args.work, args.timeout)
+        elif row.group:
             bodies = ingest_bodies(corpus.groups[row.group], preset.batch)
             # start from clean page cache: on ext4 an fsync also waits for the writeback
             # of what the other server wrote just before (data=ordered journal commits)
@@ -1024,6 +1143,7 @@ def main() -> None:
         rows = [r for r in rows if re.search(args.rows, r.key) or r.unit == "instances/s"]
 
     tmp = Path(tempfile.mkdtemp(prefix="pictor-compare-", dir=os.environ.get("PICTOR_BENCH_DIR")))
+    args.work = tmp
     servers: list[Server] = []
     if "pictor" in args.servers:
         (tmp / "pictor").mkdir()
