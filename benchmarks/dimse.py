@@ -39,7 +39,6 @@ from typing import Any
 from urllib.parse import quote
 
 import asyncpg
-import psutil
 import uvloop
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
@@ -49,7 +48,7 @@ from app.dimse.network import no_delay
 
 from _client import MULTIPART, Connection, multipart_body
 from conftest import embedded_dsn
-from server import PictorProcess, free_port, stop_postgres
+from server import PictorProcess, free_port, status_kib, stop_postgres
 from stow_ingest import run_requests
 from synth import big_multiframe, ct_slice, new_uids
 
@@ -188,30 +187,13 @@ def association_rate(port: int, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _dimse_pid(server: PictorProcess) -> int:
-    for pid in server.pids():
-        try:
-            if "app.dimse" in " ".join(psutil.Process(pid).cmdline()):
-                return pid
-        except psutil.NoSuchProcess:
-            pass
-    raise RuntimeError("no DIMSE process")
-
-
-def _kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/{pid}/status")
-
-
 def big_instance(root: Path, server: PictorProcess, port: int, size: int) -> dict[str, Any]:
     """One multi-frame instance of about ``size`` bytes by storescu: MB/s, and how much
     the DIMSE process's peak RSS rose (VmHWM, reset first through clear_refs)."""
     path = big_multiframe(root / "big.dcm", size)
-    pid = _dimse_pid(server)
+    [pid] = server.children("app.dimse")
     Path(f"/proc/{pid}/clear_refs").write_text("5")
-    before = _kib(pid, "VmHWM")
+    before = status_kib(pid, "VmHWM")
     start = time.perf_counter()
     subprocess.run(
         [STORESCU, "-aet", "BENCHBIG", "-aec", "PICTOR", "127.0.0.1", str(port), str(path)],
@@ -219,7 +201,7 @@ def big_instance(root: Path, server: PictorProcess, port: int, size: int) -> dic
         stdout=subprocess.DEVNULL,
     )
     seconds = time.perf_counter() - start
-    grown = (_kib(pid, "VmHWM") - before) / 1024
+    grown = (status_kib(pid, "VmHWM") - before) / 1024
     real = path.stat().st_size
     path.unlink()
     print(

@@ -99,6 +99,17 @@ class PictorProcess:
         except psutil.NoSuchProcess:
             return []
 
+    def children(self, module: str) -> list[int]:
+        """The server's processes running ``python -m <module>`` (``app.dimse``, ...)."""
+        found = []
+        for pid in self.pids():
+            try:
+                if f"-m {module}" in " ".join(psutil.Process(pid).cmdline()):
+                    found.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
     def rss(self) -> int:
         total = 0
         for pid in self.pids():
@@ -135,6 +146,15 @@ class PictorProcess:
                 pass
         self.proc.wait(10)
         self.proc = None
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A memory figure of /proc/<pid>/status in KiB (``VmRSS``, ``VmHWM``: the peak RSS,
+    which writing 5 to /proc/<pid>/clear_refs starts again from the current RSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise LookupError(f"{field} not in /proc/{pid}/status")
 
 
 def postmaster_pid(data_dir: Path) -> int | None:

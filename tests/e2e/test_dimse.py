@@ -39,7 +39,7 @@ from app.dimse.spool import MEMORY_LIMIT as SPOOL_MEMORY_LIMIT
 
 from conftest import Archive, Pictor, multipart, until
 from corpus import get_ref, make_patched_copy, reference_files
-from server import PictorProcess, free_port
+from server import PictorProcess, free_port, status_kib
 from synth import big_multiframe, ct_slice, new_uids, rejection_note
 
 DCMTK = Path("/usr/bin")
@@ -175,18 +175,8 @@ def test_echoscu(dimse: Dimse) -> None:
 
 
 def test_dimse_is_its_own_process_and_port_0_turns_it_off(dimse: Dimse, archive: Archive) -> None:
-    def dimse_children(process: PictorProcess) -> list[int]:
-        found = []
-        for pid in process.pids():
-            try:
-                if "app.dimse" in " ".join(psutil.Process(pid).cmdline()):
-                    found.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return found
-
-    assert len(dimse_children(dimse.archive.process)) == 1
-    assert dimse_children(archive.process) == []  # the default fixture: PICTOR_DIMSE_PORT=0
+    assert len(dimse.archive.process.children("app.dimse")) == 1
+    assert archive.process.children("app.dimse") == []  # the default fixture: PICTOR_DIMSE_PORT=0
 
 
 # -- storage --------------------------------------------------------------------------------
@@ -489,23 +479,6 @@ def test_pynetdicom_client_stores_deflated_and_several_associations_at_once(dims
     assert deflated.count(DeflatedExplicitVRLittleEndian) == 6
 
 
-def _dimse_pid(dimse: Dimse) -> int:
-    for pid in dimse.archive.process.pids():
-        try:
-            if "app.dimse" in " ".join(psutil.Process(pid).cmdline()):
-                return pid
-        except psutil.NoSuchProcess:
-            pass
-    raise AssertionError("no DIMSE process")
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{field} not in /proc/{pid}/status")
-
-
 def _data_set_digest(path: Path) -> tuple[str, int]:
     """SHA-256 and length of a DICOM file's data set: what follows its File Meta
     Information (PS3.10 7.1), read in chunks."""
@@ -559,15 +532,15 @@ def test_a_large_c_store_streams_through_a_spool_file_not_memory(dimse: Dimse) -
     the stored data set is the one sent, byte for byte."""
     big = big_multiframe(dimse.work / "spool-big.dcm", 300 << 20)
     sop = str(pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID)
-    pid = _dimse_pid(dimse)
+    [pid] = dimse.archive.process.children("app.dimse")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak RSS starts again from now
-    before = _status_kib(pid, "VmHWM")
+    before = status_kib(pid, "VmHWM")
     watch = _SpoolWatch(dimse.archive.data_dir / "dimse-spool")
     try:
         sent = dimse.tool("storescu", files=(str(big),))
     finally:
         largest = watch.stop()
-    grown_mib = (_status_kib(pid, "VmHWM") - before) / 1024
+    grown_mib = (status_kib(pid, "VmHWM") - before) / 1024
     assert sent.returncode == 0, sent.stderr
     assert grown_mib < 100, f"the DIMSE process grew by {grown_mib:.0f} MiB"
     assert largest > SPOOL_MEMORY_LIMIT  # it went through the spool file
@@ -1061,7 +1034,7 @@ def test_restricted_calling_ae_titles(tmp_path: Path, pictor: Pictor) -> None:
             "PICTOR_DIMSE_PEERS": f"KNOWN@127.0.0.1:{free_port()}",
         },
     )
-    pids = [pid for pid in process.pids() if "app.dimse" in " ".join(psutil.Process(pid).cmdline())]
+    pids = process.children("app.dimse")
     assert len(pids) == 1
 
     def echo(aet: str) -> subprocess.CompletedProcess[str]:
