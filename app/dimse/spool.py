@@ -109,13 +109,14 @@ class Spool:
         with open(self.name, "rb") as f:
             yield _read_chunks(f)
 
-    def head(self, n: int) -> bytes:
-        """The first ``n`` bytes of the content (fewer if it is shorter)."""
+    def head(self, n: int, start: int = 0) -> bytes:
+        """``n`` bytes of the content from ``start`` (fewer where it ends)."""
         if self._memory is not None:
-            return bytes(self._memory[:n])
+            return bytes(self._memory[start : start + n])
         assert self._file is not None
         self._file.flush()
         with open(self.name, "rb") as f:
+            f.seek(start)
             return f.read(n)
 
     # -- internals ------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def data_set_head(request: Any, n: int = HEAD_BYTES) -> bytes:
     if len(start) < _META_START + 4 or start[128:132] != b"DICM":
         return b""
     skip = _META_START + 4 + int.from_bytes(start[_META_START : _META_START + 4], "little")
-    return spool.head(skip + n)[skip:]
+    return spool.head(n, skip)
 
 
 def release_pending(event: Any) -> None:

@@ -41,6 +41,8 @@ def test_a_large_one_spills_to_a_file_that_close_deletes(tmp_path: Path) -> None
     assert [p.name for p in tmp_path.iterdir()] == [Path(spool.name).name]
     assert _content(spool) == b"".join(pieces)
     assert spool.head(10) == pieces[0][:10]
+    assert spool.head(5, 68) == b"".join(pieces)[68:73]
+    assert spool.head(100, 340) == b"".join(pieces)[340:]  # fewer where it ends
     spool.close()
     spool.close()  # idempotent, as pynetdicom and the abort handler may both close
     assert list(tmp_path.iterdir()) == []
