@@ -8,6 +8,9 @@ three series of several modalities. Four groups, each ingested and measured apar
 * ``j2k``: CT series of the same kind of slices, JPEG 2000 lossless;
 * ``mf``: multi-frame 512 x 512 16-bit instances (Multi-frame Grayscale Word SC), most
   native, one JPEG 2000 lossless;
+* ``views``: single-frame images of other modalities at their native sizes, for the
+  rendered rows: MR 256 x 256 16-bit, CR 2,140 x 1,760 12-bit MONOCHROME1 and US
+  480 x 640 RGB, Explicit VR Little Endian;
 * ``small``: many small (64 x 64 by default) single-frame instances in many studies,
   the bulk of the index for the QIDO rows.
 
@@ -47,6 +50,7 @@ SOP_CLASS = {
     "PT": "1.2.840.10008.5.1.4.1.1.128",
     "NM": "1.2.840.10008.5.1.4.1.1.20",
     "MF": "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word Secondary Capture
+    "US": "1.2.840.10008.5.1.4.1.1.6.1",
 }
 
 
@@ -78,6 +82,7 @@ STUDY_KINDS = {  # modality of the first series -> (study descriptions, other se
     "MG": (["MAMMO SCREENING BILATERAL"], ["MG"]),
     "PT": (["PET CT FDG WHOLE BODY"], ["CT"]),
     "NM": (["NM BONE SCAN WHOLE BODY"], ["NM"]),
+    "US": (["US ABDOMEN COMPLETE", "US THYROID"], ["US"]),
 }
 KIND_WEIGHTS = {"CT": 30, "MR": 18, "CR": 18, "DX": 14, "MG": 8, "PT": 6, "NM": 6}
 _FIRST_DAY = dt.date(2015, 1, 1).toordinal()
@@ -93,6 +98,9 @@ class Spec:
     mf_instances: int = 4
     mf_frames: int = 40
     mf_j2k_frames: int = 16  # one JPEG 2000 multi-frame instance (0: none)
+    mr_instances: int = 30  # the views group (0: none)
+    cr_instances: int = 8
+    us_instances: int = 30
     small_instances: int = 3000
     small_size: int = 64
     seed: int = 7
@@ -142,6 +150,7 @@ class ImageRec:
     cols: int
     native_frames: list[bytes]  # Explicit VR LE frame bytes
     stored_frames: list[bytes]  # the frames as stored (the J2K codestreams for J2K)
+    kind: str = ""  # the series' modality
 
 
 @dataclass
@@ -163,6 +172,28 @@ def fold(text: str) -> str:
     """Upper case without accents (what a lenient name match compares)."""
     decomposed = unicodedata.normalize("NFKD", text.upper())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _view_pixels(kind: str, rows: int, cols: int, seed: int, index: int) -> bytes:
+    """Pixel Data of a smooth phantom (a body with structures and a little noise, so a
+    JPEG of it is of a realistic size): MR and CR unsigned 12-bit, US 8-bit RGB."""
+    rng = np.random.default_rng([seed, index])
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    cy, cx = rows / 2 + 3 * index, cols / 2
+    r = np.hypot((y - cy) / (rows * 0.42), (x - cx) / (cols * 0.36))
+    body = np.clip(1.2 - r, 0, 1) * (0.7 + 0.3 * np.cos(x / (cols / 9)) * np.sin(y / (rows / 7)))
+    noise = rng.normal(0, 0.02, (rows, cols)).astype(np.float32)
+    base = np.clip(body + noise, 0, 1)
+    if kind == "US":
+        gray = (base * 220).astype(np.uint8)
+        rgb = np.stack([gray, gray, gray], axis=-1)
+        rgb[rows // 10 : rows // 10 + 12, cols // 4 : cols // 4 + 120] = (
+            255,
+            200,
+            0,
+        )  # a caliper label
+        return rgb.tobytes()
+    return (base * 4095).astype("<u2").tobytes()
 
 
 class _Builder:
@@ -296,6 +327,7 @@ class _Builder:
             int(ds.Columns),
             frames,
             stored,
+            se.modality,
         )
         return out.getvalue(), rec
 
@@ -344,6 +376,51 @@ class _Builder:
             files.append(data)
             recs.append(rec)
 
+    def views(self) -> None:
+        """The ``views`` group: MR, CR and US single frames (see the module's docstring)."""
+        spec = self.spec
+        files, recs = (
+            self.corpus.groups.setdefault("views", []),
+            self.corpus.images.setdefault("views", []),
+        )
+        for kind, count in (
+            ("MR", spec.mr_instances),
+            ("CR", spec.cr_instances),
+            ("US", spec.us_instances),
+        ):
+            if not count:
+                continue
+            st = self.study(kind, 1)
+            se = st.series[0]
+            se.modality = kind
+            rows, cols = {"MR": (256, 256), "CR": (2140, 1760), "US": (480, 640)}[kind]
+            template = self.header(st, se, SOP_CLASS[kind], rows, cols)
+            template.ImageType = ["ORIGINAL", "PRIMARY"]
+            if kind == "MR":
+                template.PixelRepresentation = 0
+                template.WindowCenter, template.WindowWidth = 600, 1200
+                del template.RescaleIntercept, template.RescaleSlope
+            elif kind == "CR":
+                template.PhotometricInterpretation = "MONOCHROME1"
+                template.PixelRepresentation = 0
+                template.WindowCenter, template.WindowWidth = 2048, 4096
+                template.PixelSpacing = [0.2, 0.2]
+            else:
+                for keyword in ("WindowCenter", "WindowWidth", "RescaleIntercept", "RescaleSlope"):
+                    delattr(template, keyword)
+                template.SamplesPerPixel = 3
+                template.PhotometricInterpretation = "RGB"
+                template.PlanarConfiguration = 0
+                template.BitsAllocated, template.BitsStored, template.HighBit = 8, 8, 7
+                template.PixelRepresentation = 0
+            seed = self.study_count
+            for i in range(count):
+                data, rec = self.instance(
+                    template, st, se, i, [_view_pixels(kind, rows, cols, seed, i)], False
+                )
+                files.append(data)
+                recs.append(rec)
+
     def small(self) -> None:
         spec, rng = self.spec, self.rng
         files = self.corpus.groups.setdefault("small", [])
@@ -373,6 +450,7 @@ def build(spec: Spec) -> Corpus:
     b.image_series("j2k", spec.j2k_studies, spec.j2k_slices, True)
     b.multiframes()
     b.small()
+    b.views()  # last: the other groups keep the bytes and UIDs they had before it
     return b.corpus
 
 

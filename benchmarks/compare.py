@@ -99,6 +99,9 @@ PRESETS = {
             mf_instances=1,
             mf_frames=8,
             mf_j2k_frames=4,
+            mr_instances=4,
+            cr_instances=2,
+            us_instances=4,
             small_instances=300,
         ),
         seconds=1.5,
@@ -771,10 +774,16 @@ def wado_rows(corpus: Corpus, rng: random.Random) -> list[Row]:
     ):
         if recs:
             rows.append(Row(key, label, "requests/s", requests=frames(recs, accept, as_stored)))
+    views = corpus.images.get("views", [])
     for key, label, recs in (
         ("rendered_native", "rendered JPEG, native CT", ct),
         ("rendered_j2k", "rendered JPEG, JPEG 2000 CT", j2k),
+        ("rendered_mr", "rendered JPEG, MR 256x256", [r for r in views if r.kind == "MR"]),
+        ("rendered_cr", "rendered JPEG, CR 2140x1760", [r for r in views if r.kind == "CR"]),
+        ("rendered_us", "rendered JPEG, US 640x480 RGB", [r for r in views if r.kind == "US"]),
     ):
+        if not recs:
+            continue
         reqs = [
             (f"{image_path(r)}/rendered", "image/jpeg", check_jpeg(r.rows, r.cols, i < 3))
             for i, r in enumerate(recs)
@@ -800,6 +809,7 @@ def ingest_rows(corpus: Corpus) -> list[Row]:
             "instances/s",
             group="small",
         ),
+        Row("stow_views", "STOW MR, CR and US single frames", "instances/s", group="views"),
         Row(
             "cstore_ct",
             "C-STORE CT 512x512 native (storescu, 1 per client)",

@@ -9,6 +9,7 @@ image into that many pixels keeping its aspect ratio. Runs in worker processes.
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ import pydicom
 from PIL import Image
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import pixel_array
+
+from app.codec.transcode import PixelInfo, frame_array
 
 #: media type -> Pillow format
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
@@ -38,35 +41,123 @@ def _first(value: Any) -> float:
     return float(value[0])
 
 
-def _voi(
-    ds: pydicom.Dataset, array: np.ndarray, window: tuple[float, float, str] | None
-) -> np.ndarray:
-    """Map a modality-LUT-applied frame to 0..1 (PS3.3 C.11.2.1.2)."""
-    values = array.astype(np.float64)
+def _window_of(
+    ds: pydicom.Dataset, window: tuple[float, float, str] | None
+) -> tuple[float, float, str] | None:
+    """The request's window, else the data set's first (PS3.3 C.11.2.1.2), else None."""
     if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
         function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
         window = (_first(ds.WindowCenter), _first(ds.WindowWidth), function)
+    return window
+
+
+def _apply_window(values: np.ndarray, window: tuple[float, float, str]) -> np.ndarray:
+    """Modality-LUT-applied values through a window, to 0..1 (PS3.3 C.11.2.1.2)."""
+    center, width, function = window
+    width = max(width, 1.0)
+    if function == "SIGMOID":  # C.11.2.1.3.1
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":  # C.11.2.1.3.2
+        low, high = center - width / 2, center + width / 2
+    else:  # LINEAR, C.11.2.1.2.1
+        low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    return np.clip((values - low) / max(high - low, 1e-9), 0.0, 1.0)
+
+
+def _to_display(scaled: np.ndarray, invert: bool) -> np.ndarray:
+    """0..1 to 8-bit grey levels; MONOCHROME1 shows low values bright (C.7.6.3.1.2)."""
+    if invert:
+        scaled = 1.0 - scaled
+    return np.round(scaled * 255).astype(np.uint8)
+
+
+def _voi_lut(ds: pydicom.Dataset, values: np.ndarray) -> np.ndarray:
+    """The first VOI LUT of the VOI LUT Sequence (C.11.2.1.1); it maps whole numbers, so
+    non-integral Modality LUT output is rounded to them first."""
+    if values.dtype.kind not in "iu":
+        values = np.round(values).astype(np.int64)
+    return np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+
+
+def _voi(
+    ds: pydicom.Dataset, values: np.ndarray, window: tuple[float, float, str] | None
+) -> np.ndarray:
+    """Modality-LUT-applied values to 0..1: the window, else the VOI LUT Sequence,
+    else the values' own range (PS3.3 C.11.2)."""
     if window is not None:
-        center, width, function = window
-        width = max(width, 1.0)
-        if function == "SIGMOID":  # C.11.2.1.3.1
-            return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-        if function == "LINEAR_EXACT":  # C.11.2.1.3.2
-            low, high = center - width / 2, center + width / 2
-        else:  # LINEAR, C.11.2.1.2.1
-            low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
-        return np.clip((values - low) / max(high - low, 1e-9), 0.0, 1.0)
+        return _apply_window(values.astype(np.float64), window)
     if "VOILUTSequence" in ds:
-        values = apply_voi_lut(array, ds, index=0).astype(np.float64)
+        values = _voi_lut(ds, values)
+    values = values.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     return (values - low) / max(high - low, 1e-9)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_table(
+    dtype: str, slope: float, intercept: float, window: tuple[float, float, str], invert: bool
+) -> np.ndarray:
+    """The display level of every value a frame of ``dtype`` can hold, for a rescale
+    and a window: what most frames of a series share, so it is computed once."""
+    codes = np.arange(1 << (8 * np.dtype(dtype).itemsize), dtype=np.uint32)
+    values = codes.astype(np.dtype(dtype).str.replace("i", "u")).view(dtype)
+    return _to_display(_apply_window(values * slope + intercept, window), invert)
+
+
+def _gray_table(
+    ds: pydicom.Dataset, frame: np.ndarray, window: tuple[float, float, str] | None, invert: bool
+) -> np.ndarray:
+    """A lookup table from a frame's stored values (as unsigned codes of the same
+    width) to display levels: the Modality LUT, the VOI LUT and the inversion applied
+    to each possible value once, instead of to each pixel (PS3.3 C.11.1, C.11.2)."""
+    linear = "ModalityLUTSequence" not in ds
+    slope = float(ds.get("RescaleSlope", 1) or 1) if linear else 1.0
+    intercept = float(ds.get("RescaleIntercept", 0) or 0) if linear else 0.0
+    if window is not None and linear:
+        return _window_table(frame.dtype.str, slope, intercept, window, invert)
+    width = 8 * frame.dtype.itemsize
+    values = np.arange(1 << width, dtype=np.uint32).astype(f"<u{width // 8}").view(frame.dtype)
+    modality = np.asarray(apply_modality_lut(values, ds))
+    mapped = modality.astype(np.float64)
+    if window is not None:
+        return _to_display(_apply_window(mapped, window), invert)
+    if "VOILUTSequence" in ds:
+        mapped = _voi_lut(ds, modality)
+    if linear and "VOILUTSequence" not in ds:  # monotonic: the frame's extremes suffice
+        ends = mapped[_codes(np.array([frame.min(), frame.max()], frame.dtype))]
+    else:
+        ends = mapped[_codes(frame)]
+    low, high = float(ends.min()), float(ends.max())
+    scaled = np.clip((mapped - low) / max(high - low, 1e-9), 0.0, 1.0)
+    return _to_display(scaled, invert)
+
+
+def _codes(array: np.ndarray) -> np.ndarray:
+    """Integer values as unsigned codes of the same width (indices into a table)."""
+    return array.view(f"<u{array.dtype.itemsize}") if array.dtype.kind == "i" else array
+
+
+def _gray(ds: pydicom.Dataset, frame: np.ndarray, options: RenderOptions) -> np.ndarray:
+    """A grayscale frame's display levels (8-bit)."""
+    window = _window_of(ds, options.window)
+    invert = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    if frame.dtype.kind in "iu" and frame.dtype.itemsize <= 2:
+        frame = frame.astype(frame.dtype.newbyteorder("<"), copy=False)
+        levels: np.ndarray = np.take(_gray_table(ds, frame, window, invert), _codes(frame))
+        return levels  # np.take: half the time of indexing with the array
+    # 32-bit and floating point pixel data: each pixel through the same steps
+    return _to_display(_voi(ds, apply_modality_lut(frame, ds), window), invert)
 
 
 def _image(ds: pydicom.Dataset, array: np.ndarray, options: RenderOptions) -> Image.Image:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         # pydicom has converted YCbCr to RGB already (as_rgb)
-        image = Image.fromarray(np.ascontiguousarray(array[..., :3]).astype(np.uint8), "RGB")
+        rgb = array[..., :3]
+        if rgb.dtype != np.uint8:
+            bits = int(ds.get("BitsStored", 8 * rgb.dtype.itemsize))
+            rgb = rgb >> max(0, bits - 8)
+        image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
     elif photometric == "PALETTE COLOR":
         from pydicom.pixels.processing import apply_color_lut
 
@@ -75,19 +166,13 @@ def _image(ds: pydicom.Dataset, array: np.ndarray, options: RenderOptions) -> Im
             rgb = (rgb / (rgb.max() or 1) * 255).astype(np.uint8)
         image = Image.fromarray(rgb, "RGB")
     else:
-        scaled = _voi(ds, apply_modality_lut(array, ds), options.window)
-        if photometric == "MONOCHROME1":
-            scaled = 1.0 - scaled
-        image = Image.fromarray(np.round(scaled * 255).astype(np.uint8), "L")
+        image = Image.fromarray(_gray(ds, array, options), "L")
     if options.viewport is not None:
         image.thumbnail(options.viewport, Image.Resampling.LANCZOS)
     return image
 
 
-def render_frame(data: bytes, index: int, options: RenderOptions) -> bytes:
-    """Frame ``index`` (0-based) of an instance (its bytes), rendered."""
-    ds = pydicom.dcmread(io.BytesIO(data))
-    image = _image(ds, pixel_array(ds, index=index), options)
+def _encode(image: Image.Image, options: RenderOptions) -> bytes:
     out = io.BytesIO()
     fmt = FORMATS[options.media_type]
     if fmt == "JPEG":
@@ -95,6 +180,20 @@ def render_frame(data: bytes, index: int, options: RenderOptions) -> bytes:
     else:
         image.save(out, fmt)
     return out.getvalue()
+
+
+def render_frame(data: bytes, index: int, options: RenderOptions) -> bytes:
+    """Frame ``index`` (0-based) of an instance (its bytes), rendered."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    return _encode(_image(ds, pixel_array(ds, index=index), options), options)
+
+
+def render_frame_bytes(head: bytes, frame: bytes, info: PixelInfo, options: RenderOptions) -> bytes:
+    """One frame rendered from its own bytes (as stored) and the instance's header
+    (the file up to its Pixel Data): no more of the file is read or parsed. Raises
+    :class:`FrameMismatch` when the frame does not decode with ``info``."""
+    ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True)
+    return _encode(_image(ds, frame_array(frame, info), options), options)
 
 
 #: frames at most in one animated GIF

@@ -10,33 +10,44 @@ the first series; the middle frame), cached on disk. Rendering runs in worker pr
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from litestar import Request
 from litestar.response import Response, Stream
 
+from app.asgi import header, send_error, send_whole
 from app.codec.render import FORMATS, RenderOptions
 from app.dicomweb.frames import parse_frame_list
 from app.dicomweb.negotiation import choose
-from app.dicomweb.responses import multipart_stream, target_scope
-from app.errors import BadRequest, NotFound
+from app.dicomweb.responses import checked_scope, multipart_stream, target_scope
+from app.errors import BadRequest, NotFound, PictorError
 from app.services import retrieve
-from app.services.retrieve import StoredInstance
+from app.services.retrieve import InstanceCache, Scope, StoredInstance
+
+log = logging.getLogger("pictor")
 
 RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")
 THUMBNAIL_SIZE = (128, 128)
 
 
 def render_options(request: Request[Any, Any, Any], *, thumbnail: bool = False) -> RenderOptions:
+    """The request's rendering options (:func:`options_of`)."""
+    return options_of(request.query_params, request.headers.get("accept"), thumbnail=thumbnail)
+
+
+def options_of(
+    query: Mapping[str, str], accept: str | None, *, thumbnail: bool = False
+) -> RenderOptions:
     """PS3.18 8.3.5.1 query parameters; 400 naming a malformed one. An ``accept`` query
     parameter takes precedence over the Accept header (PS3.18 8.3.3.1): OHIF asks for
     thumbnails with ``?accept=image/jpeg`` and a multipart Accept header."""
-    query = request.query_params
-    media = choose(query.get("accept") or request.headers.get("accept"), RENDERED_TYPES)
+    media = choose(query.get("accept") or accept, RENDERED_TYPES)
     window = None
     if "window" in query:
         parts = query["window"].split(",")
@@ -70,8 +81,68 @@ def render_options(request: Request[Any, Any, Any], *, thumbnail: bool = False) 
     return RenderOptions(media, window, viewport, quality)
 
 
+#: rendered images may be kept by the client that asked (not by shared caches: access
+#: control may differ between people)
+CACHE_CONTROL = "private, max-age=3600"
+
+
 def _image(data: bytes, media: str) -> Response[bytes]:
-    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+    return Response(data, media_type=media, headers={"Cache-Control": CACHE_CONTROL})
+
+
+def _query(scope: Any) -> dict[str, str]:
+    """The query string's parameters, the first value of each (as the framework's
+    ``query_params.get`` gives it)."""
+    found: dict[str, str] = {}
+    for key, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        found.setdefault(key, value)
+    return found
+
+
+async def hot_rendered(
+    state: Any, scope: Any, receive: Any, send: Any, params: Mapping[str, str]
+) -> bool:
+    """One instance or one frame rendered, below the framework: what a viewer's
+    thumbnails and an EMR's image links ask for one image at a time. The instance comes
+    from the per-process cache the frames use; the answer is the route's, and so are
+    errors (:func:`app.asgi.send_error`). Animations and frame lists go on to the
+    route (False)."""
+    if scope["method"] != "GET":
+        return False
+    cache: InstanceCache = state.instances
+    study, series, sop = params["study"], params["series"], params["instance"]
+    try:
+        options = options_of(_query(scope), header(scope, b"accept"))
+        if options.media_type == "image/gif":
+            return False  # a multi-frame instance is one animated GIF: the route's
+        found = cache.peek(study, series, sop)
+        target = Scope(study, series, sop) if found else checked_scope(study, series, sop)
+        inst = found or await cache.instance(target)
+        if not inst.number_of_frames:
+            raise NotFound(f"{target.describe()} has no image to render")
+        index = 0
+        if "frames" in params:
+            numbers = parse_frame_list(params["frames"], inst.number_of_frames)
+            if len(numbers) != 1:
+                return False  # several frames: a multipart answer, the route's
+            index = numbers[0] - 1
+        data = await retrieve.rendered(state.store, inst, index, options)
+    except PictorError as exc:
+        await send_error(send, exc)
+        return True
+    except FileNotFoundError:
+        cache.forget(sop)  # replaced meanwhile: the route looks again
+        return False
+    except Exception as exc:  # noqa: BLE001 - answered as the framework answers a bug
+        log.error("unexpected error rendering %s", scope["path"], exc_info=exc)
+        await send_error(send, PictorError("internal error; the archive logged it"))
+        return True
+    headers = [
+        (b"content-type", options.media_type.encode()),
+        (b"cache-control", CACHE_CONTROL.encode()),
+    ]
+    await send_whole(send, 200, data, headers)
+    return True
 
 
 async def _pixel_instances(request: Request[Any, Any, Any]) -> list[StoredInstance]:

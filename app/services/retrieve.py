@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from app.codec import pool
-from app.codec.render import RenderOptions, render_animation, render_frame
+from app.codec.render import RenderOptions, render_animation, render_frame, render_frame_bytes
 from app.codec.transcode import (
     FrameMismatch,
     PixelInfo,
@@ -254,6 +254,40 @@ def _render_stored(store: BlobStore, key: str, index: int, options: RenderOption
     return render_frame(store.read_blocking(key), index, options)
 
 
+def _read_parts_blocking(store: BlobStore, key: str, ranges: list[tuple[int, int]]) -> bytes:
+    """The bytes of ``ranges`` of a blob, one after another, read in the calling thread."""
+    buffer = bytearray(sum(length for _, length in ranges))
+    view = memoryview(buffer)
+    targets, at = [], 0
+    for offset, length in ranges:
+        targets.append((offset, view[at : at + length]))
+        at += length
+    store.read_into_blocking(key, targets)
+    return bytes(buffer)
+
+
+def _render_frame_of(
+    store: BlobStore,
+    key: str,
+    head: int,
+    ranges: list[tuple[int, int]],
+    info: PixelInfo,
+    index: int,
+    options: RenderOptions,
+) -> bytes:
+    """Frame ``index`` rendered from the file's first ``head`` bytes (the header) and
+    the frame's own ``ranges``; from the whole file if they do not decode as recorded."""
+    try:
+        return render_frame_bytes(
+            _read_parts_blocking(store, key, [(0, head)]),
+            _read_parts_blocking(store, key, ranges),
+            info,
+            options,
+        )
+    except FrameMismatch:
+        return render_frame(store.read_blocking(key), index, options)
+
+
 def _animate_stored(
     store: BlobStore, key: str, indices: list[int], options: RenderOptions
 ) -> bytes:
@@ -312,7 +346,22 @@ async def deidentified(
 async def rendered(
     store: BlobStore, inst: StoredInstance, index: int, options: RenderOptions
 ) -> bytes:
-    """Frame ``index`` (0-based) rendered for people (PS3.18 8.3.5)."""
+    """Frame ``index`` (0-based) rendered for people (PS3.18 8.3.5). The codec worker
+    reads the header and that frame's bytes only (a frame of a 2 GB multi-frame costs
+    what a frame costs), or, where the index has no frame ranges, the whole file."""
+    info = pixel_info(inst)
+    if info is not None and inst.frame_offsets and 0 < inst.frame_offsets[0] <= HEAD_BYTES:
+        ranges = inst.frame_ranges(index + 1)
+        return await pool.run(
+            _render_frame_of,
+            store,
+            inst.file_key,
+            inst.frame_offsets[0],
+            ranges,
+            info,
+            index,
+            options,
+        )
     return await pool.run(_render_stored, store, inst.file_key, index, options)
 
 

@@ -120,6 +120,10 @@ class BlobStore(Protocol):
     async def read_into(self, key: str, targets: list[tuple[int, memoryview]]) -> None:
         """Fill each buffer with the blob's bytes at its offset."""
 
+    def read_into_blocking(self, key: str, targets: list[tuple[int, memoryview]]) -> None:
+        """:meth:`read_into` in the calling thread: for a codec worker process that
+        reads only the parts of a blob it works on (a frame and the header before it)."""
+
     def read_range(
         self, key: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:

@@ -480,6 +480,9 @@ class FileBlobStore:
         finally:
             os.close(fd)
 
+    def read_into_blocking(self, key: str, targets: list[tuple[int, memoryview]]) -> None:
+        self._read_into(key, targets, 0)
+
     async def read_into(self, key: str, targets: list[tuple[int, memoryview]]) -> None:
         """Fill each buffer with the bytes of the file at its offset (frames, straight
         into the response body). In the event loop when the page cache holds them

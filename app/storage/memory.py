@@ -121,6 +121,9 @@ class MemoryBlobStore:
             raise FileNotFoundError(key) from None
 
     async def read_into(self, key: str, targets: list[tuple[int, memoryview]]) -> None:
+        self.read_into_blocking(key, targets)
+
+    def read_into_blocking(self, key: str, targets: list[tuple[int, memoryview]]) -> None:
         blob = self._blob(key)
         for offset, view in targets:
             if offset + len(view) > len(blob):

@@ -49,7 +49,7 @@ import mmap
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -451,12 +451,29 @@ class S3BlobStore:
         GETs of exactly those bytes (adjacent ranges are coalesced by the client)."""
         if not targets:
             return
-        starts = [offset for offset, _ in targets]
-        ends = [offset + len(view) for offset, view in targets]
+        starts, ends = self._ranges(targets)
         try:
             chunks = await obstore.get_ranges_async(self._store, key, starts=starts, ends=ends)
         except BaseError as exc:
             raise storage_error(exc, f"reading {key}") from exc
+        self._fill(key, targets, chunks)
+
+    def read_into_blocking(self, key: str, targets: list[tuple[int, memoryview]]) -> None:
+        if not targets:
+            return
+        starts, ends = self._ranges(targets)
+        try:
+            chunks = obstore.get_ranges(self._store, key, starts=starts, ends=ends)
+        except BaseError as exc:
+            raise storage_error(exc, f"reading {key}") from exc
+        self._fill(key, targets, chunks)
+
+    @staticmethod
+    def _ranges(targets: list[tuple[int, memoryview]]) -> tuple[list[int], list[int]]:
+        return [o for o, _ in targets], [o + len(view) for o, view in targets]
+
+    @staticmethod
+    def _fill(key: str, targets: list[tuple[int, memoryview]], chunks: Sequence[Any]) -> None:
         for (offset, view), chunk in zip(targets, chunks, strict=True):
             if len(chunk) != len(view):
                 raise OSError(errno.EIO, f"{key}: ends before byte {offset + len(chunk)}")

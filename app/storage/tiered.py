@@ -73,6 +73,12 @@ class TieredBlobStore:
         except FileNotFoundError:
             await self.cold.read_into(key, targets)
 
+    def read_into_blocking(self, key: str, targets: list[tuple[int, memoryview]]) -> None:
+        try:
+            self.hot.read_into_blocking(key, targets)
+        except FileNotFoundError:
+            self.cold.read_into_blocking(key, targets)
+
     async def read_range(
         self, key: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:

@@ -65,6 +65,27 @@ def _requests(u: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
     out.append((frames + "/1", {"Accept": "image/png"}))
     out.append((f"/dicom-web/studies/{s}/series/{se}/instances/9.9/frames/1", {"Accept": STORED}))
     out.append((f"/dicom-web/studies/{s}/series/{se}/instances/01.2/frames/1", {}))
+    # rendered (PS3.18 10.4.1.1.3): the hot path takes one image; the rest is the route's
+    instance = f"/dicom-web/studies/{s}/series/{se}/instances/{i}"
+    for tail in (
+        "/rendered",
+        "/rendered?window=100,50",
+        "/rendered?window=100,50,SIGMOID&viewport=16,8&quality=40",
+        "/rendered?accept=image/png&window=1,2&window=3,4",  # the first value counts
+        "/rendered?window=abc",  # 400
+        "/rendered?viewport=0,5",  # 400
+        "/rendered?quality=101",  # 400
+        "/frames/1/rendered",
+        "/frames/1/rendered?accept=image/gif",
+        "/frames/2/rendered",  # 404: one frame
+        "/frames/0/rendered",  # 400
+        "/frames/1,1/rendered",
+    ):
+        out.append((instance + tail, {}))
+    out.append((instance + "/rendered", {"Accept": "image/png"}))
+    out.append((instance + "/rendered", {"Accept": "text/html"}))  # 406
+    out.append((f"/dicom-web/studies/{s}/series/{se}/instances/9.9/rendered", {}))  # 404
+    out.append((f"/dicom-web/studies/{s}/series/{se}/instances/01.2/rendered", {}))  # 400
     return out
 
 
@@ -75,7 +96,12 @@ def _normalised(r: httpx.Response) -> tuple[int, str, str, bytes]:
     if boundary:
         body = body.replace(boundary.group(1).encode(), b"BOUNDARY")
         ctype = ctype.replace(boundary.group(1), "BOUNDARY")
-    return r.status_code, ctype, r.headers.get("warning", ""), body
+    return (
+        r.status_code,
+        ctype,
+        r.headers.get("warning", "") + r.headers.get("cache-control", ""),
+        body,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +126,8 @@ def test_every_hot_route_answers_alike_through_both_doors(
         "qido-study-instances",
         "qido-series-instances",
         "wado-frames",
+        "wado-instance-rendered",
+        "wado-frames-rendered",
     }
 
     async def run() -> list[tuple[str, Any, Any]]:
