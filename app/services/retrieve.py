@@ -308,9 +308,10 @@ async def transcoded(store: BlobStore, inst: StoredInstance, target: str) -> byt
     return await pool.run(_transcode_stored, store, inst.file_key, target, inst.patch)
 
 
-#: a native frame of at most this many samples is rendered in the server process: that
-#: takes about as long (0.5-1 ms for 512 x 512) as handing it to a codec worker would
-RENDER_HERE_SAMPLES = 512 * 512
+#: a native frame of at most this many pixels (a CT slice, an ultrasound frame) is
+#: rendered in the server process: 0.5-1.5 ms, about what handing it to a codec worker
+#: and back costs (benchmarks/README.md, rendered)
+RENDER_HERE_PIXELS = 640 * 512
 
 #: a corrected instance's header is read from this much of its file: headers are a few
 #: KB; a longer one (or a deflated data set) is rewritten from the whole file
@@ -357,7 +358,7 @@ async def rendered(
 ) -> bytes:
     """Frame ``index`` (0-based) rendered for people (PS3.18 8.3.5), from the header and
     that frame's bytes only (a frame of a 2 GB multi-frame costs what a frame costs):
-    a small native frame here, in the event loop (:data:`RENDER_HERE_SAMPLES`), others
+    a small native frame here, in the event loop (:data:`RENDER_HERE_PIXELS`), others
     by a codec worker that reads them itself; where the index has no frame ranges, or
     they do not decode as recorded, from the whole file."""
     info = pixel_info(inst)
@@ -365,8 +366,7 @@ async def rendered(
         return await pool.run(_render_stored, store, inst.file_key, index, options)
     ranges = inst.frame_ranges(index + 1)
     head = inst.frame_offsets[0]
-    samples = info.rows * info.columns * info.samples
-    if info.syntax not in NATIVE_SYNTAXES or samples > RENDER_HERE_SAMPLES:
+    if info.syntax not in NATIVE_SYNTAXES or info.rows * info.columns > RENDER_HERE_PIXELS:
         return await pool.run(
             _render_frame_of, store, inst.file_key, head, ranges, info, index, options
         )

@@ -178,3 +178,25 @@ def test_accept_query_parameter_wins_over_the_header(archive: Archive, ct: pydic
     assert r.headers["content-type"] == "image/png"
     r = archive.http.get(url(ct, "/thumbnail"), headers={"Accept": multipart_accept})
     assert r.status_code == 406
+
+
+def test_a_frame_of_a_large_native_multiframe_is_that_frame(archive: Archive) -> None:
+    """A native frame too large to render in the server process goes to a codec worker,
+    which reads the header and that frame's bytes (not the file): each frame of a
+    MONOCHROME1 multi-frame is its own, windowed and inverted (PS3.3 C.7.6.3.1.2)."""
+    study, series = new_uids()
+    ds = pydicom.dcmread(io.BytesIO(ct_slice(study, series, 0, rows=700, cols=600)))
+    frames = [np.full((700, 600), 100 * k, dtype=np.int16) for k in range(3)]
+    frames[1][:, :300] = 900  # left half brighter in the stored values
+    ds.PixelData = b"".join(f.tobytes() for f in frames)
+    ds.NumberOfFrames = 3
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.WindowCenter, ds.WindowWidth = 500, 1001
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    assert archive.stow(multipart([out.getvalue()])).status_code == 200
+    for k, frame in enumerate(frames):
+        got = image(archive.http.get(url(ds, f"/frames/{k + 1}/rendered?accept=image/png")))
+        want = 255 - np.round(linear_window(frame.astype(float), 500, 1001))
+        assert got.shape == (700, 600) and np.abs(got - want).max() <= 1, k

@@ -162,9 +162,7 @@ def test_a_frame_from_its_bytes_and_the_header_as_from_the_whole_file() -> None:
     size = 16 * 24 * 2
     for index in range(3):
         frame = data[start + index * size : start + (index + 1) * size]
-        assert render_frame_bytes(data[:start], frame, info, PNG) == render_frame(
-            data, index, PNG
-        )
+        assert render_frame_bytes(data[:start], frame, info, PNG) == render_frame(data, index, PNG)
 
 
 def test_a_32_bit_frame_takes_the_per_pixel_path() -> None:
