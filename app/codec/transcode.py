@@ -4,7 +4,8 @@ Runs in worker processes (:mod:`app.codec.pool`). pydicom 3 decodes with the ins
 plugins: pylibjpeg-libjpeg (JPEG, JPEG-LS), pylibjpeg-openjpeg (JPEG 2000, HTJ2K),
 pylibjpeg-rle / pydicom (RLE), and its own code for deflate and big endian. It encodes
 RLE Lossless (pylibjpeg-rle or its own), JPEG-LS (pyjpegls) and JPEG 2000
-(pylibjpeg-openjpeg); JPEG Baseline for 8-bit data is written with Pillow's libjpeg.
+(pylibjpeg-openjpeg); JPEG Baseline for 8-bit data is written with Pillow's libjpeg, and
+HTJ2K lossless (PS3.5 8.2.14, A.4.11) with OpenJPH through imagecodecs.
 
 The functions that the server process calls before it starts a response
 (:func:`can_decode`, :func:`can_encode`) only look at what the index knows. The rest
@@ -32,6 +33,8 @@ from pydicom.uid import UID
 
 from app.dicom.uids import (
     EXPLICIT_VR_LE,
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
     J2K,
     J2K_LOSSLESS,
     JPEG_BASELINE,
@@ -51,7 +54,11 @@ ENCODABLE = (
     J2K_LOSSLESS,
     J2K,
     JPEG_BASELINE,
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
 )
+#: High-Throughput JPEG 2000, lossless: written by OpenJPH (imagecodecs), not pydicom
+HTJ2K_TARGETS = (HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL)
 LOSSY = {JPEG_LS_NEAR_LOSSLESS: "ISO_14495_1", J2K: "ISO_15444_1", JPEG_BASELINE: "ISO_10918_1"}
 JLS_ERROR = 2
 J2K_RATIO = 10.0
@@ -77,6 +84,12 @@ def can_decode(transfer_syntax: str) -> bool:
 def _encoder_available(target: str) -> bool:
     if target == JPEG_BASELINE:
         return True  # Pillow
+    if target in HTJ2K_TARGETS:
+        try:
+            import imagecodecs
+        except ImportError:
+            return False
+        return bool(imagecodecs.HTJ2K.available)
     try:
         return bool(get_encoder(target).is_available)
     except (NotImplementedError, ValueError):
@@ -110,7 +123,7 @@ def can_encode(
         return bits_allocated == 8 and stored == 8
     if target in (JPEG_LS_LOSSLESS, JPEG_LS_NEAR_LOSSLESS):
         return bits_allocated in (8, 16) and 2 <= stored <= 16
-    return bits_allocated in (8, 16) and stored <= 16  # JPEG 2000
+    return bits_allocated in (8, 16) and stored <= 16  # JPEG 2000, HTJ2K
 
 
 @dataclass(frozen=True)
@@ -250,8 +263,34 @@ def encoded_photometric(info: PixelInfo, target: str) -> str:
     return info.decoded_photometric
 
 
+def _htj2k(array: np.ndarray, target: str) -> bytes:
+    """One frame as an HTJ2K codestream (ISO/IEC 15444-15), reversible (lossless), one
+    tile, in OpenJPH's default RPCL progression, so that a viewer can show a lower
+    resolution from the first bytes. For HTJ2K Lossless RPCL (PS3.5 8.2.14) the
+    codestream also carries TLM marker segments and one tile-part per resolution, which
+    lets a reader find each resolution without parsing the packets. Colour keeps its
+    components (no multi-component transform): the frame stays RGB, as the metadata says."""
+    import imagecodecs
+
+    rpcl = target == HTJ2K_LOSSLESS_RPCL
+    try:
+        return bytes(
+            imagecodecs.htj2k_encode(
+                np.ascontiguousarray(array),
+                reversible=True,
+                rgb=False,
+                tlm=rpcl,
+                tilepart=1 if rpcl else None,
+            )
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise TranscodeError(f"cannot encode as {UID(target).name}: {exc}") from exc
+
+
 def _encode_array(array: np.ndarray, info: PixelInfo, target: str) -> bytes:
     photometric = info.decoded_photometric
+    if target in HTJ2K_TARGETS:
+        return _htj2k(array, target)
     if target == JPEG_BASELINE:
         if photometric.startswith("YBR"):
             from pydicom.pixels.processing import convert_color_space

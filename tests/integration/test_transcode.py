@@ -1,9 +1,10 @@
 """WADO-RS transcoding, ZIP archives and byte ranges against a real server.
 
 Frames and instances are asked for in each compressed transfer syntax the archive can
-write (PS3.18 8.7.3, Table 8.7.3-5: RLE, JPEG-LS, JPEG 2000, JPEG Baseline), then decoded
-here by pydicom, independently of the server: lossless syntaxes give back pydicom's own
-decoding of the original bit for bit; lossy ones stay within their bounds.
+write (PS3.18 8.7.3, Table 8.7.3-5: RLE, JPEG-LS, JPEG 2000, HTJ2K, JPEG Baseline), then
+decoded here by pydicom, independently of the server (HTJ2K is written with OpenJPH and
+read back with OpenJPEG): lossless syntaxes give back pydicom's own decoding of the
+original bit for bit; lossy ones stay within their bounds.
 """
 
 from __future__ import annotations
@@ -39,12 +40,20 @@ JLS_NEAR = "1.2.840.10008.1.2.4.81"
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 J2K = "1.2.840.10008.1.2.4.91"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+HTJ2K_RPCL = "1.2.840.10008.1.2.4.202"
 
 #: requested media type (no transfer-syntax parameter: the type's default, PS3.18 Table
 #: 8.7.3-5) -> the syntax that must come back
-LOSSLESS_BY_DEFAULT = {"image/x-dicom-rle": RLE, "image/jls": JLS, "image/jp2": J2K_LOSSLESS}
+LOSSLESS_BY_DEFAULT = {
+    "image/x-dicom-rle": RLE,
+    "image/jls": JLS,
+    "image/jp2": J2K_LOSSLESS,
+    "image/jphc": HTJ2K_LOSSLESS,
+}
 LOSSY_STORED = {"image/jls": (JLS_NEAR,), "image/jp2": (J2K,)}
-#: openjpeg and CharLS refuse images this small (3 x 3 pixels): the archive says so (406)
+#: openjpeg and CharLS refuse images this small (3 x 3 pixels): the archive says so (406);
+#: OpenJPH (HTJ2K) and RLE take them
 TOO_SMALL = {"SC_rgb_small_odd.dcm", "SC_rgb_small_odd_jpeg.dcm"}
 
 
@@ -127,7 +136,7 @@ def test_frames_in_every_lossless_syntax_decode_to_the_original(
     archive: Archive, stored: dict
 ) -> None:
     """Every decodable reference file, frame 1 and the last frame, as RLE, JPEG-LS and
-    JPEG 2000 lossless (each asked for by media type alone): bit for bit pydicom's own
+    JPEG 2000 lossless and HTJ2K lossless (each asked for by media type alone): bit for bit pydicom's own
     decoding of the stored original."""
     checked = refused = 0
     for ref in stored["corpus"]:
@@ -145,7 +154,7 @@ def test_frames_in_every_lossless_syntax_decode_to_the_original(
             r = archive.http.get(
                 f"{base}/frames/1,{last}", headers={"Accept": f'multipart/related; type="{media}"'}
             )
-            if ref.name in TOO_SMALL and syntax != RLE:
+            if ref.name in TOO_SMALL and syntax in (JLS, J2K_LOSSLESS):
                 assert r.status_code == 406 and "cannot encode" in r.json()["message"]
                 refused += 1
                 continue
@@ -199,7 +208,9 @@ def test_lossy_frames_stay_within_their_bounds(archive: Archive, stored: dict) -
     assert error.mean() < 4
 
 
-@pytest.mark.parametrize("syntax", [RLE, JLS, J2K_LOSSLESS, J2K, JLS_NEAR])
+@pytest.mark.parametrize(
+    "syntax", [RLE, JLS, J2K_LOSSLESS, J2K, JLS_NEAR, HTJ2K_LOSSLESS, HTJ2K_RPCL]
+)
 def test_instances_transcoded_to_each_syntax(archive: Archive, stored: dict, syntax: str) -> None:
     """application/dicom with a transfer-syntax parameter: a Part 10 file in that syntax,
     same SOP Instance UID; lossless ones keep every pixel of every frame, lossy ones say
@@ -359,3 +370,44 @@ def test_a_replaced_instance_is_never_served_from_the_old_file(
         r = http.get(f"{instance_path(ds)}/frames/1", headers={"Accept": star})
         assert parts(r)[0][1] == new
     http.close()
+
+
+def _markers(codestream: bytes) -> dict[int, bytes]:
+    """The main header's marker segments of a JPEG 2000 codestream (ISO/IEC 15444-1
+    A.2), by marker code, up to the first tile-part (SOT)."""
+    assert codestream[:2] == b"\xff\x4f", "no SOC"
+    found: dict[int, bytes] = {}
+    at = 2
+    while codestream[at] == 0xFF and codestream[at + 1] != 0x90:
+        code = codestream[at + 1]
+        length = int.from_bytes(codestream[at + 2 : at + 4], "big")
+        found[code] = codestream[at + 4 : at + 2 + length]
+        at += 2 + length
+    return found
+
+
+def test_htj2k_frames_are_high_throughput_codestreams(archive: Archive, stored: dict) -> None:
+    """image/jphc (PS3.18 Table 8.7.3-5): an HTJ2K codestream (ISO/IEC 15444-15: a CAP
+    marker saying Part 15) that is reversible; asked for as HTJ2K Lossless RPCL
+    (1.2.840.10008.1.2.4.202, PS3.5 8.2.14), in RPCL progression order with TLM marker
+    segments, so a viewer can draw a low resolution first. Both decode to the stored
+    pixels, and are a fraction of the native size."""
+    ct = pydicom.dcmread(DicomBytesIO(stored["files"][0]))
+    for syntax in (HTJ2K_LOSSLESS, HTJ2K_RPCL):
+        accept = f'multipart/related; type="image/jphc"; transfer-syntax={syntax}'
+        r = archive.http.get(f"{instance_path(ct)}/frames/1", headers={"Accept": accept})
+        assert r.status_code == 200, r.text
+        ((ctype, body),) = parts(r)
+        assert ctype == f"image/jphc; transfer-syntax={syntax}"
+        markers = _markers(body)
+        assert 0x50 in markers  # CAP
+        pcap = int.from_bytes(markers[0x50][:4], "big")
+        assert pcap & (1 << (32 - 15)), "CAP does not name Part 15 (HTJ2K)"
+        cod = markers[0x52]
+        assert cod[1] == 2, "progression order is not RPCL"
+        assert cod[9] == 1, "the wavelet transform is not the reversible 5-3"
+        if syntax == HTJ2K_RPCL:
+            assert 0x55 in markers, "no TLM marker segment"
+        have = decode_part(ct, body, syntax, "MONOCHROME2")
+        assert np.array_equal(have, ct.pixel_array)
+        assert len(body) < ct.Rows * ct.Columns * 2 * 0.6

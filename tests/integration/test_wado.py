@@ -146,9 +146,10 @@ def test_what_needs_transcoding_is_406_with_what_is_offered(archive: Archive, st
     jpeg = next(r for r in stored["corpus"] if r.transfer_syntax == "1.2.840.10008.1.2.4.50")
     ds = pydicom.dcmread(jpeg.path, stop_before_pixels=True)
     base = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
-    # no HTJ2K encoder is installed: 406, naming what can be sent (the stored JPEG first)
+    # JPEG 2000 Part 2 cannot be written here: 406, naming what can be sent (the stored
+    # JPEG first)
     r = archive.http.get(
-        f"{base}/frames/1", headers={"Accept": 'multipart/related; type="image/jphc"'}
+        f"{base}/frames/1", headers={"Accept": 'multipart/related; type="image/jpx"'}
     )
     assert r.status_code == 406 and "image/jpeg" in r.json()["message"]
     assert "image/jls" in r.json()["message"]
