@@ -12,7 +12,11 @@ slices as JPEG 2000 lossless, and a 1,000-instance series, then measures:
   frames in a bare loop, one process per core (target: at least 85 %);
 * series metadata latency for the 1,000-instance series (p50 / p95, one client);
 * whole-study retrieve MB/s as stored (multipart/related, 1 and ``--clients`` clients);
-* rendered JPEG frames/s.
+* rendered JPEG frames/s;
+* HTJ2K (``--only htj2k``): frames of the native and of the JPEG 2000 series asked for
+  as ``image/jphc`` (transcoded to HTJ2K lossless on request) against the same frames
+  as stored: bytes per frame, frames/s, p50 latency with one client and with
+  ``--clients``, and what decoding one frame costs a client (OpenJPEG, in this process).
 
 Every answer is checked (status, part count, frame bytes) so a fast wrong answer fails.
 """
@@ -43,6 +47,8 @@ from synth import ct_slice, new_uids
 STAR = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 NATIVE = 'multipart/related; type="application/octet-stream"'
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+JPHC = 'multipart/related; type="image/jphc"'
 
 #: the reference: a file read and sent per request, nothing else (no framework)
 STATIC_APP = """
@@ -194,8 +200,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--only",
-        default="raw,j2k,metadata,study,rendered",
-        help="comma list of measurements (raw, j2k, metadata, study, rendered)",
+        default="raw,j2k,metadata,study,rendered,htj2k",
+        help="comma list of measurements (raw, j2k, metadata, study, rendered, htj2k)",
     )
     args = parser.parse_args()
 
@@ -446,7 +452,92 @@ def measure(
         )  # type: ignore[misc]
         results["rendered_jpeg_per_s"] = round(n / elapsed, 1)
         print("rendered:", results["rendered_jpeg_per_s"], flush=True)
+
+    if "htj2k" in only:
+        results["htj2k"] = htj2k_figures(port, clients, seconds, native_ds, j2k_ds, frame_path)
+        print("htj2k:", json.dumps(results["htj2k"], indent=2), flush=True)
     return results
+
+
+def decode_frame(body: bytes, like: pydicom.Dataset, syntax: str) -> bytes:
+    """One returned frame decoded by pydicom (OpenJPEG for both JPEG 2000 kinds), as a
+    client would, to native little endian bytes."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import pixel_array
+
+    ds = Dataset()
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored"):
+        setattr(ds, keyword, like.get(keyword))
+    ds.HighBit, ds.PixelRepresentation = like.HighBit, like.PixelRepresentation
+    ds.PhotometricInterpretation, ds.NumberOfFrames = like.PhotometricInterpretation, 1
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([body])
+    ds["PixelData"].VR = "OB"
+    return bytes(
+        pixel_array(ds, index=0).astype("<i2" if like.PixelRepresentation else "<u2").tobytes()
+    )
+
+
+def htj2k_figures(
+    port: int,
+    clients: int,
+    seconds: float,
+    native_ds: list[pydicom.Dataset],
+    j2k_ds: list[pydicom.Dataset],
+    frame_path: Callable[[pydicom.Dataset], str],
+) -> dict[str, object]:
+    """Frames as stored against the same frames as HTJ2K lossless (item 5 of issue #20):
+    every HTJ2K answer of a sample is decoded and compared with the native frame."""
+    originals = [ds.PixelData for ds in native_ds]
+
+    async def sample(paths: list[str], accept: str, syntax: str | None) -> list[bytes]:
+        conn = Connection("127.0.0.1", port)
+        try:
+            out = []
+            for i, path in enumerate(paths[:10]):
+                status, headers, body = await conn.get(path, accept)
+                (part,) = multipart_parts(headers, body)
+                if status != 200:
+                    raise RuntimeError(f"{path} answered {status}")
+                if syntax is not None and decode_frame(part, native_ds[i], syntax) != originals[i]:
+                    raise RuntimeError(f"{path} as {syntax} does not decode to the original")
+                out.append(part)
+            return out
+        finally:
+            await conn.close()
+
+    def any_frame(status: int, headers: dict[str, str], body: bytes) -> int:
+        if status != 200:
+            raise RuntimeError(f"frame answered {status}: {body[:200]!r}")
+        return single_part_size(headers, body)
+
+    native_paths = [frame_path(ds) for ds in native_ds]
+    j2k_paths = [frame_path(ds) for ds in j2k_ds]
+    cases = {
+        "native as stored": (native_paths, STAR, None),
+        "JPEG 2000 as stored": (j2k_paths, STAR, J2K_LOSSLESS),
+        "native -> HTJ2K": (native_paths, JPHC, HTJ2K_LOSSLESS),
+        "JPEG 2000 -> HTJ2K": (j2k_paths, JPHC, HTJ2K_LOSSLESS),
+    }
+    figures: dict[str, object] = {}
+    for name, (paths, accept, syntax) in cases.items():
+        parts = run(sample(paths, accept, syntax))
+        assert isinstance(parts, list)
+        row: dict[str, object] = {"bytes_per_frame": round(sum(map(len, parts)) / len(parts))}
+        if syntax is not None:  # what a client pays to decode one frame
+            t0 = time.perf_counter()
+            for part, like in zip(parts, native_ds, strict=False):
+                decode_frame(part, like, syntax)
+            row["client_decode_ms"] = round((time.perf_counter() - t0) / len(parts) * 1e3, 2)
+        for c in (1, clients):
+            n, size, elapsed, latencies = run(load(port, paths, accept, c, seconds / 2, any_frame))  # type: ignore[misc]
+            latencies.sort()
+            row[f"frames_per_s_{c}_clients"] = round(n / elapsed, 1)
+            row[f"p50_ms_{c}_clients"] = round(latencies[len(latencies) // 2] * 1e3, 2)
+        figures[name] = row
+    return figures
 
 
 def wait_for(port: int, timeout: float = 30) -> None:
