@@ -9,8 +9,8 @@
 
 1. A deterministic synthetic corpus (``_corpus.py``): CT series of 512 x 512 16-bit
    slices, the same kind of series as JPEG 2000 lossless, multi-frame instances (one
-   JPEG 2000), and many small instances in many studies of varied patients, dates,
-   modalities and accession numbers.
+   JPEG 2000), single MR, CR and US frames at their native sizes, and many small
+   instances in many studies of varied patients, dates, modalities and accession numbers.
 2. Both servers fresh, on loopback: Orthanc (Debian's ``orthanc``, with the DICOMweb
    and GDCM plugins, its own JSON configuration and storage folder under a temporary
    directory; remote access off, its DICOM port on loopback for the C-STORE row) and
@@ -24,7 +24,8 @@
    UIDs by dcmtk ``storescu`` (one association per client, each instance found by
    QIDO-RS afterwards), the QIDO mix (OHIF's includefield),
    series metadata, single frames as stored (``transfer-syntax=*``) and transcoded to
-   Explicit VR Little Endian, for native and JPEG 2000 instances, and rendered JPEG.
+   Explicit VR Little Endian, for native and JPEG 2000 instances, and rendered JPEG (CT
+   native and JPEG 2000, MR, CR, US).
    Every answer is checked (status, result count and identity, frame bytes, JPEG
    magic): a fast wrong answer marks the row WRONG for that server, not fast.
 4. A server that dies (process exit, connection refused) or stops answering (the
