@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,11 +189,69 @@ def _little_endian(array: np.ndarray) -> np.ndarray:
     return array
 
 
+#: JPEG 2000 Part 1 syntaxes, decoded on every core (:func:`_j2k_on_all_cores`)
+J2K_SYNTAXES = (J2K_LOSSLESS, J2K)
+#: colour a JPEG 2000 decoder hands back as RGB (the multi-component transform undone)
+_J2K_RGB = ("RGB", "YBR_ICT", "YBR_RCT")
+
+
+def _j2k_on_all_cores(frame: bytes, info: PixelInfo) -> np.ndarray | None:
+    """A JPEG 2000 codestream decoded by OpenJPEG with one thread per core
+    (imagecodecs), so one frame's latency is not one core's: pylibjpeg-openjpeg decodes
+    on one thread. Only where the codestream's own header (SIZ, ISO/IEC 15444-1 A.5.1)
+    agrees with the recorded attributes (size, components, precision = Bits Stored,
+    signedness = Pixel Representation, no subsampling) and the decoder's output is what
+    pydicom would give (grey, or colour that the decoder turns into RGB); None
+    otherwise, and pydicom decodes it, with its corrections."""
+    if len(frame) < 42 or frame[:4] != b"\xff\x4f\xff\x51":
+        return None  # a JP2 file, or not a codestream
+    width = int.from_bytes(frame[8:12], "big") - int.from_bytes(frame[16:20], "big")
+    height = int.from_bytes(frame[12:16], "big") - int.from_bytes(frame[20:24], "big")
+    components = int.from_bytes(frame[40:42], "big")
+    if (width, height, components) != (info.columns, info.rows, info.samples):
+        return None
+    if len(frame) < 42 + 3 * components or (info.samples == 3 and info.photometric not in _J2K_RGB):
+        return None
+    for c in range(components):
+        ssiz, dx, dy = frame[42 + 3 * c : 45 + 3 * c]
+        signed, precision = bool(ssiz & 0x80), (ssiz & 0x7F) + 1
+        if (dx, dy) != (1, 1) or signed != (info.pixel_representation == 1):
+            return None
+        if precision != info.bits_stored or info.bits_allocated not in (8, 16):
+            return None
+    codecs = _imagecodecs()
+    if codecs is None:
+        return None
+    try:
+        array = codecs.jpeg2k_decode(frame, numthreads=_CORES)
+    except Exception:  # noqa: BLE001 - whatever OpenJPEG says, pydicom decodes it instead
+        return None
+    kind = "i" if info.pixel_representation == 1 else "u"
+    return np.asarray(array).astype(f"<{kind}{info.bits_allocated // 8}", copy=False)
+
+
+_CORES = os.cpu_count() or 1
+
+
+@functools.cache
+def _imagecodecs() -> Any:
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    return imagecodecs if imagecodecs.JPEG2K.available else None
+
+
 def frame_array(frame: bytes, info: PixelInfo) -> np.ndarray:
     """One frame decoded from its own bytes (the compressed codestream of an
     encapsulated syntax, or the native pixel bytes), with pydicom's decoder and
-    corrections, as :func:`pixel_array` on the file would give it. Raises
+    corrections, as :func:`pixel_array` on the file would give it (JPEG 2000 on every
+    core where that gives the same, :func:`_j2k_on_all_cores`). Raises
     :class:`FrameMismatch` when the bytes and the attributes disagree."""
+    if info.syntax in J2K_SYNTAXES:
+        fast = _j2k_on_all_cores(frame, info)
+        if fast is not None:
+            return fast
     options = _options(info)
     if info.syntax in NATIVE_SYNTAXES:
         source, options["pixel_keyword"] = frame, "PixelData"

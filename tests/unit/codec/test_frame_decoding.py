@@ -113,3 +113,31 @@ def test_the_service_falls_back_to_the_whole_instance(
             pool.shutdown()
 
     assert asyncio.run(run()) == _want(data)
+
+
+def test_jpeg_2000_on_every_core_only_where_it_gives_what_pydicom_gives() -> None:
+    """A JPEG 2000 frame is decoded with a thread per core when its codestream's SIZ
+    marker (ISO/IEC 15444-1 A.5.1) agrees with the recorded attributes; where it does
+    not (another signedness or precision than Pixel Representation and Bits Stored, a
+    JP2 file instead of a codestream), pydicom's decoder and its corrections take it,
+    so the answer is always pydicom's."""
+    from dataclasses import replace
+
+    from app.codec.transcode import _j2k_on_all_cores, frame_array
+
+    data, (offset, length), info = _instance(J2K_LOSSLESS)
+    frame = data[offset : offset + length]
+    want = pixel_array(pydicom.dcmread(io.BytesIO(data)), index=0)
+    fast = _j2k_on_all_cores(frame, info)
+    assert fast is not None and fast.dtype == want.dtype and np.array_equal(fast, want)
+    assert np.array_equal(frame_array(frame, info), want)
+    for other in (
+        replace(info, pixel_representation=1 - info.pixel_representation),
+        replace(info, bits_stored=info.bits_stored - 1),
+        replace(info, rows=info.rows + 1),
+        replace(info, samples=3, photometric="YBR_FULL"),
+    ):
+        assert _j2k_on_all_cores(frame, other) is None, other
+    jp2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + frame
+    assert _j2k_on_all_cores(jp2, info) is None
+    assert _j2k_on_all_cores(frame[:30], info) is None
