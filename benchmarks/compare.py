@@ -178,15 +178,28 @@ class Server:
     def memory(self) -> tuple[int, int]:
         """(sum of RSS, sum of PSS) over the tree; PSS shares shared pages out, so that
         PostgreSQL's shared buffers count once."""
+        rss, pss, _ = self.memory_by_kind()
+        return rss, pss
+
+    def memory_by_kind(self) -> tuple[int, int, dict[str, int]]:
+        """As :meth:`memory`, with the PSS of each kind of process (:meth:`kind`)."""
         rss = pss = 0
+        kinds: dict[str, int] = {}
+        roots = set(self.roots())
         for p in self.processes():
             try:
                 info = p.memory_full_info()
-                rss += info.rss
-                pss += info.pss
+                kind = self.kind(p, roots)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return rss, pss
+                continue
+            rss += info.rss
+            pss += info.pss
+            kinds[kind] = kinds.get(kind, 0) + info.pss
+        return rss, pss, kinds
+
+    def kind(self, p: psutil.Process, roots: set[int]) -> str:
+        """What a process of the tree is, for the peak memory's breakdown."""
+        return p.name()
 
     def death(self) -> str | None:
         code = self.exit_code()
@@ -339,6 +352,21 @@ class PictorServer(Server):
         pg = postmaster_pid(self.data_dir)
         return pids + ([pg] if pg else [])
 
+    def kind(self, p: psutil.Process, roots: set[int]) -> str:
+        """PostgreSQL, the supervising process, a server process (HTTP), a codec worker
+        (a server process's child), or a ``python -m`` helper (DIMSE, background)."""
+        if p.name().startswith("postgres"):
+            return "postgresql"
+        if p.pid in roots:
+            return "supervisor"
+        command = " ".join(p.cmdline())
+        helper = re.search(r" -m (app\.\w+)", command)
+        if helper:
+            return helper.group(1)
+        if "resource_tracker" in command:
+            return "resource tracker"
+        return "server process" if p.ppid() in roots else "codec worker"
+
     def log_tail(self) -> str:
         try:
             return self.process.log_path.read_text(errors="replace")[-1500:]
@@ -385,15 +413,19 @@ class Monitor(threading.Thread):
         self.servers, self.interval = servers, interval
         self.peak_rss: dict[str, int] = {s.name: 0 for s in servers}
         self.peak_pss: dict[str, int] = {s.name: 0 for s in servers}
+        #: at the PSS peak: PSS per kind of process (:meth:`Server.kind`)
+        self.peak_kinds: dict[str, dict[str, int]] = {s.name: {} for s in servers}
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.wait(self.interval):
             for s in self.servers:
                 try:
-                    rss, pss = s.memory()
+                    rss, pss, kinds = s.memory_by_kind()
                     self.peak_rss[s.name] = max(self.peak_rss[s.name], rss)
-                    self.peak_pss[s.name] = max(self.peak_pss[s.name], pss)
+                    if pss > self.peak_pss[s.name]:
+                        self.peak_pss[s.name] = pss
+                        self.peak_kinds[s.name] = kinds
                     s.cpu_seconds()
                 except Exception:  # noqa: BLE001 - a process vanishing between calls
                     pass
@@ -1050,6 +1082,14 @@ def table(results: dict[str, Any]) -> str:
             "RSS summed over its processes), "
             f"CPU {s['cpu_s']:,.1f} s over the run, restarts after a death: {s['restarts']}"
         )
+        kinds = s.get("peak_pss_mb_by_kind") or {}
+        if len(kinds) > 1:
+            lines.append(
+                "  at the peak: "
+                + ", ".join(
+                    f"{k} {v:,.0f} MB" for k, v in sorted(kinds.items(), key=lambda i: -i[1])
+                )
+            )
     if notes:
         lines += ["", "Failures:", *notes]
     return "\n".join(lines)
@@ -1218,6 +1258,9 @@ def main() -> None:
         for s in servers:
             results["servers"][s.name] = {
                 "peak_pss_mb": round(monitor.peak_pss[s.name] / 1e6, 1),
+                "peak_pss_mb_by_kind": {
+                    k: round(v / 1e6, 1) for k, v in sorted(monitor.peak_kinds[s.name].items())
+                },
                 "peak_rss_sum_mb": round(monitor.peak_rss[s.name] / 1e6, 1),
                 "cpu_s": round(s.cpu_seconds(), 1),
                 "restarts": restarts[s.name],
