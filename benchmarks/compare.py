@@ -858,7 +858,9 @@ STORESCU = "/usr/bin/storescu"  # dcmtk's (PATH may hold another)
 
 def fresh_copies(files: list[bytes]) -> list[bytes]:
     """The files under new Study, Series and SOP Instance UIDs (the same new UID for
-    the same old one): the C-STORE row stores new instances, not the STOW row's again."""
+    the same old one): the C-STORE row stores new instances, not the STOW row's again.
+    They belong to a patient and a date that no QIDO row asks for (as the warm-up's
+    do), so the QIDO rows' expected answers, taken from the corpus, stay true."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -870,6 +872,8 @@ def fresh_copies(files: list[bytes]) -> list[bytes]:
             old = str(ds.data_element(keyword).value)
             ds.data_element(keyword).value = new.setdefault(old, generate_uid())
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientName, ds.PatientID = "ZZCSTORE^COPY", "ZZCSTORE"
+        ds.StudyDate = ds.SeriesDate = "19990102"
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         out.append(buffer.getvalue())

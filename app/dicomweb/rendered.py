@@ -11,6 +11,7 @@ the first series; the middle frame), cached on disk. Rendering runs in worker pr
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -55,6 +56,8 @@ def options_of(
             center, width = float(parts[0]), float(parts[1])
         except (ValueError, IndexError):
             raise BadRequest("query parameter 'window' must be center,width[,function]") from None
+        if not (math.isfinite(center) and math.isfinite(width)):
+            raise BadRequest("query parameter 'window': center and width must be finite numbers")
         function = parts[2].strip().upper() if len(parts) > 2 else "LINEAR"
         if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID") or width <= 0:
             raise BadRequest(

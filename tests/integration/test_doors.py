@@ -73,6 +73,7 @@ def _requests(u: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
         "/rendered?window=100,50,SIGMOID&viewport=16,8&quality=40",
         "/rendered?accept=image/png&window=1,2&window=3,4",  # the first value counts
         "/rendered?window=abc",  # 400
+        "/rendered?window=nan,5",  # 400
         "/rendered?viewport=0,5",  # 400
         "/rendered?quality=101",  # 400
         "/frames/1/rendered",

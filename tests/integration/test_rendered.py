@@ -123,6 +123,9 @@ def test_thumbnail_is_small_cached_and_representative(
         ("/rendered?window=abc", 400),
         ("/rendered?viewport=0,10", 400),
         ("/rendered?quality=101", 400),
+        ("/rendered?window=nan,100", 400),
+        ("/rendered?window=40,1e999", 400),  # infinite
+        ("/frames/1,x/rendered", 400),
         ("/frames/9/rendered", 404),
     ],
 )
