@@ -245,7 +245,7 @@ async def serve(settings: Settings) -> None:
     # received data sets beyond a few MiB wait on the archive's disk, not in memory
     spool = spool_directory(settings)
     await asyncio.to_thread(prepare, spool)
-    install(spool)
+    install(spool, floor=settings.min_free_bytes)
     pool = await create_pool(settings.database_url, min_size=1, max_size=6)
     audit = AuditLog(pool) if settings.audit_enabled else None
     try:

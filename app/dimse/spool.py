@@ -15,6 +15,12 @@ factory in ``pynetdicom.dimse_messages`` and uses of it only ``write``,
 ``file.flush``, ``name`` and ``close``; tests catch a release that changes this (a
 large C-STORE must reach the spool and leave no file behind).
 
+A spool file never takes the disk below ``PICTOR_MIN_FREE_BYTES``: the free space of
+the spool's file system is checked when a data set spills to a file and every
+:data:`CHECK_EVERY` bytes after that. Below the floor, the file is deleted, the rest of
+the data set is read and dropped, and the C-STORE fails with A700 (Refused: Out of
+Resources, PS3.4 B.2.3) instead of filling the disk the archive's index and files live on.
+
 A spool's file is deleted when the handler is done with it (pynetdicom closes it),
 when an association is aborted or lost mid-transfer (:func:`release_pending`, on
 ``EVT_CONN_CLOSE``), when the spool is garbage-collected, and at start-up
@@ -35,6 +41,10 @@ from typing import IO, Any
 
 #: bytes of one data set held in memory before the rest goes to the spool file
 MEMORY_LIMIT = 8 << 20
+#: bytes written to a spool file between two checks of the free space
+CHECK_EVERY = 64 << 20
+#: why a data set was refused when the disk reached the floor (an Error Comment: LO)
+NO_ROOM = "out of resources: the disk is at its free-space floor"
 #: bytes read from a spool file at a time when it is handed to ingest
 READ_CHUNK = 4 << 20
 #: bytes of the start of a data set :func:`data_set_head` gives by default
@@ -46,8 +56,14 @@ _META_START = 128 + 4 + 4 + 2 + 2
 class Spool:
     """One received data set (preamble and File Meta Information included)."""
 
-    def __init__(self, directory: Path, limit: int = MEMORY_LIMIT) -> None:
+    def __init__(self, directory: Path, limit: int = MEMORY_LIMIT, floor: int = 0) -> None:
         self.limit = limit
+        #: bytes that must stay free on the spool's file system (PICTOR_MIN_FREE_BYTES)
+        self.floor = floor
+        #: why the data set is being dropped instead of kept (:data:`NO_ROOM`), or None
+        self.refused: str | None = None
+        self._directory = directory
+        self._unchecked = 0
         #: the spool file's path (pynetdicom unlinks it too; it may not exist)
         self.name = str(directory / f"{os.getpid()}-{secrets.token_hex(8)}.dcm")
         self.size = 0
@@ -66,15 +82,22 @@ class Spool:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._closed:
             raise ValueError("the spool was closed")
-        if self._memory is not None and self.size + len(data) > self.limit:
+        n = len(data)
+        if self.refused is None and self._memory is not None and self.size + n > self.limit:
             self._spill()
-        if self._file is not None:
-            self._file.write(data)
+        if self.refused is not None:
+            pass  # read and dropped: the C-STORE fails once the data set is complete
+        elif self._file is not None:
+            self._unchecked += n
+            if self._unchecked >= CHECK_EVERY and not self._room():
+                self._refuse()
+            else:
+                self._file.write(data)
         else:
             assert self._memory is not None
             self._memory += data
-        self.size += len(data)
-        return len(data)
+        self.size += n
+        return n
 
     def flush(self) -> None:
         """Nothing to do per fragment: the content is flushed once, when it is read."""
@@ -110,7 +133,10 @@ class Spool:
             yield _read_chunks(f)
 
     def head(self, n: int, start: int = 0) -> bytes:
-        """``n`` bytes of the content from ``start`` (fewer where it ends)."""
+        """``n`` bytes of the content from ``start`` (fewer where it ends; none of a
+        refused data set)."""
+        if self.refused is not None:
+            return b""
         if self._memory is not None:
             return bytes(self._memory[start : start + n])
         assert self._file is not None
@@ -121,8 +147,28 @@ class Spool:
 
     # -- internals ------------------------------------------------------------------------
 
+    def _room(self) -> bool:
+        """Whether the spool's file system keeps the floor with :data:`CHECK_EVERY`
+        bytes more written (an unknown free space does not refuse: the write says)."""
+        self._unchecked = 0
+        try:
+            st = os.statvfs(self._directory)
+        except OSError:
+            return True
+        return st.f_bavail * st.f_frsize - CHECK_EVERY >= self.floor
+
+    def _refuse(self) -> None:
+        self.refused = NO_ROOM
+        self._memory = None
+        self._file = None
+        if self._finalizer is not None:
+            self._finalizer()  # closes and deletes what was written
+
     def _spill(self) -> None:
         assert self._memory is not None
+        if not self._room():
+            self._refuse()
+            return
         f = open(self.name, "xb")  # noqa: SIM115 - lives as long as the spool
         self._finalizer = weakref.finalize(self, _delete, f, self.name)
         f.write(self._memory)
@@ -152,13 +198,14 @@ def prepare(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
 
 
-def install(directory: Path, limit: int = MEMORY_LIMIT) -> None:
+def install(directory: Path, limit: int = MEMORY_LIMIT, floor: int = 0) -> None:
     """Make pynetdicom receive every C-STORE data set into a :class:`Spool` of
-    ``directory`` (for this process; call :func:`prepare` first)."""
+    ``directory`` that keeps ``floor`` bytes free (for this process; call
+    :func:`prepare` first)."""
     from pynetdicom import _config, dimse_messages
 
     def factory(*_args: object, **_kwargs: object) -> Spool:
-        return Spool(directory, limit)
+        return Spool(directory, limit, floor)
 
     setattr(dimse_messages, "NamedTemporaryFile", factory)  # noqa: B010 - a module global
     _config.STORE_RECV_CHUNKED_DATASET = True

@@ -90,6 +90,14 @@ class Storage:
         self, data: bytes | memoryview | Spool, sop_class_uid: str, sop_instance_uid: str
     ) -> Outcome:
         """Store one DICOM file's bytes (or a spool's); the outcome says what became of it."""
+        if isinstance(data, Spool) and data.refused is not None:
+            return Outcome(  # dropped while it arrived: the disk was at its floor
+                status=FAILED,
+                sop_class_uid=sop_class_uid,
+                sop_instance_uid=sop_instance_uid,
+                reason=int(FailureReason.OUT_OF_RESOURCES),
+                message=data.refused,
+            )
         temp = self.ingest.new_part()
         try:
             if isinstance(data, Spool) and data.spilled:

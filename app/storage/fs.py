@@ -227,12 +227,19 @@ class TempBlob:
             if self.size == 0:
                 yield memoryview(b"")
                 return
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                view = memoryview(mapped)
-                try:
-                    yield view
-                finally:
-                    view.release()
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            view = memoryview(mapped)
+            try:
+                yield view
+            finally:
+                # an exception raised while the content was read (a rejected instance)
+                # keeps slices of it alive in its traceback: then the map is unmapped
+                # when they go, and the exception, not a BufferError, is what surfaces
+                for close in (view.release, mapped.close):
+                    try:
+                        close()
+                    except BufferError:
+                        pass
 
     def release(self) -> None:
         """Give the buffer back; the content is then read from the file."""

@@ -40,7 +40,7 @@ from app.dimse.spool import MEMORY_LIMIT as SPOOL_MEMORY_LIMIT
 from conftest import Archive, Pictor, multipart, until
 from corpus import get_ref, make_patched_copy, reference_files
 from server import PictorProcess, free_port, status_kib
-from synth import big_multiframe, ct_slice, new_uids, rejection_note
+from synth import MF_GRAYSCALE_WORD_SC_STORAGE, big_multiframe, ct_slice, new_uids, rejection_note
 
 DCMTK = Path("/usr/bin")
 pytestmark = pytest.mark.skipif(
@@ -590,6 +590,52 @@ def test_a_c_store_cut_off_mid_transfer_leaves_nothing(dimse: Dimse) -> None:
         assert assoc.send_c_store(_dataset(files[0])).Status == 0x0000  # type: ignore[attr-defined]
     finally:
         assoc.release()  # type: ignore[attr-defined]
+    big.unlink()
+
+
+@pytest.mark.slow
+def test_a_c_store_that_would_fill_the_disk_below_the_floor_fails_with_a700(
+    tmp_path: Path, pictor: Pictor
+) -> None:
+    """PICTOR_MIN_FREE_BYTES holds for DIMSE too: a 300 MB data set arriving with room
+    for less is dropped as it arrives (its spool file deleted), the C-STORE fails with
+    A700 Refused: Out of Resources (PS3.4 B.2.3) and an Error Comment saying why, nothing
+    is indexed, the disk stays above the floor, and a small C-STORE then works."""
+    big = big_multiframe(tmp_path / "floor-big.dcm", 300 << 20)
+    sop = str(pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID)
+    floor = shutil.disk_usage(tmp_path).free - (250 << 20)
+    port = free_port()
+    archive = Archive(
+        pictor(
+            tmp_path / "data",
+            env={"PICTOR_DIMSE_PORT": str(port), "PICTOR_MIN_FREE_BYTES": str(floor)},
+        )
+    )
+    ae = AE(ae_title="PYNETDICOM")
+    # as the file is (not deflated by pynetdicom on the way: a deflate bomb is another test)
+    ae.add_requested_context(MF_GRAYSCALE_WORD_SC_STORAGE, ExplicitVRLittleEndian)
+    ae.add_requested_context(CT)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
+    assoc = ae.associate("127.0.0.1", port, ae_title="PICTOR")
+    assert assoc.is_established
+    lowest = shutil.disk_usage(tmp_path).free
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(assoc.send_c_store, big)
+            while not sending.done():
+                lowest = min(lowest, shutil.disk_usage(tmp_path).free)
+                time.sleep(0.01)
+            status = sending.result()
+        assert status.Status == 0xA700, status
+        assert "free-space floor" in status.ErrorComment
+        assert lowest >= floor
+        spool = tmp_path / "data" / "dimse-spool"
+        assert list(spool.glob("*")) == []
+        assert archive.query("SELECT 1 FROM instance WHERE sop_instance_uid = $1", sop) == []
+        _, _, files = _ct_series(1)
+        assert assoc.send_c_store(_dataset(files[0])).Status == 0x0000
+    finally:
+        assoc.release()
     big.unlink()
 
 

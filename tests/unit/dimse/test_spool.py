@@ -143,3 +143,39 @@ def test_association_contexts_copy_cheaply_and_still_deeply() -> None:
         assert (copied.scu_role, copied.scp_role) == (original.scu_role, original.scp_role)
     copies[0].transfer_syntax.append("1.2.3.4")  # a copy's changes stay its own
     assert "1.2.3.4" not in contexts[0].transfer_syntax
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def test_a_spool_refuses_to_spill_below_the_floor(tmp_path: Path) -> None:
+    """The disk already at PICTOR_MIN_FREE_BYTES: nothing is written to a file, the data
+    set is read and dropped, and the spool says why (its C-STORE fails with A700)."""
+    spool = Spool(tmp_path, limit=100, floor=_free(tmp_path))
+    for _ in range(5):
+        assert spool.write(b"x" * 70) == 70
+    assert spool.refused == spool_module.NO_ROOM and len(spool.refused) <= 64  # LO
+    assert list(tmp_path.iterdir()) == [] and not spool.spilled and spool.size == 350
+    assert spool.head(10) == b"" and spool.in_memory() is None
+    spool.close()
+
+
+def test_a_spool_stops_writing_when_the_disk_reaches_the_floor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A floor 4 MiB below today's free space, checked every MiB: the spool writes a few
+    MiB, then deletes its file and drops the rest, rather than fill the disk."""
+    monkeypatch.setattr(spool_module, "CHECK_EVERY", 1 << 20)
+    spool = Spool(tmp_path, limit=1 << 20, floor=_free(tmp_path) - (4 << 20))
+    piece = os.urandom(256 << 10)
+    refused_at = None
+    for n in range(1, 48):  # 12 MiB offered
+        spool.write(piece)
+        if spool.refused is not None and refused_at is None:
+            refused_at = n * len(piece)
+            assert list(tmp_path.iterdir()) == []  # what it had written is deleted
+    assert refused_at is not None and (2 << 20) <= refused_at <= (6 << 20), refused_at
+    assert spool.size == 47 * len(piece)
+    spool.close()

@@ -70,6 +70,15 @@ def test_publish_settle_and_read_back(store: BlobStore) -> None:
         a, b = bytearray(10), bytearray(300)
         await store.read_into(key, [(5, memoryview(a)), (70000, memoryview(b))])
         assert bytes(a) == data[5:15] and bytes(b) == data[70000:70300]
+        # what a codec worker process reads (a header and a frame), in its own thread
+        c, d = bytearray(7), bytearray(4000)
+        targets = [(0, memoryview(c)), (len(data) - 4000, memoryview(d))]
+        await asyncio.to_thread(store.read_into_blocking, key, targets)
+        assert bytes(c) == data[:7] and bytes(d) == data[-4000:]
+        with pytest.raises(OSError):  # past the end
+            await asyncio.to_thread(
+                store.read_into_blocking, key, [(len(data) - 2, memoryview(bytearray(4)))]
+            )
 
     asyncio.run(run())
 
@@ -85,6 +94,31 @@ def test_an_upload_larger_than_memory_buffers_reads_back_whole(store: BlobStore)
         pubs = await store.publish([(up, "a/b/c.dcm")])
         await store.settle(pubs)
         assert await store.read("a/b/c.dcm") == data
+
+    asyncio.run(run())
+
+
+def test_an_error_raised_while_the_content_is_read_is_the_one_that_surfaces(
+    store: BlobStore,
+) -> None:
+    """A parser that rejects an instance raises while slices of the content are still
+    referenced (by the exception's traceback): that rejection must reach the caller,
+    not a BufferError from unmapping the file under them (found with a deflate bomb
+    over DIMSE: the C-STORE failed with 0110 instead of saying why)."""
+    import numpy as np
+
+    data = hashlib.sha256(b"y").digest() * (6 << 20 >> 5)  # 6 MB: read from the file
+
+    async def run() -> None:
+        up = await _upload(store, data, chunk=1 << 20)
+        up.release()
+        kept = []
+        with pytest.raises(LookupError, match="rejected"), up.content() as content:
+            kept += [content[100:200], np.frombuffer(content, dtype=np.uint8)]
+            raise LookupError("rejected")
+        assert bytes(kept[0]) == data[100:200]
+        kept.clear()
+        await up.abort()
 
     asyncio.run(run())
 
