@@ -233,9 +233,11 @@ async def commit_batch(
     for attempt in range(3):
         try:
             return await _commit_once(pool, items)
-        except (asyncpg.ForeignKeyViolationError, _StudyGone) as exc:
+        except (asyncpg.ForeignKeyViolationError, asyncpg.DeadlockDetectedError, _StudyGone) as exc:
             # a delete removed the study or series while the batch was on its way
-            # (app.index.lifecycle): the batch is committed again, from scratch
+            # (app.index.lifecycle), or PostgreSQL broke a lock cycle with another
+            # writer by aborting this transaction: the batch is committed again, from
+            # scratch (everything it did was rolled back)
             if attempt == 2:
                 raise index_failure("the index commit failed", exc, client_values=False) from exc
         except INDEX_ERRORS as exc:
@@ -247,6 +249,21 @@ async def commit_batch(
 
 class _StudyGone(Exception):
     """A study of the batch was deleted while the batch was being committed."""
+
+
+#: One transaction-scoped advisory lock per study of a batch, taken in one order (the
+#: keys', sorted) before anything else. Without it two batches that share studies could
+#: deadlock: each locks the studies it finds, then creates the rest, then locks the ones
+#: another batch created meanwhile, so the rows were taken in different orders (found
+#: with four clients storing interleaved instances of the same new studies). With it,
+#: batches that share a study take its turn in the same order; batches that do not share
+#: one (or share only a key's hash) never wait for each other. Volatile calls in the
+#: select list run after the ORDER BY (PostgreSQL 9.6+), so the order holds.
+_LOCK_STUDY_KEYS = """
+SELECT pg_advisory_xact_lock(k)
+  FROM (SELECT DISTINCT hashtextextended(u, 20) AS k FROM unnest($1::text[]) AS u) AS keys
+ ORDER BY k
+"""
 
 
 async def _lock_studies(conn: asyncpg.Connection, uids: list[str], pks: dict[str, int]) -> None:
@@ -277,6 +294,7 @@ async def _commit_once(
             # the aggregate update at the end needs: a lifecycle change of the study
             # (app.index.lifecycle, which locks it first too) then runs wholly before or
             # after this batch, never waiting on it while it waits on the change.
+            await conn.execute(_LOCK_STUDY_KEYS, uids)
             study_pks: dict[str, int] = {}
             await _lock_studies(conn, uids, study_pks)
             for item in sorted(items, key=lambda it: it.analysis.sop_instance_uid):
