@@ -256,12 +256,16 @@ class _StudyGone(Exception):
 #: deadlock: each locks the studies it finds, then creates the rest, then locks the ones
 #: another batch created meanwhile, so the rows were taken in different orders (found
 #: with four clients storing interleaved instances of the same new studies). With it,
-#: batches that share a study take its turn in the same order; batches that do not share
-#: one (or share only a key's hash) never wait for each other. Volatile calls in the
-#: select list run after the ORDER BY (PostgreSQL 9.6+), so the order holds.
-_LOCK_STUDY_KEYS = """
-SELECT pg_advisory_xact_lock(k)
-  FROM (SELECT DISTINCT hashtextextended(u, 20) AS k FROM unnest($1::text[]) AS u) AS keys
+#: batches that share a study take its turn in the same order; batches that share none
+#: never wait for each other (two studies whose keys collide make theirs take turns,
+#: nothing worse). The two-key form, with
+#: its own first key, keeps these apart from the archive's one-key advisory locks (feed,
+#: backup, tiers, migrations). Volatile calls in the select list run after the ORDER BY
+#: (PostgreSQL 9.6+), so the order holds.
+STUDY_LOCK_SPACE = 0x50495354  # "PIST"
+_LOCK_STUDY_KEYS = f"""
+SELECT pg_advisory_xact_lock({STUDY_LOCK_SPACE}, k)
+  FROM (SELECT DISTINCT hashtext(u) AS k FROM unnest($1::text[]) AS u) AS keys
  ORDER BY k
 """
 
