@@ -231,46 +231,46 @@ class Ingest:
         try:
             if parts:
                 await asyncio.wait([p.written for p in parts])
-        except BaseException:
-            lookup.cancel()
-            raise
-        for i, part in enumerate(parts):
-            a = part.analysis
-            if not isinstance(a, InstanceRejected) and part.written.exception() is not None:
-                a = self._write_failed(part.written.exception())
-            if isinstance(a, InstanceRejected):
-                failed = _failed(a)
-                if a.message == _NO_SPACE:
-                    failed.cause = STORAGE_FULL
-                outcomes[i] = failed
-                continue
-            a = msgspec.structs.replace(a, sha256=part.temp.sha256)
-            if expected_study is not None and a.study_uid != expected_study:
-                outcomes[i] = _outcome(
-                    a,
-                    FAILED,
-                    FailureReason.STUDY_UID_MISMATCH,
-                    f"Study Instance UID {a.study_uid} does not match the study in the "
-                    f"request URL, {expected_study} (PS3.18 10.5.1)",
-                )
-                continue
-            first = seen.get(a.sop_instance_uid)
-            if first is not None:
-                same = candidates[first].sha256 == a.sha256
-                outcomes[i] = (
-                    _outcome(a, ALREADY_STORED)
-                    if same
-                    else _outcome(
+            for i, part in enumerate(parts):
+                a = part.analysis
+                if not isinstance(a, InstanceRejected) and part.written.exception() is not None:
+                    a = self._write_failed(part.written.exception())
+                if isinstance(a, InstanceRejected):
+                    failed = _failed(a)
+                    if a.message == _NO_SPACE:
+                        failed.cause = STORAGE_FULL
+                    outcomes[i] = failed
+                    continue
+                a = msgspec.structs.replace(a, sha256=part.temp.sha256)
+                if expected_study is not None and a.study_uid != expected_study:
+                    outcomes[i] = _outcome(
                         a,
                         FAILED,
-                        FailureReason.DUPLICATE_SOP_INSTANCE,
-                        f"SOP Instance UID {a.sop_instance_uid} appears twice in the request "
-                        "with different content",
+                        FailureReason.STUDY_UID_MISMATCH,
+                        f"Study Instance UID {a.study_uid} does not match the study in the "
+                        f"request URL, {expected_study} (PS3.18 10.5.1)",
                     )
-                )
-                continue
-            seen[a.sop_instance_uid] = i
-            candidates[i] = a
+                    continue
+                first = seen.get(a.sop_instance_uid)
+                if first is not None:
+                    same = candidates[first].sha256 == a.sha256
+                    outcomes[i] = (
+                        _outcome(a, ALREADY_STORED)
+                        if same
+                        else _outcome(
+                            a,
+                            FAILED,
+                            FailureReason.DUPLICATE_SOP_INSTANCE,
+                            f"SOP Instance UID {a.sop_instance_uid} appears twice in the request "
+                            "with different content",
+                        )
+                    )
+                    continue
+                seen[a.sop_instance_uid] = i
+                candidates[i] = a
+        except BaseException:  # the lookup is not left running unawaited
+            lookup.cancel()
+            raise
 
         try:
             existing, rejected = await lookup
