@@ -196,9 +196,9 @@ _J2K_RGB = ("RGB", "YBR_ICT", "YBR_RCT")
 
 
 def _j2k_on_all_cores(frame: bytes, info: PixelInfo) -> np.ndarray | None:
-    """A JPEG 2000 codestream decoded by OpenJPEG with one thread per core
-    (imagecodecs), so one frame's latency is not one core's: pylibjpeg-openjpeg decodes
-    on one thread. Only where the codestream's own header (SIZ, ISO/IEC 15444-1 A.5.1)
+    """A JPEG 2000 codestream decoded by OpenJPEG with one thread per core when the
+    machine is not busy (:func:`_threads`; imagecodecs), so one frame's latency is not
+    one core's: pylibjpeg-openjpeg decodes on one thread. Only where the codestream's own header (SIZ, ISO/IEC 15444-1 A.5.1)
     agrees with the recorded attributes (size, components, precision = Bits Stored,
     signedness = Pixel Representation, no subsampling) and the decoder's output is what
     pydicom would give (grey, or colour that the decoder turns into RGB); None
@@ -223,7 +223,7 @@ def _j2k_on_all_cores(frame: bytes, info: PixelInfo) -> np.ndarray | None:
     if codecs is None:
         return None
     try:
-        array = codecs.jpeg2k_decode(frame, numthreads=_CORES)
+        array = codecs.jpeg2k_decode(frame, numthreads=_threads())
     except Exception:  # noqa: BLE001 - whatever OpenJPEG says, pydicom decodes it instead
         return None
     kind = "i" if info.pixel_representation == 1 else "u"
@@ -231,6 +231,19 @@ def _j2k_on_all_cores(frame: bytes, info: PixelInfo) -> np.ndarray | None:
 
 
 _CORES = os.cpu_count() or 1
+
+
+def _threads() -> int:
+    """Threads for one decode: every core while no more tasks than cores are running
+    (/proc/loadavg's fourth field, this one included: one client's frame), one when
+    more are (several clients: the cores are busy already, and sharing them out
+    further cost 4 % of throughput; benchmarks/README.md)."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            running = int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return _CORES
+    return _CORES if running <= _CORES else 1
 
 
 @functools.cache
