@@ -198,11 +198,12 @@ _J2K_RGB = ("RGB", "YBR_ICT", "YBR_RCT")
 def _j2k_on_all_cores(frame: bytes, info: PixelInfo) -> np.ndarray | None:
     """A JPEG 2000 codestream decoded by OpenJPEG with one thread per core when the
     machine is not busy (:func:`_threads`; imagecodecs), so one frame's latency is not
-    one core's: pylibjpeg-openjpeg decodes on one thread. Only where the codestream's own header (SIZ, ISO/IEC 15444-1 A.5.1)
-    agrees with the recorded attributes (size, components, precision = Bits Stored,
-    signedness = Pixel Representation, no subsampling) and the decoder's output is what
-    pydicom would give (grey, or colour that the decoder turns into RGB); None
-    otherwise, and pydicom decodes it, with its corrections."""
+    one core's: pylibjpeg-openjpeg decodes on one thread. Only where the codestream's
+    own header (SIZ, ISO/IEC 15444-1 A.5.1) agrees with the recorded attributes (size,
+    components, precision = Bits Stored, signedness = Pixel Representation, no
+    subsampling) and the decoder's output is what pydicom would give (grey, or colour
+    that the decoder turns into RGB); None otherwise, and pydicom decodes it, with its
+    corrections."""
     if len(frame) < 42 or frame[:4] != b"\xff\x4f\xff\x51":
         return None  # a JP2 file, or not a codestream
     width = int.from_bytes(frame[8:12], "big") - int.from_bytes(frame[16:20], "big")
