@@ -215,14 +215,20 @@ async def frame_bytes(store: BlobStore, inst: StoredInstance, number: int) -> by
     return await frame_bytes_of(store, inst.file_key, inst.frame_ranges(number))
 
 
-async def frame_bytes_of(store: BlobStore, key: str, ranges: list[tuple[int, int]]) -> bytes:
-    """The bytes of ``ranges`` of a blob, one after another, read in one go."""
+def _targets(ranges: list[tuple[int, int]]) -> tuple[bytearray, list[tuple[int, memoryview]]]:
+    """One buffer for ``ranges`` of a blob, one after another, and where each goes in it."""
     buffer = bytearray(sum(length for _, length in ranges))
     view = memoryview(buffer)
     targets, at = [], 0
     for offset, length in ranges:
         targets.append((offset, view[at : at + length]))
         at += length
+    return buffer, targets
+
+
+async def frame_bytes_of(store: BlobStore, key: str, ranges: list[tuple[int, int]]) -> bytes:
+    """The bytes of ``ranges`` of a blob, one after another, read in one go."""
+    buffer, targets = _targets(ranges)
     await store.read_into(key, targets)
     return bytes(buffer)
 
@@ -261,12 +267,7 @@ def _render_stored(store: BlobStore, key: str, index: int, options: RenderOption
 
 def _read_parts_blocking(store: BlobStore, key: str, ranges: list[tuple[int, int]]) -> bytes:
     """The bytes of ``ranges`` of a blob, one after another, read in the calling thread."""
-    buffer = bytearray(sum(length for _, length in ranges))
-    view = memoryview(buffer)
-    targets, at = [], 0
-    for offset, length in ranges:
-        targets.append((offset, view[at : at + length]))
-        at += length
+    buffer, targets = _targets(ranges)
     store.read_into_blocking(key, targets)
     return bytes(buffer)
 
