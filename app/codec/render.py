@@ -99,9 +99,15 @@ def _window_table(
 ) -> np.ndarray:
     """The display level of every value a frame of ``dtype`` can hold, for a rescale
     and a window: what most frames of a series share, so it is computed once."""
-    codes = np.arange(1 << (8 * np.dtype(dtype).itemsize), dtype=np.uint32)
-    values = codes.astype(np.dtype(dtype).str.replace("i", "u")).view(dtype)
+    values = _every_value(np.dtype(dtype))
     return _to_display(_apply_window(values * slope + intercept, window), invert)
+
+
+def _every_value(dtype: np.dtype[Any]) -> np.ndarray:
+    """Every value an integer ``dtype`` of 1 or 2 bytes holds, in the order of their
+    unsigned codes (:func:`_codes`): the domain of a lookup table."""
+    codes = np.arange(1 << (8 * dtype.itemsize), dtype=np.uint32)
+    return codes.astype(f"<u{dtype.itemsize}").view(dtype)
 
 
 def _gray_table(
@@ -115,9 +121,7 @@ def _gray_table(
     intercept = float(ds.get("RescaleIntercept", 0) or 0) if linear else 0.0
     if window is not None and linear:
         return _window_table(frame.dtype.str, slope, intercept, window, invert)
-    width = 8 * frame.dtype.itemsize
-    values = np.arange(1 << width, dtype=np.uint32).astype(f"<u{width // 8}").view(frame.dtype)
-    modality = np.asarray(apply_modality_lut(values, ds))
+    modality = np.asarray(apply_modality_lut(_every_value(frame.dtype), ds))
     mapped = modality.astype(np.float64)
     if window is not None:
         return _to_display(_apply_window(mapped, window), invert)

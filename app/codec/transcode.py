@@ -86,11 +86,8 @@ def _encoder_available(target: str) -> bool:
     if target == JPEG_BASELINE:
         return True  # Pillow
     if target in HTJ2K_TARGETS:
-        try:
-            import imagecodecs
-        except ImportError:
-            return False
-        return bool(imagecodecs.HTJ2K.available)
+        codecs = _imagecodecs()
+        return codecs is not None and bool(codecs.HTJ2K.available)
     try:
         return bool(get_encoder(target).is_available)
     except (NotImplementedError, ValueError):
@@ -221,7 +218,7 @@ def _j2k_on_all_cores(frame: bytes, info: PixelInfo) -> np.ndarray | None:
         if precision != info.bits_stored or info.bits_allocated not in (8, 16):
             return None
     codecs = _imagecodecs()
-    if codecs is None:
+    if codecs is None or not codecs.JPEG2K.available:
         return None
     try:
         array = codecs.jpeg2k_decode(frame, numthreads=_threads())
@@ -249,11 +246,12 @@ def _threads() -> int:
 
 @functools.cache
 def _imagecodecs() -> Any:
+    """imagecodecs (OpenJPEG with threads, OpenJPH), or None where it is not installed."""
     try:
         import imagecodecs
     except ImportError:
         return None
-    return imagecodecs if imagecodecs.JPEG2K.available else None
+    return imagecodecs
 
 
 def frame_array(frame: bytes, info: PixelInfo) -> np.ndarray:
@@ -343,12 +341,10 @@ def _htj2k(array: np.ndarray, target: str) -> bytes:
     codestream also carries TLM marker segments and one tile-part per resolution, which
     lets a reader find each resolution without parsing the packets. Colour keeps its
     components (no multi-component transform): the frame stays RGB, as the metadata says."""
-    import imagecodecs
-
     rpcl = target == HTJ2K_LOSSLESS_RPCL
     try:
         return bytes(
-            imagecodecs.htj2k_encode(
+            _imagecodecs().htj2k_encode(
                 np.ascontiguousarray(array),
                 reversible=True,
                 rgb=False,

@@ -258,10 +258,9 @@ class _StudyGone(Exception):
 #: with four clients storing interleaved instances of the same new studies). With it,
 #: batches that share a study take its turn in the same order; batches that share none
 #: never wait for each other (two studies whose keys collide make theirs take turns,
-#: nothing worse). The two-key form, with
-#: its own first key, keeps these apart from the archive's one-key advisory locks (feed,
-#: backup, tiers, migrations). Volatile calls in the select list run after the ORDER BY
-#: (PostgreSQL 9.6+), so the order holds.
+#: nothing worse). The two-key form, with its own first key, keeps these apart from the
+#: archive's one-key advisory locks (feed, backup, tiers, migrations). Volatile calls in
+#: the select list run after the ORDER BY (PostgreSQL 9.6+), so the order holds.
 STUDY_LOCK_SPACE = 0x50495354  # "PIST"
 _LOCK_STUDY_KEYS = f"""
 SELECT pg_advisory_xact_lock({STUDY_LOCK_SPACE}, k)

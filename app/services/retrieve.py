@@ -283,13 +283,9 @@ def _render_frame_of(
 ) -> bytes:
     """Frame ``index`` rendered from the file's first ``head`` bytes (the header) and
     the frame's own ``ranges``; from the whole file if they do not decode as recorded."""
+    both = _read_parts_blocking(store, key, [(0, head), *ranges])  # one open, one GET
     try:
-        return render_frame_bytes(
-            _read_parts_blocking(store, key, [(0, head)]),
-            _read_parts_blocking(store, key, ranges),
-            info,
-            options,
-        )
+        return render_frame_bytes(both[:head], both[head:], info, options)
     except FrameMismatch:
         return render_frame(store.read_blocking(key), index, options)
 
@@ -371,12 +367,9 @@ async def rendered(
         return await pool.run(
             _render_frame_of, store, inst.file_key, head, ranges, info, index, options
         )
-    header, frame = await asyncio.gather(
-        frame_bytes_of(store, inst.file_key, [(0, head)]),
-        frame_bytes_of(store, inst.file_key, ranges),
-    )
+    both = await frame_bytes_of(store, inst.file_key, [(0, head), *ranges])
     try:
-        return render_frame_bytes(header, frame, info, options)
+        return render_frame_bytes(both[:head], both[head:], info, options)
     except FrameMismatch:
         return await pool.run(_render_stored, store, inst.file_key, index, options)
 
